@@ -147,6 +147,13 @@ impl BatchHeader {
             ));
         }
         h.attributes.compression()?;
+        // base_offset is stamped outside the CRC, so it may be corrupt: make
+        // sure `last_offset` / `next_offset` cannot overflow.
+        if h.base_offset.checked_add(h.record_count.into()).is_none() {
+            return Err(BatchError::InvalidHeader(
+                "base_offset + record_count overflows",
+            ));
+        }
         Ok(h)
     }
 

@@ -116,7 +116,7 @@ impl<'a> Records<'a> {
 /// |-------------------|----------|
 /// | `length`          | uvarint: bytes of the record after this field |
 /// | `attributes`      | u8, reserved, 0 |
-/// | `timestamp_delta` | varint: timestamp minus the batch's `first_timestamp` |
+/// | `timestamp_delta` | varint: timestamp minus the batch's `first_timestamp` (wrapping) |
 /// | `offset_delta`    | uvarint: position in the batch (0, 1, 2, ...) |
 /// | `key_len`         | varint: -1 for no key |
 /// | `key`             | bytes |
@@ -236,10 +236,9 @@ impl<'a> RecordIter<'a> {
         if hp != headers.len() {
             return Err("trailing bytes after the headers");
         }
-        let timestamp = self
-            .first_timestamp
-            .checked_add(ts_delta)
-            .ok_or("timestamp overflows")?;
+        // The builder encodes the delta with wrapping arithmetic, so any two
+        // i64 timestamps round-trip; decode it the same way.
+        let timestamp = self.first_timestamp.wrapping_add(ts_delta);
         Ok(RecordView {
             offset_delta: self.index,
             timestamp,

@@ -1,0 +1,951 @@
+//! The partition log: an ordered list of segments, the last one active.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use bytes::Bytes;
+use runnel_batch::{BatchHeader, BatchView, stamped_prefix};
+
+use crate::config::{FlushPolicy, LogConfig};
+use crate::durable::{sync_data, sync_dir};
+use crate::error::{Result, StorageError};
+use crate::filename::{DELETED_SUFFIX, LOG_EXT, TMP_SUFFIX, parse_segment_file_name};
+use crate::segment::{RecoveryReport, Segment, SegmentReader};
+use crate::state::PartitionState;
+
+/// Where an appended batch went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Offset assigned to the batch's first record.
+    pub base_offset: u64,
+    /// Offset of its last record.
+    pub last_offset: u64,
+    /// Raft index of the batch.
+    pub raft_index: u64,
+    /// Raft term stamped into it.
+    pub raft_term: u64,
+}
+
+/// Whole batches read from the log, as one zero-copy slice of a segment map.
+#[derive(Clone, Debug, Default)]
+pub struct ReadBatches {
+    /// Concatenated, CRC-verified batches (possibly empty).
+    pub bytes: Bytes,
+    /// Base offset of the first batch; may be below the offset asked for
+    /// when that offset lies inside a batch.
+    pub first_offset: u64,
+    /// Offset after the last batch returned: where to read next.
+    pub next_offset: u64,
+    /// Number of batches in `bytes`.
+    pub batch_count: usize,
+}
+
+/// What a retention pass removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    /// Segments deleted.
+    pub deleted_segments: usize,
+    /// Bytes of segment data deleted.
+    pub deleted_bytes: u64,
+    /// Log start offset afterwards.
+    pub log_start_offset: u64,
+}
+
+/// A summary of one segment, for tools and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentSummary {
+    /// Offset of the first batch (the file name).
+    pub base_offset: u64,
+    /// Offset after the last batch.
+    pub next_offset: u64,
+    /// Raft index of the first batch.
+    pub base_index: u64,
+    /// Bytes of data.
+    pub size: u64,
+    /// Largest record timestamp (`i64::MIN` if unknown).
+    pub max_timestamp: i64,
+    /// Path of the `.log` file.
+    pub path: PathBuf,
+}
+
+/// What opening a log found, for logs and progress output.
+#[derive(Clone, Debug, Default)]
+pub struct OpenReport {
+    /// Segments found.
+    pub segments: usize,
+    /// Recovery of the active segment.
+    pub recovery: RecoveryReport,
+    /// Leftover files removed (`*.deleted`, `*.tmp`, orphan indexes,
+    /// segments below the compacted index).
+    pub removed_files: Vec<PathBuf>,
+    /// The state file was missing or damaged and was rebuilt from the segments.
+    pub state_rebuilt: bool,
+}
+
+struct Inner {
+    /// Ordered by base offset; the last one is active.
+    segments: Vec<Segment>,
+    state: PartitionState,
+    failed: Option<String>,
+    last_flush_ms: Option<i64>,
+}
+
+impl Inner {
+    fn active(&self) -> &Segment {
+        // Invariant: a log always has at least one segment.
+        &self.segments[self.segments.len() - 1]
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        let last = self.segments.len() - 1;
+        &mut self.segments[last]
+    }
+
+    fn last_index(&self) -> u64 {
+        self.active().next_index - 1
+    }
+
+    fn log_end(&self) -> u64 {
+        self.active().next_offset
+    }
+
+    fn term(&self, index: u64) -> Result<u64> {
+        let st = &self.state;
+        if index == st.compacted_index {
+            return Ok(st.compacted_term);
+        }
+        if index < st.compacted_index {
+            return Err(StorageError::Compacted {
+                index,
+                first_index: st.compacted_index + 1,
+            });
+        }
+        let last = self.last_index();
+        if index > last {
+            return Err(StorageError::Unavailable {
+                index,
+                last_index: last,
+            });
+        }
+        Ok(st.term_of(index).unwrap_or(st.compacted_term))
+    }
+
+    /// Segment holding `offset`: the last one with `base_offset <= offset`.
+    fn segment_for_offset(&self, offset: u64) -> usize {
+        self.segments
+            .partition_point(|s| s.base_offset <= offset)
+            .saturating_sub(1)
+    }
+
+    fn segment_for_index(&self, index: u64) -> usize {
+        self.segments
+            .partition_point(|s| s.base_index <= index)
+            .saturating_sub(1)
+    }
+}
+
+/// A partition's append-only log of batches on disk.
+///
+/// Thread safety: `Log` is `Send + Sync`; share it in an `Arc`. Appends,
+/// truncation and retention serialize on an internal lock; reads take the
+/// lock only to locate the segment and then verify and slice the mapped
+/// bytes without it. With [`FlushPolicy::Always`], concurrent appenders
+/// share fsyncs (group commit).
+///
+/// Offsets and Raft indexes: every batch is one Raft entry; offsets are
+/// dense per record and Raft indexes dense per batch, both assigned by the
+/// log on append.
+pub struct Log {
+    dir: PathBuf,
+    config: LogConfig,
+    inner: Mutex<Inner>,
+    sync_lock: Mutex<()>,
+    durable_offset: AtomicU64,
+    fsyncs: AtomicU64,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+impl Log {
+    /// Opens the log in `dir`, creating it if needed, and recovers it:
+    /// removes leftovers of interrupted deletions, verifies the active
+    /// segment from its last index entry and truncates a torn tail,
+    /// rebuilds missing or damaged indexes. Reads only the tail, whatever
+    /// the log's size.
+    pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Log> {
+        Self::open_with_report(dir, config).map(|(log, _)| log)
+    }
+
+    /// [`Log::open`], also returning what recovery found.
+    pub fn open_with_report(dir: impl AsRef<Path>, config: LogConfig) -> Result<(Log, OpenReport)> {
+        config.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        let created = !dir.exists();
+        fs::create_dir_all(&dir).map_err(|e| StorageError::io("create directory", &dir, e))?;
+        if created {
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent)?;
+            }
+        }
+        let mut report = OpenReport::default();
+        let mut bases = Vec::new();
+        let mut others = Vec::new();
+        let listing = fs::read_dir(&dir).map_err(|e| StorageError::io("list", &dir, e))?;
+        for entry in listing {
+            let entry = entry.map_err(|e| StorageError::io("list", &dir, e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.ends_with(DELETED_SUFFIX) || name.ends_with(TMP_SUFFIX) {
+                let path = entry.path();
+                fs::remove_file(&path).map_err(|e| StorageError::io("unlink", &path, e))?;
+                report.removed_files.push(path);
+                continue;
+            }
+            if let Some((base, ext)) = parse_segment_file_name(name) {
+                if ext == LOG_EXT {
+                    bases.push(base);
+                } else {
+                    others.push((base, entry.path()));
+                }
+            }
+        }
+        bases.sort_unstable();
+        for (base, path) in others {
+            if bases.binary_search(&base).is_err() {
+                fs::remove_file(&path).map_err(|e| StorageError::io("unlink", &path, e))?;
+                report.removed_files.push(path);
+            }
+        }
+        let (mut state, state_ok) = match PartitionState::load(&dir) {
+            Ok(Some(s)) => (s, true),
+            Ok(None) => (PartitionState::default(), bases.is_empty()),
+            Err(e) => {
+                tracing::warn!(error = %e, "partition state damaged; rebuilding it from the segments");
+                (PartitionState::default(), false)
+            }
+        };
+        report.state_rebuilt = !state_ok;
+
+        let mut segments: Vec<Segment> = Vec::with_capacity(bases.len().max(1));
+        if bases.is_empty() {
+            segments.push(Segment::create(
+                &dir,
+                state.log_start_offset,
+                state.compacted_index + 1,
+                &config,
+            )?);
+        } else {
+            let (last, sealed) = bases.split_last().unwrap_or((&0, &[]));
+            for &base in sealed {
+                segments.push(Segment::open_sealed(&dir, base, &config)?);
+            }
+            // Segments wholly below the compacted index were deleted by
+            // retention just before a crash: finish the job.
+            if state_ok {
+                while segments.len() > 1 && segments[1].base_index <= state.compacted_index + 1 {
+                    let gone = segments.remove(0);
+                    Segment::delete_files(&dir, gone.base_offset)?;
+                    report.removed_files.push(gone.log_path.clone());
+                }
+            }
+            for i in 0..segments.len().saturating_sub(1) {
+                let (next_offset, next_index) = (segments[i + 1].base_offset, segments[i + 1].base_index);
+                segments[i].next_offset = next_offset;
+                segments[i].next_index = next_index;
+            }
+            // The last sealed segment's end comes from a short scan of its tail.
+            let expected_index = match segments.last_mut() {
+                Some(prev) => {
+                    let (next_offset, next_index, last_term) = tail_of(prev)?;
+                    prev.next_offset = next_offset;
+                    prev.next_index = next_index;
+                    prev.last_term = last_term;
+                    if next_offset != *last {
+                        return Err(StorageError::corrupt(
+                            &prev.log_path,
+                            prev.size,
+                            format!("segment ends at offset {next_offset} but the next segment starts at {last}"),
+                        ));
+                    }
+                    Some(next_index)
+                }
+                None if state_ok => Some(state.compacted_index + 1),
+                None => None,
+            };
+            let (active, recovery) = Segment::recover_active(&dir, *last, expected_index, &config)?;
+            if let Some(why) = &recovery.truncated {
+                tracing::warn!(segment = %active.log_path.display(), valid_end = recovery.valid_end, reason = %why,
+                    "truncated a torn or corrupt tail of the active segment");
+            }
+            report.recovery = recovery;
+            segments.push(active);
+            if segments.len() == 1 && state_ok && segments[0].base_index <= state.compacted_index {
+                // Only possible with a damaged state file; trust the segment.
+                tracing::warn!("state file's compacted index is past the first segment; trusting the segment");
+                state.compacted_index = segments[0].base_index - 1;
+            }
+        }
+        report.segments = segments.len();
+
+        let first = &segments[0];
+        let last = &segments[segments.len() - 1];
+        let last_index = last.next_index - 1;
+        if !state_ok {
+            state.compacted_index = first.base_index - 1;
+            state.term_runs = rebuild_term_runs(&segments)?;
+            state.compacted_term = if state.compacted_index == 0 {
+                0
+            } else {
+                // Unknown after losing the state file: the first stored
+                // term is the best available lower bound.
+                state.term_runs.first().map_or(0, |r| r.0)
+            };
+            state.log_start_offset = first.base_offset;
+        } else if first.base_index != state.compacted_index + 1 {
+            return Err(StorageError::corrupt(
+                &first.log_path,
+                0,
+                format!(
+                    "log starts at raft index {} but entries up to {} are the last compacted: a segment is missing",
+                    first.base_index, state.compacted_index
+                ),
+            ));
+        }
+        state.truncate_runs(last_index);
+        if last.size > 0 && state.term_of(last_index) != Some(last.last_term) {
+            tracing::warn!("term runs disagree with the log tail; rebuilding them");
+            state.term_runs = rebuild_term_runs(&segments)?;
+        }
+        state.log_start_offset = state.log_start_offset.clamp(first.base_offset, last.next_offset);
+        state.store(&dir)?;
+
+        let active = &segments[segments.len() - 1];
+        sync_data(&active.file, &active.log_path, config.faults.as_deref())?;
+        let log_end = active.next_offset;
+        let log = Log {
+            dir,
+            config,
+            inner: Mutex::new(Inner {
+                segments,
+                state,
+                failed: None,
+                last_flush_ms: None,
+            }),
+            sync_lock: Mutex::new(()),
+            durable_offset: AtomicU64::new(log_end),
+            fsyncs: AtomicU64::new(0),
+        };
+        Ok((log, report))
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Inner>> {
+        self.inner.lock().map_err(|_| StorageError::Failed {
+            path: self.dir.clone(),
+            reason: "a thread panicked while changing the log".into(),
+        })
+    }
+
+    fn writable(&self) -> Result<MutexGuard<'_, Inner>> {
+        let inner = self.lock()?;
+        if let Some(reason) = &inner.failed {
+            return Err(StorageError::Failed {
+                path: self.dir.clone(),
+                reason: reason.clone(),
+            });
+        }
+        Ok(inner)
+    }
+
+    fn fail(&self, inner: &mut Inner, err: StorageError) -> StorageError {
+        tracing::error!(dir = %self.dir.display(), error = %err, "log failed; it refuses writes until reopened");
+        inner.failed = Some(err.to_string());
+        err
+    }
+
+    /// The partition directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The configuration the log was opened with.
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// Appends a batch as the next Raft entry under `term`; see [`Log::append_entry`].
+    pub fn append(&self, batch: &[u8], term: u64) -> Result<AppendInfo> {
+        let index = self.lock()?.last_index() + 1;
+        self.append_entry(batch, term, index)
+    }
+
+    /// Appends one batch as Raft entry `index` of `term`.
+    ///
+    /// The batch is verified (header and CRC) and written as received, with
+    /// its base offset, term and index stamped in; `index` must be
+    /// `last_index() + 1` and `term` at least the last entry's. Under
+    /// [`FlushPolicy::Always`] this returns once the batch is on disk.
+    /// A failed write leaves the log as it was; a failed fsync fails the log.
+    pub fn append_entry(&self, batch: &[u8], term: u64, index: u64) -> Result<AppendInfo> {
+        let max = self.config.max_batch_bytes as usize;
+        if batch.len() > max {
+            return Err(StorageError::BatchTooLarge { size: batch.len(), max });
+        }
+        let view = BatchView::new(batch)?;
+        if view.as_bytes().len() != batch.len() {
+            return Err(StorageError::Invalid(format!(
+                "{} bytes follow the batch of {} bytes: append one batch at a time",
+                batch.len() - view.as_bytes().len(),
+                view.as_bytes().len()
+            )));
+        }
+        let info = {
+            let mut inner = self.writable()?;
+            let inner = &mut *inner;
+            let next_index = inner.last_index() + 1;
+            if index != next_index {
+                return Err(StorageError::Invalid(format!(
+                    "raft index {index} does not follow the last index {}",
+                    next_index - 1
+                )));
+            }
+            let last_term = inner.state.term_runs.last().map_or(inner.state.compacted_term, |r| r.0);
+            if term < last_term {
+                return Err(StorageError::Invalid(format!("term {term} is below the log's last term {last_term}")));
+            }
+            let base_offset = inner.log_end();
+            let mut header = *view.header();
+            header.base_offset = base_offset;
+            header.raft_term = term;
+            header.raft_index = index;
+            if inner.active().needs_roll(batch.len() as u64, &header, &self.config) {
+                self.roll(inner)?;
+            }
+            if term > last_term || inner.state.term_runs.is_empty() {
+                // Persist the new term before any entry of it (RAFT.md, trap 2).
+                inner.state.term_runs.push((term, index));
+                if let Err(e) = inner.state.store(&self.dir) {
+                    inner.state.term_runs.pop();
+                    return Err(self.fail(inner, e));
+                }
+            }
+            let prefix = stamped_prefix(batch, base_offset, term, index);
+            let faults = self.config.faults.clone();
+            if let Err(e) = inner.active_mut().append(&prefix, batch, &header, &self.config, faults.as_deref()) {
+                return Err(match e {
+                    StorageError::Failed { .. } => self.fail(inner, e),
+                    e => e,
+                });
+            }
+            AppendInfo {
+                base_offset,
+                last_offset: header.last_offset(),
+                raft_index: index,
+                raft_term: term,
+            }
+        };
+        if self.config.flush == FlushPolicy::Always {
+            self.sync_until(info.last_offset + 1)?;
+        }
+        Ok(info)
+    }
+
+    /// Seals the active segment and starts a new one at the log end. A
+    /// failure to create the new segment changes nothing; a failure to seal
+    /// the old one fails the log.
+    fn roll(&self, inner: &mut Inner) -> Result<()> {
+        let (base_offset, base_index) = (inner.log_end(), inner.last_index() + 1);
+        let new = Segment::create(&self.dir, base_offset, base_index, &self.config)?;
+        let faults = self.config.faults.clone();
+        if let Err(e) = inner.active_mut().seal(faults.as_deref()) {
+            return Err(self.fail(inner, e));
+        }
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.durable_offset.fetch_max(base_offset, Ordering::AcqRel);
+        inner.segments.push(new);
+        tracing::debug!(dir = %self.dir.display(), base_offset, "rolled to a new segment");
+        Ok(())
+    }
+
+    /// Makes everything below `end_offset` durable, sharing the fsync with
+    /// concurrent callers (group commit): whoever gets the sync lock syncs
+    /// all that was written so far; the others find their data covered.
+    fn sync_until(&self, end_offset: u64) -> Result<()> {
+        if self.durable_offset.load(Ordering::Acquire) >= end_offset {
+            return Ok(());
+        }
+        let _turn = self.sync_lock.lock().map_err(|_| StorageError::Failed {
+            path: self.dir.clone(),
+            reason: "a thread panicked while syncing".into(),
+        })?;
+        if self.durable_offset.load(Ordering::Acquire) >= end_offset {
+            return Ok(());
+        }
+        let (file, path, written) = {
+            let inner = self.writable()?;
+            let a = inner.active();
+            (a.file.clone(), a.log_path.clone(), a.next_offset)
+        };
+        if let Err(e) = sync_data(&file, &path, self.config.faults.as_deref()) {
+            let mut inner = self.lock()?;
+            return Err(self.fail(&mut inner, e));
+        }
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.durable_offset.fetch_max(written, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// fsyncs everything appended so far.
+    pub fn flush(&self) -> Result<()> {
+        let end = self.lock()?.log_end();
+        self.sync_until(end)
+    }
+
+    /// Drives time-based work: with [`FlushPolicy::IntervalMs`], flushes
+    /// when the interval has passed since the last flush. `now_ms` is any
+    /// monotonic millisecond clock.
+    pub fn tick(&self, now_ms: i64) -> Result<()> {
+        let FlushPolicy::IntervalMs(ms) = self.config.flush else {
+            return Ok(());
+        };
+        let due = {
+            let mut inner = self.lock()?;
+            let due = inner.last_flush_ms.is_none_or(|t| now_ms - t >= ms as i64);
+            if due {
+                inner.last_flush_ms = Some(now_ms);
+            }
+            due
+        };
+        if due { self.flush() } else { Ok(()) }
+    }
+
+    /// Offset up to which (exclusive) appended data is known to be on disk.
+    pub fn durable_offset(&self) -> u64 {
+        self.durable_offset.load(Ordering::Acquire)
+    }
+
+    /// Number of fsyncs of segment data issued since open (for tests and
+    /// metrics: shows group commit at work).
+    pub fn fsync_count(&self) -> u64 {
+        self.fsyncs.load(Ordering::Relaxed)
+    }
+
+    /// First offset consumers may read.
+    pub fn log_start_offset(&self) -> Result<u64> {
+        Ok(self.lock()?.state.log_start_offset)
+    }
+
+    /// Offset the next appended record will get.
+    pub fn log_end_offset(&self) -> Result<u64> {
+        Ok(self.lock()?.log_end())
+    }
+
+    /// First Raft index stored (`compacted index + 1`; 1 for a new log).
+    pub fn first_index(&self) -> Result<u64> {
+        Ok(self.lock()?.state.compacted_index + 1)
+    }
+
+    /// Last Raft index stored (0 for a new log).
+    pub fn last_index(&self) -> Result<u64> {
+        Ok(self.lock()?.last_index())
+    }
+
+    /// Term of Raft entry `index`, for any `index` in
+    /// `[first_index() - 1, last_index()]`, answered from memory.
+    pub fn term(&self, index: u64) -> Result<u64> {
+        self.lock()?.term(index)
+    }
+
+    /// Summaries of all segments, oldest first.
+    pub fn segments(&self) -> Result<Vec<SegmentSummary>> {
+        let inner = self.lock()?;
+        Ok(inner
+            .segments
+            .iter()
+            .map(|s| SegmentSummary {
+                base_offset: s.base_offset,
+                next_offset: s.next_offset,
+                base_index: s.base_index,
+                size: s.size,
+                max_timestamp: s.max_timestamp,
+                path: s.log_path.clone(),
+            })
+            .collect())
+    }
+
+    /// Total bytes of segment data.
+    pub fn size_bytes(&self) -> Result<u64> {
+        Ok(self.lock()?.segments.iter().map(|s| s.size).sum())
+    }
+
+    /// Reads whole batches starting with the one that holds `offset`, up to
+    /// `max_bytes` (at least one batch, so a large batch is never stuck),
+    /// stopping before any batch at or past `max_offset` (e.g. the high
+    /// watermark) and at the end of a segment.
+    ///
+    /// `offset` must lie in `[log_start_offset, log_end_offset]`; at the end
+    /// (or at `max_offset`) the result is empty. Every returned batch has
+    /// been CRC-verified: corrupt stored data is a
+    /// [`StorageError::Corrupt`], never returned as data.
+    pub fn read(&self, offset: u64, max_offset: u64, max_bytes: usize) -> Result<ReadBatches> {
+        let (reader, start) = {
+            let inner = self.lock()?;
+            let (log_start, log_end) = (inner.state.log_start_offset, inner.log_end());
+            if offset < log_start || offset > log_end {
+                return Err(StorageError::OffsetOutOfRange { offset, log_start, log_end });
+            }
+            if offset >= log_end.min(max_offset) {
+                return Ok(ReadBatches { first_offset: offset, next_offset: offset, ..Default::default() });
+            }
+            let seg = &inner.segments[inner.segment_for_offset(offset)];
+            (seg.reader(), seg.scan_start_for_offset(offset))
+        };
+        let mut pos = skip_to(&reader, start, |h| h.next_offset() > offset)?;
+        let from = pos;
+        let (mut first_offset, mut next_offset, mut count) = (offset, offset, 0usize);
+        while pos < reader.size {
+            let h = reader.verified(pos)?;
+            let len = u64::from(h.batch_len);
+            if h.base_offset >= max_offset || (count > 0 && (pos + len - from) as usize > max_bytes) {
+                break;
+            }
+            if count == 0 {
+                first_offset = h.base_offset;
+            } else if h.base_offset != next_offset {
+                return Err(StorageError::corrupt(&reader.path, pos, format!(
+                    "batch offset {} where {next_offset} was expected", h.base_offset)));
+            }
+            next_offset = h.next_offset();
+            count += 1;
+            pos += len;
+        }
+        Ok(ReadBatches { bytes: reader.slice(from, pos), first_offset, next_offset, batch_count: count })
+    }
+
+    /// Raft entries `[low, high)` as stored batches, at most `max_bytes`
+    /// in total but always at least one (raft-rs `Storage::entries`).
+    /// `Compacted` below the first index, `Unavailable` past the last.
+    pub fn entries(&self, low: u64, high: u64, max_bytes: Option<u64>) -> Result<Vec<Bytes>> {
+        let mut out = Vec::new();
+        let mut total = 0u64;
+        let mut next = low;
+        let max_bytes = max_bytes.unwrap_or(u64::MAX);
+        while next < high {
+            let (reader, start) = {
+                let inner = self.lock()?;
+                let first = inner.state.compacted_index + 1;
+                if next < first {
+                    return Err(StorageError::Compacted { index: next, first_index: first });
+                }
+                let last = inner.last_index();
+                if high > last + 1 {
+                    return Err(StorageError::Unavailable { index: high - 1, last_index: last });
+                }
+                let seg = &inner.segments[inner.segment_for_index(next)];
+                (seg.reader(), seg.scan_start_for_index(next))
+            };
+            let mut pos = skip_to(&reader, start, |h| h.raft_index >= next)?;
+            let before = next;
+            while pos < reader.size && next < high {
+                let h = reader.verified(pos)?;
+                if h.raft_index != next {
+                    return Err(StorageError::corrupt(&reader.path, pos, format!(
+                        "raft index {} where {next} was expected", h.raft_index)));
+                }
+                let len = u64::from(h.batch_len);
+                if !out.is_empty() && total + len > max_bytes {
+                    return Ok(out);
+                }
+                out.push(reader.slice(pos, pos + len));
+                total += len;
+                next += 1;
+                pos += len;
+            }
+            if next == before {
+                return Err(StorageError::corrupt(&reader.path, pos, format!("raft index {next} not found")));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The first offset whose record timestamp is `>= timestamp`, or
+    /// `None` if every stored record is older (read from the log end then).
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<u64>> {
+        let (candidates, log_start) = {
+            let inner = self.lock()?;
+            let log_start = inner.state.log_start_offset;
+            let first = inner.segment_for_offset(log_start);
+            let candidates: Vec<(SegmentReader, u64)> = inner.segments[first..]
+                .iter()
+                .filter(|s| s.size > 0 && s.max_timestamp >= timestamp)
+                .map(|s| (s.reader(), s.scan_start_for_timestamp(timestamp)))
+                .collect();
+            (candidates, log_start)
+        };
+        for (reader, start) in candidates {
+            let mut pos = start;
+            while pos < reader.size {
+                let h = reader.verified(pos)?;
+                if h.max_timestamp >= timestamp && h.next_offset() > log_start {
+                    let corrupt = |e| StorageError::corrupt(&reader.path, pos, e);
+                    let view = BatchView::new(&reader.data()[pos as usize..]).map_err(corrupt)?;
+                    let records = view.records().map_err(corrupt)?;
+                    for r in records.iter() {
+                        let r = r.map_err(corrupt)?;
+                        let offset = h.base_offset + u64::from(r.offset_delta);
+                        if r.timestamp >= timestamp && offset >= log_start {
+                            return Ok(Some(offset));
+                        }
+                    }
+                }
+                pos += u64::from(h.batch_len);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Removes Raft entries `index..` (and their offsets), across segments
+    /// and both indexes, durably. `index` must be above the compacted index;
+    /// past the last index it is a no-op.
+    pub fn truncate_from_index(&self, index: u64) -> Result<()> {
+        let mut inner = self.writable()?;
+        let inner = &mut *inner;
+        if index <= inner.state.compacted_index {
+            return Err(StorageError::Invalid(format!(
+                "cannot truncate from raft index {index}: entries up to {} are compacted",
+                inner.state.compacted_index
+            )));
+        }
+        if index > inner.last_index() {
+            return Ok(());
+        }
+        let mut at = inner.segment_for_index(index);
+        let pos = {
+            let seg = &inner.segments[at];
+            let reader = seg.reader();
+            skip_to(&reader, seg.scan_start_for_index(index), |h| h.raft_index >= index)?
+        };
+        let header = inner.segments[at].header_at(pos)?;
+        if header.raft_index != index {
+            return Err(StorageError::corrupt(&inner.segments[at].log_path, pos, format!(
+                "raft index {} where {index} was expected", header.raft_index)));
+        }
+        let new_end = header.base_offset;
+        if new_end < inner.state.log_start_offset {
+            return Err(StorageError::Invalid(format!(
+                "cannot truncate to offset {new_end}: below the log start offset {}",
+                inner.state.log_start_offset
+            )));
+        }
+        let prev_term = inner.term(index - 1)?;
+        let result = (|| {
+            // Later segments go first, newest first, so that a crash leaves
+            // a log that is a prefix of the old one.
+            let drop_from = if pos == 0 && at > 0 { at } else { at + 1 };
+            while inner.segments.len() > drop_from {
+                if let Some(seg) = inner.segments.pop() {
+                    Segment::delete_files(&self.dir, seg.base_offset)?;
+                }
+            }
+            sync_dir(&self.dir)?;
+            if drop_from == at {
+                at -= 1;
+                let seg = &mut inner.segments[at];
+                seg.reactivate(&self.dir, &self.config)?;
+                return Ok(());
+            }
+            let seg = &mut inner.segments[at];
+            seg.truncate_at(pos, new_end, index, prev_term, &self.config)?;
+            if !seg.active {
+                seg.reactivate(&self.dir, &self.config)?;
+            }
+            let faults = self.config.faults.clone();
+            sync_data(&seg.file, &seg.log_path, faults.as_deref())
+        })();
+        if let Err(e) = result {
+            return Err(self.fail(inner, e));
+        }
+        inner.segments[at].last_term = prev_term;
+        inner.state.truncate_runs(index - 1);
+        if let Err(e) = inner.state.store(&self.dir) {
+            return Err(self.fail(inner, e));
+        }
+        self.durable_offset.fetch_min(new_end, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Removes every batch at or after `offset`, which must be the base
+    /// offset of a batch (or the log end, a no-op) and not below the log
+    /// start offset. Used when a follower's log diverges.
+    pub fn truncate_to_offset(&self, offset: u64) -> Result<()> {
+        let index = {
+            let inner = self.lock()?;
+            let (log_start, log_end) = (inner.state.log_start_offset, inner.log_end());
+            if offset >= log_end {
+                return Ok(());
+            }
+            if offset < log_start {
+                return Err(StorageError::OffsetOutOfRange { offset, log_start, log_end });
+            }
+            let seg = &inner.segments[inner.segment_for_offset(offset)];
+            let reader = seg.reader();
+            let pos = skip_to(&reader, seg.scan_start_for_offset(offset), |h| h.next_offset() > offset)?;
+            let h = reader.header(pos)?;
+            if h.base_offset != offset {
+                return Err(StorageError::Invalid(format!(
+                    "offset {offset} is inside the batch [{}, {}]: truncate at a batch boundary",
+                    h.base_offset,
+                    h.last_offset()
+                )));
+            }
+            h.raft_index
+        };
+        self.truncate_from_index(index)
+    }
+
+    /// Advances the log start offset to `offset` (Kafka's delete-records):
+    /// records below it are no longer readable, and whole segments below it
+    /// are deleted by the next [`Log::apply_retention`]. Durable on return.
+    pub fn delete_records(&self, offset: u64) -> Result<u64> {
+        let mut inner = self.writable()?;
+        let log_end = inner.log_end();
+        if offset > log_end {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                log_start: inner.state.log_start_offset,
+                log_end,
+            });
+        }
+        if offset > inner.state.log_start_offset {
+            let before = inner.state.log_start_offset;
+            inner.state.log_start_offset = offset;
+            if let Err(e) = inner.state.store(&self.dir) {
+                inner.state.log_start_offset = before;
+                return Err(e);
+            }
+        }
+        Ok(inner.state.log_start_offset)
+    }
+
+    /// Deletes whole sealed segments, oldest first, that are wholly below
+    /// the log start offset, older than `retention_ms` (by their newest
+    /// timestamp, against `now_ms`), or beyond `retention_bytes`. Segments
+    /// holding any offset at or past `limit_offset` are kept (pass the high
+    /// watermark or Raft's applied offset; `u64::MAX` for no limit). The
+    /// active segment is never deleted.
+    ///
+    /// The new first Raft index and the term of the entry before it are
+    /// persisted before any file is unlinked.
+    pub fn apply_retention(&self, now_ms: i64, limit_offset: u64) -> Result<RetentionReport> {
+        let mut inner = self.writable()?;
+        let inner = &mut *inner;
+        let mut total: u64 = inner.segments.iter().map(|s| s.size).sum();
+        let mut k = 0;
+        while k + 1 < inner.segments.len() {
+            let s = &inner.segments[k];
+            if s.next_offset > limit_offset {
+                break;
+            }
+            let below_start = s.next_offset <= inner.state.log_start_offset;
+            let too_old = self
+                .config
+                .retention_ms
+                .is_some_and(|ms| s.max_timestamp != i64::MIN && now_ms.saturating_sub(s.max_timestamp) > ms);
+            let too_big = self.config.retention_bytes.is_some_and(|b| total - s.size >= b);
+            if !(below_start || too_old || too_big) {
+                break;
+            }
+            total -= s.size;
+            k += 1;
+        }
+        let mut report = RetentionReport { log_start_offset: inner.state.log_start_offset, ..Default::default() };
+        if k == 0 {
+            return Ok(report);
+        }
+        let new_first = &inner.segments[k];
+        let compacted_index = new_first.base_index - 1;
+        let compacted_term = inner.term(compacted_index)?;
+        let mut state = inner.state.clone();
+        state.compacted_index = compacted_index;
+        state.compacted_term = compacted_term;
+        state.log_start_offset = state.log_start_offset.max(new_first.base_offset);
+        let keep_from = state.term_runs.partition_point(|(_, start)| *start <= compacted_index + 1);
+        state.term_runs.drain(..keep_from.saturating_sub(1));
+        state.store(&self.dir)?;
+        inner.state = state;
+        for seg in inner.segments.drain(..k) {
+            report.deleted_segments += 1;
+            report.deleted_bytes += seg.size;
+            Segment::delete_files(&self.dir, seg.base_offset)?;
+        }
+        sync_dir(&self.dir)?;
+        report.log_start_offset = inner.state.log_start_offset;
+        tracing::info!(dir = %self.dir.display(), segments = report.deleted_segments,
+            bytes = report.deleted_bytes, log_start = report.log_start_offset, "retention deleted segments");
+        Ok(report)
+    }
+
+    /// Flushes and closes the log.
+    pub fn close(self) -> Result<()> {
+        if self.lock()?.failed.is_none() {
+            self.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// Walks batch headers from `pos` to the first one that satisfies `found`.
+/// Returns the segment size if none does.
+fn skip_to(reader: &SegmentReader, mut pos: u64, found: impl Fn(&BatchHeader) -> bool) -> Result<u64> {
+    while pos < reader.size {
+        let h = reader.header(pos)?;
+        if found(&h) {
+            return Ok(pos);
+        }
+        pos += u64::from(h.batch_len);
+    }
+    Ok(pos)
+}
+
+/// `(next_offset, next_index, last_term)` of a sealed segment, from a walk
+/// of the headers after its last index entry.
+fn tail_of(seg: &Segment) -> Result<(u64, u64, u64)> {
+    let reader = seg.reader();
+    let mut pos = seg.scan_start_for_offset(u64::MAX);
+    let mut last = None;
+    while pos < reader.size {
+        let h = reader.header(pos)?;
+        pos += u64::from(h.batch_len);
+        last = Some(h);
+    }
+    match last {
+        Some(h) => Ok((h.next_offset(), h.raft_index + 1, h.raft_term)),
+        None => Ok((seg.base_offset, seg.base_index, 0)),
+    }
+}
+
+/// Rebuilds the term runs by walking every batch header (only when the
+/// state file was lost or disagrees with the log).
+fn rebuild_term_runs(segments: &[Segment]) -> Result<Vec<(u64, u64)>> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for seg in segments {
+        let reader = seg.reader();
+        let mut pos = 0;
+        while pos < reader.size {
+            let h = reader.header(pos)?;
+            if runs.last().is_none_or(|r| h.raft_term > r.0) {
+                runs.push((h.raft_term, h.raft_index));
+            }
+            pos += u64::from(h.batch_len);
+        }
+    }
+    Ok(runs)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,105 @@
+use super::*;
+use bytes::Bytes;
+use runnel_batch::{BatchBuilder, Compression, NewRecord};
+
+pub(crate) fn batch(n: usize, value_len: usize, ts: i64) -> Bytes {
+    let mut b = BatchBuilder::new(Compression::None);
+    let value = vec![b'x'; value_len];
+    for i in 0..n {
+        b.push(NewRecord { key: None, value: &value, headers: &[], timestamp: ts + i as i64 });
+    }
+    b.finish().unwrap()
+}
+
+fn small() -> LogConfig {
+    LogConfig {
+        segment_bytes: 16 << 10,
+        index_interval_bytes: 512,
+        index_max_bytes: 1200,
+        max_batch_bytes: 8 << 10,
+        flush: FlushPolicy::Never,
+        retention_ms: None,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn append_read_roll_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small()).unwrap();
+    let mut expect = Vec::new();
+    for i in 0..200u64 {
+        let info = log.append(&batch(3, 100, i as i64 * 10), 1 + i / 50).unwrap();
+        assert_eq!(info.base_offset, i * 3);
+        assert_eq!(info.raft_index, i + 1);
+        expect.push(info);
+    }
+    assert!(log.segments().unwrap().len() > 3, "rolled");
+    let check = |log: &Log| {
+        for (i, info) in expect.iter().enumerate() {
+            for off in info.base_offset..=info.last_offset {
+                let r = log.read(off, u64::MAX, 1).unwrap();
+                assert_eq!(r.first_offset, info.base_offset, "read {off}");
+                assert_eq!(r.batch_count, 1);
+                let v = BatchView::new(&r.bytes).unwrap();
+                assert_eq!(v.header().raft_index, info.raft_index);
+                assert_eq!(v.header().raft_term, info.raft_term);
+            }
+            assert_eq!(log.term(i as u64 + 1).unwrap(), info.raft_term);
+        }
+        assert_eq!(log.term(0).unwrap(), 0);
+        assert_eq!(log.last_index().unwrap(), 200);
+        let e = log.entries(10, 20, None).unwrap();
+        assert_eq!(e.len(), 10);
+        assert_eq!(BatchView::new(&e[0]).unwrap().header().raft_index, 10);
+        assert_eq!(log.offset_for_timestamp(505).unwrap(), Some(51 * 3));
+        assert_eq!(log.offset_for_timestamp(502).unwrap(), Some(50 * 3 + 2));
+        assert_eq!(log.offset_for_timestamp(-5).unwrap(), Some(0));
+        assert_eq!(log.offset_for_timestamp(1_000_000).unwrap(), None);
+    };
+    check(&log);
+    drop(log);
+    let log = Log::open(dir.path(), small()).unwrap();
+    check(&log);
+    let info = log.append(&batch(1, 10, 5000), 9).unwrap();
+    assert_eq!(info.base_offset, 600);
+}
+
+#[test]
+fn truncate_and_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small()).unwrap();
+    for i in 0..200u64 {
+        log.append(&batch(2, 200, i as i64), 1 + i / 20).unwrap();
+    }
+    log.truncate_from_index(150).unwrap();
+    assert_eq!(log.last_index().unwrap(), 149);
+    assert_eq!(log.log_end_offset().unwrap(), 298);
+    assert_eq!(log.term(149).unwrap(), 8);
+    let info = log.append(&batch(1, 10, 0), 20).unwrap();
+    assert_eq!((info.base_offset, info.raft_index), (298, 150));
+    drop(log);
+    let log = Log::open(dir.path(), small()).unwrap();
+    assert_eq!(log.last_index().unwrap(), 150);
+    assert_eq!(log.term(150).unwrap(), 20);
+    assert_eq!(log.term(149).unwrap(), 8);
+    let segs = log.segments().unwrap();
+    let r = log.delete_records(segs[2].base_offset + 1).unwrap();
+    assert_eq!(r, segs[2].base_offset + 1);
+    let rep = log.apply_retention(0, u64::MAX).unwrap();
+    assert_eq!(rep.deleted_segments, 2);
+    assert_eq!(log.first_index().unwrap(), segs[2].base_index);
+    let t = log.term(segs[2].base_index - 1).unwrap();
+    assert!(matches!(log.term(segs[2].base_index - 2), Err(StorageError::Compacted { .. })));
+    drop(log);
+    let log = Log::open(dir.path(), small()).unwrap();
+    assert_eq!(log.term(segs[2].base_index - 1).unwrap(), t);
+    assert!(matches!(log.read(segs[2].base_offset, u64::MAX, 100), Err(StorageError::OffsetOutOfRange { .. })));
+    log.read(segs[2].base_offset + 1, u64::MAX, 100).unwrap();
+    // Below the log start offset is refused and changes nothing.
+    assert!(matches!(log.truncate_from_index(segs[2].base_index), Err(StorageError::Invalid(_))));
+    assert!(log.truncate_from_index(segs[2].base_index - 1).is_err());
+    log.truncate_from_index(segs[2].base_index + 1).unwrap();
+    assert_eq!(log.last_index().unwrap(), segs[2].base_index);
+    assert_eq!(log.log_end_offset().unwrap(), segs[2].base_offset + 2);
+}

@@ -1,0 +1,632 @@
+//! One segment: a `.log` file of consecutive batches plus its two indexes.
+//!
+//! The active (last) segment is preallocated to `segment_bytes` and written
+//! with `pwrite`; everything is read through a shared read-only map of the
+//! file, so reads of freshly appended data come straight from the page
+//! cache. Sealing trims the file to its data, fsyncs it and its indexes.
+//! A segment never shrinks below data a reader may hold, except by
+//! truncation, which Raft only does above the high watermark.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use memmap2::{Mmap, MmapOptions};
+use runnel_batch::{BatchHeader, BatchView, HEADER_LEN, STAMPED_LEN};
+
+use crate::config::LogConfig;
+use crate::durable::{Faults, open_rw, preallocate, set_len, sync_data, sync_dir, write_at};
+use crate::error::{Result, StorageError};
+use crate::filename::{INDEX_EXT, LOG_EXT, TIME_INDEX_EXT, segment_path};
+use crate::index::{IndexFile, OffsetEntry, TimeEntry};
+
+/// Owner of a mapped segment, so `Bytes` can point into the map.
+pub(crate) struct MapOwner(pub(crate) Arc<Mmap>);
+
+impl AsRef<[u8]> for MapOwner {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// What recovery of an active segment found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Bytes scanned and verified.
+    pub scanned_bytes: u64,
+    /// Batches scanned and verified.
+    pub scanned_batches: u64,
+    /// Position where the valid data ends.
+    pub valid_end: u64,
+    /// Why the scan stopped before the end of the file, if it did on
+    /// something other than zeros (a torn or corrupt batch).
+    pub truncated: Option<String>,
+}
+
+pub(crate) struct Segment {
+    pub(crate) base_offset: u64,
+    /// Raft index of the first batch (or of the next one, when empty).
+    pub(crate) base_index: u64,
+    pub(crate) next_offset: u64,
+    pub(crate) next_index: u64,
+    /// Bytes of valid data.
+    pub(crate) size: u64,
+    pub(crate) log_path: PathBuf,
+    pub(crate) file: Arc<File>,
+    map: Arc<Mmap>,
+    offset_index: IndexFile<OffsetEntry>,
+    time_index: IndexFile<TimeEntry>,
+    /// Largest timestamp in the segment (`i64::MIN` when unknown/empty).
+    pub(crate) max_timestamp: i64,
+    max_timestamp_rel: u32,
+    /// `max_timestamp` of the first batch: the age basis for rolling.
+    pub(crate) rolling_timestamp: Option<i64>,
+    bytes_since_index: u64,
+    /// Term of the last batch (active segment only; 0 when unknown).
+    pub(crate) last_term: u64,
+    pub(crate) active: bool,
+}
+
+fn map_file(file: &File, path: &Path, len: u64) -> Result<Mmap> {
+    // A zero-length map is not allowed; map one page that is never read.
+    let len = usize::try_from(len.max(1))
+        .map_err(|_| StorageError::Invalid(format!("{} is too large to map", path.display())))?;
+    // SAFETY: the file is only written by this crate, through pwrite on the
+    // same page cache; it is never shrunk below bytes a reader can reach
+    // (readers only touch [0, size) of a segment).
+    unsafe { MmapOptions::new().len(len).map(file) }.map_err(|e| StorageError::io("mmap", path, e))
+}
+
+impl Segment {
+    /// Creates a new, empty active segment and makes its creation durable.
+    pub(crate) fn create(dir: &Path, base_offset: u64, base_index: u64, config: &LogConfig) -> Result<Segment> {
+        let log_path = segment_path(dir, base_offset, LOG_EXT);
+        let result = (|| {
+            let file = open_rw(&log_path, true)?;
+            set_len(&file, &log_path, 0)?;
+            preallocate(&file, &log_path, u64::from(config.segment_bytes))?;
+            let offset_index =
+                IndexFile::open_active(&segment_path(dir, base_offset, INDEX_EXT), config.index_max_bytes)?;
+            let time_index =
+                IndexFile::open_active(&segment_path(dir, base_offset, TIME_INDEX_EXT), config.index_max_bytes)?;
+            sync_data(&file, &log_path, config.faults.as_deref())?;
+            sync_dir(dir)?;
+            let map = map_file(&file, &log_path, u64::from(config.segment_bytes))?;
+            Ok(Segment {
+                base_offset,
+                base_index,
+                next_offset: base_offset,
+                next_index: base_index,
+                size: 0,
+                log_path: log_path.clone(),
+                file: Arc::new(file),
+                map: Arc::new(map),
+                offset_index,
+                time_index,
+                max_timestamp: i64::MIN,
+                max_timestamp_rel: 0,
+                rolling_timestamp: None,
+                bytes_since_index: 0,
+                last_term: 0,
+                active: true,
+            })
+        })();
+        if result.is_err() {
+            // Leave nothing half-created behind (e.g. after ENOSPC).
+            for ext in [LOG_EXT, INDEX_EXT, TIME_INDEX_EXT] {
+                let _ignored = fs::remove_file(segment_path(dir, base_offset, ext));
+            }
+        }
+        result
+    }
+
+    /// Opens a sealed segment: no scan, only its first header and its
+    /// indexes (rebuilt from the log if missing or damaged). `next_offset`
+    /// and `next_index` are set by the caller from the following segment.
+    pub(crate) fn open_sealed(dir: &Path, base_offset: u64, config: &LogConfig) -> Result<Segment> {
+        let log_path = segment_path(dir, base_offset, LOG_EXT);
+        let file = open_rw(&log_path, false)?;
+        let size = file_len(&file, &log_path)?;
+        let map = map_file(&file, &log_path, size)?;
+        let first = BatchHeader::parse(&map[..(size as usize).min(HEADER_LEN)])
+            .map_err(|e| StorageError::corrupt(&log_path, 0, e))?;
+        if first.base_offset != base_offset {
+            return Err(StorageError::corrupt(
+                &log_path,
+                0,
+                format!("first batch has offset {} but the file name says {base_offset}", first.base_offset),
+            ));
+        }
+        let index_path = segment_path(dir, base_offset, INDEX_EXT);
+        let time_path = segment_path(dir, base_offset, TIME_INDEX_EXT);
+        let sealed = (
+            IndexFile::<OffsetEntry>::open_sealed(&index_path)?,
+            IndexFile::<TimeEntry>::open_sealed(&time_path)?,
+        );
+        let (offset_index, time_index, rebuild) = match sealed {
+            (Some(oi), Some(ti)) if oi.last().is_none_or(|e| u64::from(e.position) + HEADER_LEN as u64 <= size) => {
+                (oi, ti, false)
+            }
+            _ => {
+                tracing::warn!(segment = %log_path.display(), "index missing or damaged; rebuilding it from the log");
+                for p in [&index_path, &time_path] {
+                    let _ignored = fs::remove_file(p);
+                }
+                (
+                    IndexFile::open_active(&index_path, config.index_max_bytes)?,
+                    IndexFile::open_active(&time_path, config.index_max_bytes)?,
+                    true,
+                )
+            }
+        };
+        let mut seg = Segment {
+            base_offset,
+            base_index: first.raft_index,
+            next_offset: base_offset,
+            next_index: first.raft_index,
+            size,
+            log_path,
+            file: Arc::new(file),
+            map: Arc::new(map),
+            offset_index,
+            time_index,
+            max_timestamp: i64::MIN,
+            max_timestamp_rel: 0,
+            rolling_timestamp: Some(first.max_timestamp),
+            bytes_since_index: 0,
+            last_term: 0,
+            active: false,
+        };
+        if rebuild {
+            seg.rebuild_indexes(config)?;
+        } else if let Some(t) = seg.time_index.last() {
+            seg.max_timestamp = t.timestamp;
+            seg.max_timestamp_rel = t.rel_offset;
+        }
+        Ok(seg)
+    }
+
+    /// Scans a sealed segment and writes fresh indexes for it. Stops at the
+    /// first invalid batch (reads past it report the corruption).
+    fn rebuild_indexes(&mut self, config: &LogConfig) -> Result<()> {
+        let map = self.map.clone();
+        let mut pos = 0u64;
+        while pos < self.size {
+            let view = match BatchView::new(&map[pos as usize..self.size as usize]) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(segment = %self.log_path.display(), position = pos, error = %e,
+                        "corrupt batch while rebuilding the index; indexing stops here");
+                    break;
+                }
+            };
+            let h = *view.header();
+            self.note_batch(pos, &h, config);
+            pos += u64::from(h.batch_len);
+            self.next_offset = h.next_offset();
+            self.next_index = h.raft_index + 1;
+        }
+        self.seal_indexes()
+    }
+
+    /// Recovers the last segment of a log: verifies batches from the last
+    /// index entry that still checks out, truncates at the first torn or
+    /// corrupt batch, fixes the indexes, and preallocates it for appends.
+    ///
+    /// `base_index` is the Raft index the first batch must carry, when known.
+    pub(crate) fn recover_active(
+        dir: &Path,
+        base_offset: u64,
+        base_index: Option<u64>,
+        config: &LogConfig,
+    ) -> Result<(Segment, RecoveryReport)> {
+        let log_path = segment_path(dir, base_offset, LOG_EXT);
+        let file = open_rw(&log_path, false)?;
+        let file_size = file_len(&file, &log_path)?;
+        let map = Arc::new(map_file(&file, &log_path, file_size)?);
+        let scan_map = map.clone();
+        let data: &[u8] = if file_size == 0 { &[] } else { &scan_map[..file_size as usize] };
+        let base_index = match base_index {
+            Some(i) => i,
+            None => BatchHeader::parse(data).map(|h| h.raft_index).unwrap_or(1),
+        };
+        let mut seg = Segment {
+            base_offset,
+            base_index,
+            next_offset: base_offset,
+            next_index: base_index,
+            size: 0,
+            log_path: log_path.clone(),
+            file: Arc::new(file),
+            map,
+            offset_index: IndexFile::open_active(&segment_path(dir, base_offset, INDEX_EXT), config.index_max_bytes)?,
+            time_index: IndexFile::open_active(&segment_path(dir, base_offset, TIME_INDEX_EXT), config.index_max_bytes)?,
+            max_timestamp: i64::MIN,
+            max_timestamp_rel: 0,
+            rolling_timestamp: None,
+            bytes_since_index: 0,
+            last_term: 0,
+            active: true,
+        };
+        // The batch an index entry points at must be intact and carry the
+        // entry's offsets; otherwise drop the entry and try the one before.
+        let verified_at = |pos: u64, offset: u64, index: u64| -> Option<BatchHeader> {
+            let v = BatchView::new(data.get(pos as usize..)?).ok()?;
+            let h = *v.header();
+            (h.base_offset == offset && h.raft_index == index).then_some(h)
+        };
+        let mut start: Option<(u64, BatchHeader)> = None;
+        while let Some(e) = seg.offset_index.last() {
+            let offset = base_offset + u64::from(e.rel_offset);
+            if let Some(h) = verified_at(u64::from(e.position), offset, base_index + u64::from(e.rel_index)) {
+                start = Some((u64::from(e.position), h));
+                break;
+            }
+            seg.offset_index.truncate_to(seg.offset_index.len() - 1);
+        }
+        if start.is_none() {
+            seg.offset_index.truncate_to(0);
+            start = verified_at(0, base_offset, base_index).map(|h| (0, h));
+        }
+        let mut report = RecoveryReport::default();
+        if let Some((pos, h)) = start {
+            // Time entries past the restart point are re-derived by the scan.
+            let rel = (h.base_offset - base_offset) as u32;
+            let keep = seg.time_index.floor(rel, |t| t.rel_offset).map_or(0, |i| i + 1);
+            seg.time_index.truncate_to(keep);
+            if let Some(t) = seg.time_index.last() {
+                seg.max_timestamp = t.timestamp;
+                seg.max_timestamp_rel = t.rel_offset;
+            }
+            seg.rolling_timestamp = if pos == 0 {
+                None
+            } else {
+                BatchHeader::parse(data).ok().map(|f| f.max_timestamp)
+            };
+            // Account for the start batch without indexing it again.
+            seg.bytes_since_index = 0;
+            seg.observe_timestamp(&h);
+            if seg.rolling_timestamp.is_none() {
+                seg.rolling_timestamp = Some(h.max_timestamp);
+            }
+            seg.bytes_since_index = u64::from(h.batch_len);
+            seg.last_term = h.raft_term;
+            seg.next_offset = h.next_offset();
+            seg.next_index = h.raft_index + 1;
+            let mut pos = pos + u64::from(h.batch_len);
+            report.scanned_batches = 1;
+            report.scanned_bytes = u64::from(h.batch_len);
+            loop {
+                let rest = &data[pos as usize..];
+                if rest.is_empty() {
+                    break;
+                }
+                match BatchView::new(rest) {
+                    Ok(v) => {
+                        let h = *v.header();
+                        let why = if h.base_offset != seg.next_offset {
+                            Some(format!("batch offset {} where {} was expected", h.base_offset, seg.next_offset))
+                        } else if h.raft_index != seg.next_index {
+                            Some(format!("raft index {} where {} was expected", h.raft_index, seg.next_index))
+                        } else if h.raft_term < seg.last_term {
+                            Some(format!("raft term {} after term {}", h.raft_term, seg.last_term))
+                        } else {
+                            None
+                        };
+                        if let Some(why) = why {
+                            report.truncated = Some(why);
+                            break;
+                        }
+                        seg.note_batch(pos, &h, config);
+                        seg.last_term = h.raft_term;
+                        seg.next_offset = h.next_offset();
+                        seg.next_index = h.raft_index + 1;
+                        pos += u64::from(h.batch_len);
+                        report.scanned_batches += 1;
+                        report.scanned_bytes += u64::from(h.batch_len);
+                    }
+                    Err(e) => {
+                        if rest.iter().take(HEADER_LEN).any(|b| *b != 0) {
+                            report.truncated = Some(e.to_string());
+                        }
+                        break;
+                    }
+                }
+            }
+            seg.size = pos;
+        } else if data.iter().take(HEADER_LEN).any(|b| *b != 0) {
+            report.truncated = Some(match BatchView::new(data) {
+                Err(e) => e.to_string(),
+                Ok(_) => "first batch does not carry the segment's offset and index".into(),
+            });
+        }
+        report.valid_end = seg.size;
+        // Cut whatever follows the valid prefix (a torn batch, stale bytes)
+        // and preallocate again: appends continue at `size`.
+        set_len(&seg.file, &log_path, seg.size)?;
+        let capacity = u64::from(config.segment_bytes).max(seg.size);
+        preallocate(&seg.file, &log_path, capacity)?;
+        seg.map = Arc::new(map_file(&seg.file, &log_path, capacity)?);
+        Ok((seg, report))
+    }
+
+    fn observe_timestamp(&mut self, h: &BatchHeader) {
+        if h.max_timestamp > self.max_timestamp || self.max_timestamp == i64::MIN {
+            self.max_timestamp = h.max_timestamp;
+            self.max_timestamp_rel = (h.base_offset - self.base_offset) as u32;
+        }
+    }
+
+    /// Updates indexes and timestamps for a batch written at `pos`.
+    fn note_batch(&mut self, pos: u64, h: &BatchHeader, config: &LogConfig) {
+        self.observe_timestamp(h);
+        if self.rolling_timestamp.is_none() {
+            self.rolling_timestamp = Some(h.max_timestamp);
+        }
+        if pos > 0 && self.bytes_since_index >= u64::from(config.index_interval_bytes) {
+            let entry = OffsetEntry {
+                rel_offset: (h.base_offset - self.base_offset) as u32,
+                rel_index: (h.raft_index - self.base_index) as u32,
+                position: pos as u32,
+            };
+            if self.offset_index.push(entry) {
+                self.push_time_entry();
+                self.bytes_since_index = 0;
+            }
+        }
+        self.bytes_since_index += u64::from(h.batch_len);
+    }
+
+    fn push_time_entry(&mut self) {
+        let grows = self.time_index.last().is_none_or(|t| self.max_timestamp > t.timestamp);
+        if grows && self.max_timestamp != i64::MIN {
+            let _full_is_fine = self.time_index.push(TimeEntry {
+                timestamp: self.max_timestamp,
+                rel_offset: self.max_timestamp_rel,
+            });
+        }
+    }
+
+    /// Whether a batch of `len` bytes with `h`'s offsets must go to a new
+    /// segment (size, index space, 32-bit relative offsets, age).
+    pub(crate) fn needs_roll(&self, len: u64, h: &BatchHeader, config: &LogConfig) -> bool {
+        if self.size == 0 {
+            return false;
+        }
+        let rel_overflow = h.last_offset() - self.base_offset > u64::from(u32::MAX)
+            || self.next_index - self.base_index >= u64::from(u32::MAX);
+        let too_old = match (config.segment_ms, self.rolling_timestamp) {
+            (Some(ms), Some(first)) => h.max_timestamp.saturating_sub(first) >= ms,
+            _ => false,
+        };
+        self.size + len > u64::from(config.segment_bytes)
+            || self.offset_index.is_full()
+            || self.time_index.is_full()
+            || rel_overflow
+            || too_old
+    }
+
+    /// Writes a verified batch at the end, with its broker-owned prefix
+    /// replaced by `prefix`. On failure nothing is counted as written.
+    pub(crate) fn append(
+        &mut self,
+        prefix: &[u8; STAMPED_LEN],
+        batch: &[u8],
+        h: &BatchHeader,
+        config: &LogConfig,
+        faults: Option<&Faults>,
+    ) -> Result<()> {
+        debug_assert!(self.active);
+        let pos = self.size;
+        let written = write_at(&self.file, &self.log_path, prefix, pos, faults)
+            .and_then(|()| write_at(&self.file, &self.log_path, &batch[STAMPED_LEN..], pos + STAMPED_LEN as u64, faults));
+        if let Err(e) = written {
+            // Cut the partial batch so that no torn bytes linger after `size`.
+            set_len(&self.file, &self.log_path, pos)
+                .and_then(|()| preallocate(&self.file, &self.log_path, u64::from(config.segment_bytes).max(pos)))
+                .map_err(|cleanup| StorageError::Failed {
+                    path: self.log_path.clone(),
+                    reason: format!("{e}; then could not cut the partial batch: {cleanup}"),
+                })?;
+            return Err(e);
+        }
+        self.note_batch(pos, h, config);
+        self.size = pos + u64::from(h.batch_len);
+        self.next_offset = h.next_offset();
+        self.next_index = h.raft_index + 1;
+        self.last_term = h.raft_term;
+        Ok(())
+    }
+
+    fn seal_indexes(&mut self) -> Result<()> {
+        self.push_time_entry();
+        self.offset_index.seal()?;
+        self.time_index.seal()
+    }
+
+    /// Makes the segment immutable: trims the file to its data, records the
+    /// final time index entry, fsyncs everything.
+    pub(crate) fn seal(&mut self, faults: Option<&Faults>) -> Result<()> {
+        set_len(&self.file, &self.log_path, self.size)?;
+        sync_data(&self.file, &self.log_path, faults)?;
+        self.seal_indexes()?;
+        self.active = false;
+        Ok(())
+    }
+
+    /// Reopens a sealed segment for appends at `size` (after truncation).
+    pub(crate) fn reactivate(&mut self, dir: &Path, config: &LogConfig) -> Result<()> {
+        let capacity = u64::from(config.segment_bytes).max(self.size);
+        preallocate(&self.file, &self.log_path, capacity)?;
+        self.map = Arc::new(map_file(&self.file, &self.log_path, capacity)?);
+        let entries = (self.offset_index.len(), self.time_index.len());
+        self.offset_index =
+            IndexFile::open_active(&segment_path(dir, self.base_offset, INDEX_EXT), config.index_max_bytes)?;
+        self.time_index =
+            IndexFile::open_active(&segment_path(dir, self.base_offset, TIME_INDEX_EXT), config.index_max_bytes)?;
+        self.offset_index.truncate_to(entries.0);
+        self.time_index.truncate_to(entries.1);
+        self.active = true;
+        Ok(())
+    }
+
+    /// Cuts the segment so that it ends at byte `pos`, where the batch with
+    /// `next_offset`/`next_index` started. The caller makes it active.
+    pub(crate) fn truncate_at(
+        &mut self,
+        pos: u64,
+        next_offset: u64,
+        next_index: u64,
+        last_term: u64,
+        config: &LogConfig,
+    ) -> Result<()> {
+        let rel = next_offset.saturating_sub(self.base_offset);
+        let keep = self
+            .offset_index
+            .floor(rel.saturating_sub(1), |e| u64::from(e.rel_offset))
+            .map_or(0, |i| i + 1);
+        self.offset_index.truncate_to(if pos == 0 { 0 } else { keep });
+        let keep_t = self
+            .time_index
+            .floor(rel.saturating_sub(1), |e| u64::from(e.rel_offset))
+            .map_or(0, |i| i + 1);
+        self.time_index.truncate_to(if pos == 0 { 0 } else { keep_t });
+        // Physically cut (zeroing what follows) so that a crash can never
+        // bring the removed batches back, then preallocate again.
+        set_len(&self.file, &self.log_path, pos)?;
+        if self.active {
+            preallocate(&self.file, &self.log_path, u64::from(config.segment_bytes).max(pos))?;
+        }
+        self.size = pos;
+        self.next_offset = next_offset;
+        self.next_index = next_index;
+        self.last_term = last_term;
+        // Recompute the per-segment running values from the indexes.
+        self.max_timestamp = i64::MIN;
+        self.max_timestamp_rel = 0;
+        if let Some(t) = self.time_index.last() {
+            self.max_timestamp = t.timestamp;
+            self.max_timestamp_rel = t.rel_offset;
+        }
+        let mut scan = self.offset_index.last().map_or(0, |e| u64::from(e.position));
+        self.bytes_since_index = 0;
+        self.rolling_timestamp = None;
+        if pos > 0 {
+            self.rolling_timestamp = self.header_at(0).ok().map(|h| h.max_timestamp);
+        }
+        while scan < pos {
+            let h = self.header_at(scan)?;
+            self.observe_timestamp(&h);
+            self.bytes_since_index += u64::from(h.batch_len);
+            scan += u64::from(h.batch_len);
+        }
+        Ok(())
+    }
+
+    /// Parses the header of the batch at `pos` (no CRC check) and checks
+    /// that the whole batch lies within the segment.
+    pub(crate) fn header_at(&self, pos: u64) -> Result<BatchHeader> {
+        let data = &self.map[..self.size as usize];
+        let h = BatchHeader::parse(data.get(pos as usize..).unwrap_or(&[]))
+            .map_err(|e| StorageError::corrupt(&self.log_path, pos, e))?;
+        if pos + u64::from(h.batch_len) > self.size {
+            return Err(StorageError::corrupt(
+                &self.log_path,
+                pos,
+                format!("batch of {} bytes runs past the end of the segment ({} bytes)", h.batch_len, self.size),
+            ));
+        }
+        Ok(h)
+    }
+
+    /// Position to start scanning from for the batch holding `offset`.
+    pub(crate) fn scan_start_for_offset(&self, offset: u64) -> u64 {
+        let rel = offset.saturating_sub(self.base_offset).min(u64::from(u32::MAX)) as u32;
+        self.offset_index
+            .floor(rel, |e| e.rel_offset)
+            .map_or(0, |i| u64::from(self.offset_index.entry(i).position))
+    }
+
+    /// Position to start scanning from for the batch with Raft index `index`.
+    pub(crate) fn scan_start_for_index(&self, index: u64) -> u64 {
+        let rel = index.saturating_sub(self.base_index).min(u64::from(u32::MAX)) as u32;
+        self.offset_index
+            .floor(rel, |e| e.rel_index)
+            .map_or(0, |i| u64::from(self.offset_index.entry(i).position))
+    }
+
+    /// Position to start scanning from for the first offset whose
+    /// timestamp is `>= ts`: after every batch known to be older.
+    pub(crate) fn scan_start_for_timestamp(&self, ts: i64) -> u64 {
+        match self.time_index.floor(ts.saturating_sub(1), |t| t.timestamp) {
+            Some(i) => self.scan_start_for_offset(self.base_offset + u64::from(self.time_index.entry(i).rel_offset)),
+            None => 0,
+        }
+    }
+
+    /// A snapshot of what a reader needs, taken under the log's lock.
+    pub(crate) fn reader(&self) -> SegmentReader {
+        SegmentReader {
+            map: self.map.clone(),
+            size: self.size,
+            path: self.log_path.clone(),
+        }
+    }
+
+    /// Removes the segment's files (after it was dropped from the log).
+    pub(crate) fn delete_files(dir: &Path, base_offset: u64) -> Result<()> {
+        for ext in [LOG_EXT, INDEX_EXT, TIME_INDEX_EXT] {
+            let path = segment_path(dir, base_offset, ext);
+            let mut deleted = path.clone().into_os_string();
+            deleted.push(crate::filename::DELETED_SUFFIX);
+            match fs::rename(&path, &deleted) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StorageError::io("rename", path, e)),
+            }
+            fs::remove_file(&deleted).map_err(|e| StorageError::io("unlink", PathBuf::from(&deleted), e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Lock-free read access to a segment's bytes `[0, size)`.
+pub(crate) struct SegmentReader {
+    map: Arc<Mmap>,
+    pub(crate) size: u64,
+    pub(crate) path: PathBuf,
+}
+
+impl SegmentReader {
+    pub(crate) fn data(&self) -> &[u8] {
+        &self.map[..self.size as usize]
+    }
+
+    /// Verifies the batch at `pos` and returns its header.
+    pub(crate) fn verified(&self, pos: u64) -> Result<BatchHeader> {
+        let rest = self.data().get(pos as usize..).unwrap_or(&[]);
+        BatchView::new(rest)
+            .map(|v| *v.header())
+            .map_err(|e| StorageError::corrupt(&self.path, pos, e))
+    }
+
+    /// Parses the header at `pos` without checking the CRC.
+    pub(crate) fn header(&self, pos: u64) -> Result<BatchHeader> {
+        let rest = self.data().get(pos as usize..).unwrap_or(&[]);
+        let h = BatchHeader::parse(rest).map_err(|e| StorageError::corrupt(&self.path, pos, e))?;
+        if pos + u64::from(h.batch_len) > self.size {
+            return Err(StorageError::corrupt(&self.path, pos, "batch runs past the end of the segment"));
+        }
+        Ok(h)
+    }
+
+    /// Zero-copy bytes `[from, to)` of the segment.
+    pub(crate) fn slice(&self, from: u64, to: u64) -> Bytes {
+        Bytes::from_owner(MapOwner(self.map.clone())).slice(from as usize..to as usize)
+    }
+}
+
+fn file_len(file: &File, path: &Path) -> Result<u64> {
+    Ok(file.metadata().map_err(|e| StorageError::io("stat", path, e))?.len())
+}
