@@ -85,7 +85,10 @@ impl LogConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(StorageError::Invalid(m));
         if self.segment_bytes < 4096 {
-            return bad(format!("segment_bytes {} is below the minimum of 4096", self.segment_bytes));
+            return bad(format!(
+                "segment_bytes {} is below the minimum of 4096",
+                self.segment_bytes
+            ));
         }
         if self.max_batch_bytes > self.segment_bytes {
             return bad(format!(
@@ -94,7 +97,10 @@ impl LogConfig {
             ));
         }
         if self.index_max_bytes < 12 * 4 {
-            return bad(format!("index_max_bytes {} is below the minimum of 48", self.index_max_bytes));
+            return bad(format!(
+                "index_max_bytes {} is below the minimum of 48",
+                self.index_max_bytes
+            ));
         }
         if self.index_interval_bytes == 0 {
             return bad("index_interval_bytes must be > 0".into());
@@ -128,10 +134,23 @@ mod tests {
     fn validate_rejects_inconsistent_settings() {
         assert!(LogConfig::default().validate().is_ok());
         let cases = [
-            LogConfig { segment_bytes: 100, ..Default::default() },
-            LogConfig { segment_bytes: 1 << 20, max_batch_bytes: 2 << 20, ..Default::default() },
-            LogConfig { index_max_bytes: 12, ..Default::default() },
-            LogConfig { index_interval_bytes: 0, ..Default::default() },
+            LogConfig {
+                segment_bytes: 100,
+                ..Default::default()
+            },
+            LogConfig {
+                segment_bytes: 1 << 20,
+                max_batch_bytes: 2 << 20,
+                ..Default::default()
+            },
+            LogConfig {
+                index_max_bytes: 12,
+                ..Default::default()
+            },
+            LogConfig {
+                index_interval_bytes: 0,
+                ..Default::default()
+            },
         ];
         for (i, c) in cases.iter().enumerate() {
             assert!(c.validate().is_err(), "case {i}");

@@ -53,15 +53,17 @@ impl Faults {
     }
 
     fn take_write_failure(&self) -> Option<io::Error> {
-        let prev = self
-            .writes_before_failure
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                if n > 0 { Some(n - 1) } else { None }
-            });
+        let prev =
+            self.writes_before_failure
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    if n > 0 { Some(n - 1) } else { None }
+                });
         match prev {
             Err(0) => {
                 self.writes_before_failure.store(-1, Ordering::SeqCst);
-                Some(io::Error::from_raw_os_error(self.errno.load(Ordering::SeqCst)))
+                Some(io::Error::from_raw_os_error(
+                    self.errno.load(Ordering::SeqCst),
+                ))
             }
             _ => None,
         }
@@ -88,9 +90,14 @@ pub(crate) fn write_at(
 /// `fdatasync`, honouring injected faults.
 pub(crate) fn sync_data(file: &File, path: &Path, faults: Option<&Faults>) -> Result<()> {
     if faults.is_some_and(|f| f.fail_sync.load(Ordering::SeqCst)) {
-        return Err(StorageError::io("fsync", path, io::Error::from_raw_os_error(libc::EIO)));
+        return Err(StorageError::io(
+            "fsync",
+            path,
+            io::Error::from_raw_os_error(libc::EIO),
+        ));
     }
-    file.sync_data().map_err(|e| StorageError::io("fsync", path, e))
+    file.sync_data()
+        .map_err(|e| StorageError::io("fsync", path, e))
 }
 
 /// fsyncs a directory so that creations, renames and unlinks in it are durable.
@@ -109,7 +116,8 @@ pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
     let mut f = File::create(tmp).map_err(|e| StorageError::io("create", tmp, e))?;
     f.write_all(contents)
         .map_err(|e| StorageError::io("write", tmp, e))?;
-    f.sync_all().map_err(|e| StorageError::io("fsync", tmp, e))?;
+    f.sync_all()
+        .map_err(|e| StorageError::io("fsync", tmp, e))?;
     fs::rename(tmp, path).map_err(|e| StorageError::io("rename", path, e))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     sync_dir(dir)
@@ -120,7 +128,9 @@ pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
 /// error). Falls back to writing zeros where `fallocate` is unsupported.
 pub(crate) fn preallocate(file: &File, path: &Path, len: u64) -> Result<()> {
     let Ok(off_len) = libc::off_t::try_from(len) else {
-        return Err(StorageError::Invalid(format!("preallocation of {len} bytes is too large")));
+        return Err(StorageError::Invalid(format!(
+            "preallocation of {len} bytes is too large"
+        )));
     };
     // SAFETY: plain syscall on a file descriptor we own; no memory is passed.
     let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, off_len) };
@@ -174,7 +184,10 @@ mod tests {
         write_atomically(&p, b"one").unwrap();
         write_atomically(&p, b"two").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 1, "{names:?}");
     }
 

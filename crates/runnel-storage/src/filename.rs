@@ -46,7 +46,11 @@ mod tests {
         ];
         for (i, (base, ext, name)) in cases.iter().enumerate() {
             assert_eq!(segment_file_name(*base, ext), *name, "case {i}");
-            assert_eq!(parse_segment_file_name(name), Some((*base, *ext)), "case {i}");
+            assert_eq!(
+                parse_segment_file_name(name),
+                Some((*base, *ext)),
+                "case {i}"
+            );
         }
     }
 

@@ -153,7 +153,9 @@ impl<E: IndexEntry> IndexFile<E> {
         } else {
             // SAFETY: segment files are only modified by this process through
             // this crate, which never shrinks a sealed index while it is mapped.
-            Map::ReadOnly(unsafe { Mmap::map(&file) }.map_err(|e| StorageError::io("mmap", path, e))?)
+            Map::ReadOnly(
+                unsafe { Mmap::map(&file) }.map_err(|e| StorageError::io("mmap", path, e))?,
+            )
         };
         let idx = IndexFile {
             path: path.to_owned(),
@@ -335,7 +337,9 @@ mod tests {
         assert!(idx.is_full());
         assert!(!idx.push(e(5000, 50000)), "full index refuses");
         for target in 0..1100u32 {
-            let got = idx.floor(target, |e| e.rel_offset).map(|i| idx.entry(i).position);
+            let got = idx
+                .floor(target, |e| e.rel_offset)
+                .map(|i| idx.entry(i).position);
             let want = oracle.range(..=target).next_back().map(|(_, p)| *p);
             assert_eq!(got, want, "target {target}");
         }
@@ -346,7 +350,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.index");
         let mut idx = IndexFile::<OffsetEntry>::open_active(&path, 120).unwrap();
-        let cases = [(e(0, 0), false), (e(5, 50), true), (e(5, 60), false), (e(6, 40), false), (e(7, 70), true)];
+        let cases = [
+            (e(0, 0), false),
+            (e(5, 50), true),
+            (e(5, 60), false),
+            (e(6, 40), false),
+            (e(7, 70), true),
+        ];
         for (i, (entry, ok)) in cases.iter().enumerate() {
             assert_eq!(idx.push(*entry), *ok, "case {i}");
         }
@@ -369,7 +379,9 @@ mod tests {
         idx.seal().unwrap();
         drop(idx);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 36);
-        let sealed = IndexFile::<OffsetEntry>::open_sealed(&path).unwrap().unwrap();
+        let sealed = IndexFile::<OffsetEntry>::open_sealed(&path)
+            .unwrap()
+            .unwrap();
         assert_eq!(sealed.len(), 3);
         assert_eq!(sealed.last(), Some(e(3, 30)));
     }
@@ -380,29 +392,75 @@ mod tests {
         let path = dir.path().join("x.index");
         let cases: &[(&str, Vec<u8>)] = &[
             ("ragged length", vec![1u8; 13]),
-            ("decreasing", [e(5, 50).encode(), e(4, 60).encode()].concat()),
+            (
+                "decreasing",
+                [e(5, 50).encode(), e(4, 60).encode()].concat(),
+            ),
             ("zero entry", [0u8; 12].to_vec()),
         ];
         for (i, (what, bytes)) in cases.iter().enumerate() {
             std::fs::write(&path, bytes).unwrap();
-            assert!(IndexFile::<OffsetEntry>::open_sealed(&path).unwrap().is_none(), "case {i}: {what}");
+            assert!(
+                IndexFile::<OffsetEntry>::open_sealed(&path)
+                    .unwrap()
+                    .is_none(),
+                "case {i}: {what}"
+            );
         }
         std::fs::remove_file(&path).unwrap();
-        assert!(IndexFile::<OffsetEntry>::open_sealed(&path).unwrap().is_none(), "missing");
+        assert!(
+            IndexFile::<OffsetEntry>::open_sealed(&path)
+                .unwrap()
+                .is_none(),
+            "missing"
+        );
     }
 
     #[test]
     fn time_entries_follow_rule() {
-        let a = TimeEntry { timestamp: 10, rel_offset: 3 };
+        let a = TimeEntry {
+            timestamp: 10,
+            rel_offset: 3,
+        };
         let cases = [
-            (TimeEntry { timestamp: 11, rel_offset: 3 }, true),
-            (TimeEntry { timestamp: 10, rel_offset: 4 }, false),
-            (TimeEntry { timestamp: 12, rel_offset: 2 }, false),
+            (
+                TimeEntry {
+                    timestamp: 11,
+                    rel_offset: 3,
+                },
+                true,
+            ),
+            (
+                TimeEntry {
+                    timestamp: 10,
+                    rel_offset: 4,
+                },
+                false,
+            ),
+            (
+                TimeEntry {
+                    timestamp: 12,
+                    rel_offset: 2,
+                },
+                false,
+            ),
         ];
         for (i, (b, ok)) in cases.iter().enumerate() {
             assert_eq!(b.follows(Some(&a)), *ok, "case {i}");
         }
-        assert!(!TimeEntry { timestamp: 0, rel_offset: 0 }.follows(None));
-        assert!(TimeEntry { timestamp: -5, rel_offset: 0 }.follows(None));
+        assert!(
+            !TimeEntry {
+                timestamp: 0,
+                rel_offset: 0
+            }
+            .follows(None)
+        );
+        assert!(
+            TimeEntry {
+                timestamp: -5,
+                rel_offset: 0
+            }
+            .follows(None)
+        );
     }
 }

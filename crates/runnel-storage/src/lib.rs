@@ -50,6 +50,7 @@ mod durable;
 mod error;
 pub mod filename;
 mod index;
+pub mod inspect;
 mod log;
 mod segment;
 mod state;

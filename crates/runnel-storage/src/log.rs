@@ -3,15 +3,15 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
-use runnel_batch::{BatchHeader, BatchView, stamped_prefix};
+use runnel_batch::{BatchHeader, BatchView, HEADER_LEN, stamped_prefix};
 
 use crate::config::{FlushPolicy, LogConfig};
-use crate::durable::{sync_data, sync_dir};
+use crate::durable::{Faults, set_len, sync_data, sync_dir};
 use crate::error::{Result, StorageError};
-use crate::filename::{DELETED_SUFFIX, LOG_EXT, TMP_SUFFIX, parse_segment_file_name};
+use crate::filename::{DELETED_SUFFIX, LOG_EXT, TMP_SUFFIX, parse_segment_file_name, segment_path};
 use crate::segment::{RecoveryReport, Segment, SegmentReader};
 use crate::state::PartitionState;
 
@@ -161,14 +161,19 @@ pub struct Log {
     dir: PathBuf,
     config: LogConfig,
     inner: Mutex<Inner>,
-    sync_lock: Mutex<()>,
+    /// Whether an fsync for group commit is in flight.
+    sync_lock: Mutex<bool>,
+    /// Signalled when that fsync ends.
+    synced: Condvar,
     durable_offset: AtomicU64,
     fsyncs: AtomicU64,
 }
 
 impl std::fmt::Debug for Log {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Log").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("Log")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -222,12 +227,28 @@ impl Log {
                 report.removed_files.push(path);
             }
         }
-        let (mut state, state_ok) = match PartitionState::load(&dir) {
-            Ok(Some(s)) => (s, true),
-            Ok(None) => (PartitionState::default(), bases.is_empty()),
+        // A last segment without one complete batch was created by a roll
+        // that may not have finished sealing its predecessor (appends to a
+        // new segment start only after the old one is sealed and fsynced).
+        // Drop it, and recover the predecessor as the active segment: its
+        // tail gets verified and a torn end cut, as for any active segment.
+        while bases.len() >= 2 {
+            let last = bases[bases.len() - 1];
+            if !lacks_complete_batch(&segment_path(&dir, last, LOG_EXT))? {
+                break;
+            }
+            tracing::warn!(dir = %dir.display(), base_offset = last,
+                "removing a new segment left empty by an interrupted roll");
+            Segment::delete_files(&dir, last)?;
+            report.removed_files.push(segment_path(&dir, last, LOG_EXT));
+            bases.pop();
+        }
+        let (mut state, state_ok, loaded) = match PartitionState::load(&dir) {
+            Ok(Some(s)) => (s.clone(), true, Some(s)),
+            Ok(None) => (PartitionState::default(), bases.is_empty(), None),
             Err(e) => {
                 tracing::warn!(error = %e, "partition state damaged; rebuilding it from the segments");
-                (PartitionState::default(), false)
+                (PartitionState::default(), false, None)
             }
         };
         report.state_rebuilt = !state_ok;
@@ -243,42 +264,59 @@ impl Log {
         } else {
             let (last, sealed) = bases.split_last().unwrap_or((&0, &[]));
             for &base in sealed {
-                segments.push(Segment::open_sealed(&dir, base, &config)?);
+                // Only needed when the segment's first header is damaged.
+                let known_base_index = || match segments.last_mut() {
+                    Some(prev) => tail_of(prev, config.faults.as_deref())
+                        .ok()
+                        .map(|(_, next_index, _)| next_index),
+                    None => state_ok.then_some(state.compacted_index + 1),
+                };
+                let seg = Segment::open_sealed(&dir, base, &config, known_base_index)?;
+                segments.push(seg);
             }
-            // Segments wholly below the compacted index were deleted by
+            for i in 0..segments.len().saturating_sub(1) {
+                let (next_offset, next_index) =
+                    (segments[i + 1].base_offset, segments[i + 1].base_index);
+                segments[i].next_offset = next_offset;
+                segments[i].next_index = next_index;
+            }
+            // The last sealed segment's end comes from a short scan of its tail.
+            if let Some(prev) = segments.last_mut() {
+                let (next_offset, next_index, last_term) = tail_of(prev, config.faults.as_deref())?;
+                prev.next_offset = next_offset;
+                prev.next_index = next_index;
+                prev.last_term = last_term;
+                if next_offset != *last {
+                    return Err(StorageError::corrupt(
+                        &prev.log_path,
+                        prev.size,
+                        format!(
+                            "segment ends at offset {next_offset} but the next segment starts at {last}"
+                        ),
+                    ));
+                }
+            }
+            // Segments wholly at or below the compacted index were deleted by
             // retention just before a crash: finish the job.
             if state_ok {
-                while segments.len() > 1 && segments[1].base_index <= state.compacted_index + 1 {
+                while segments
+                    .first()
+                    .is_some_and(|s| s.next_index <= state.compacted_index + 1)
+                {
                     let gone = segments.remove(0);
                     Segment::delete_files(&dir, gone.base_offset)?;
                     report.removed_files.push(gone.log_path.clone());
                 }
             }
-            for i in 0..segments.len().saturating_sub(1) {
-                let (next_offset, next_index) = (segments[i + 1].base_offset, segments[i + 1].base_index);
-                segments[i].next_offset = next_offset;
-                segments[i].next_index = next_index;
-            }
-            // The last sealed segment's end comes from a short scan of its tail.
-            let expected_index = match segments.last_mut() {
-                Some(prev) => {
-                    let (next_offset, next_index, last_term) = tail_of(prev)?;
-                    prev.next_offset = next_offset;
-                    prev.next_index = next_index;
-                    prev.last_term = last_term;
-                    if next_offset != *last {
-                        return Err(StorageError::corrupt(
-                            &prev.log_path,
-                            prev.size,
-                            format!("segment ends at offset {next_offset} but the next segment starts at {last}"),
-                        ));
-                    }
-                    Some(next_index)
-                }
+            let expected_index = match segments.last() {
+                Some(prev) => Some(prev.next_index),
                 None if state_ok => Some(state.compacted_index + 1),
                 None => None,
             };
-            let (active, recovery) = Segment::recover_active(&dir, *last, expected_index, &config)?;
+            let runs = state_ok.then(|| state.clone());
+            let term_of = |index: u64| runs.as_ref().and_then(|s| s.term_of(index));
+            let (active, recovery) =
+                Segment::recover_active(&dir, *last, expected_index, &term_of, &config)?;
             if let Some(why) = &recovery.truncated {
                 tracing::warn!(segment = %active.log_path.display(), valid_end = recovery.valid_end, reason = %why,
                     "truncated a torn or corrupt tail of the active segment");
@@ -287,7 +325,9 @@ impl Log {
             segments.push(active);
             if segments.len() == 1 && state_ok && segments[0].base_index <= state.compacted_index {
                 // Only possible with a damaged state file; trust the segment.
-                tracing::warn!("state file's compacted index is past the first segment; trusting the segment");
+                tracing::warn!(
+                    "state file's compacted index is past the first segment; trusting the segment"
+                );
                 state.compacted_index = segments[0].base_index - 1;
             }
         }
@@ -322,8 +362,14 @@ impl Log {
             tracing::warn!("term runs disagree with the log tail; rebuilding them");
             state.term_runs = rebuild_term_runs(&segments)?;
         }
-        state.log_start_offset = state.log_start_offset.clamp(first.base_offset, last.next_offset);
-        state.store(&dir)?;
+        state.log_start_offset = state
+            .log_start_offset
+            .clamp(first.base_offset, last.next_offset);
+        // Written only when recovery changed it: a log must open (and serve
+        // reads) on a disk without a free block.
+        if loaded.as_ref() != Some(&state) {
+            state.store(&dir)?;
+        }
 
         let active = &segments[segments.len() - 1];
         sync_data(&active.file, &active.log_path, config.faults.as_deref())?;
@@ -337,7 +383,8 @@ impl Log {
                 failed: None,
                 last_flush_ms: None,
             }),
-            sync_lock: Mutex::new(()),
+            sync_lock: Mutex::new(false),
+            synced: Condvar::new(),
             durable_offset: AtomicU64::new(log_end),
             fsyncs: AtomicU64::new(0),
         };
@@ -379,9 +426,11 @@ impl Log {
     }
 
     /// Appends a batch as the next Raft entry under `term`; see [`Log::append_entry`].
+    ///
+    /// The index is taken under the same lock as the write, so concurrent
+    /// appenders each get the next one.
     pub fn append(&self, batch: &[u8], term: u64) -> Result<AppendInfo> {
-        let index = self.lock()?.last_index() + 1;
-        self.append_entry(batch, term, index)
+        self.append_at(batch, term, None)
     }
 
     /// Appends one batch as Raft entry `index` of `term`.
@@ -392,9 +441,17 @@ impl Log {
     /// [`FlushPolicy::Always`] this returns once the batch is on disk.
     /// A failed write leaves the log as it was; a failed fsync fails the log.
     pub fn append_entry(&self, batch: &[u8], term: u64, index: u64) -> Result<AppendInfo> {
+        self.append_at(batch, term, Some(index))
+    }
+
+    /// [`Log::append_entry`] at `index`, or at the next index if `None`.
+    fn append_at(&self, batch: &[u8], term: u64, index: Option<u64>) -> Result<AppendInfo> {
         let max = self.config.max_batch_bytes as usize;
         if batch.len() > max {
-            return Err(StorageError::BatchTooLarge { size: batch.len(), max });
+            return Err(StorageError::BatchTooLarge {
+                size: batch.len(),
+                max,
+            });
         }
         let view = BatchView::new(batch)?;
         if view.as_bytes().len() != batch.len() {
@@ -408,25 +465,36 @@ impl Log {
             let mut inner = self.writable()?;
             let inner = &mut *inner;
             let next_index = inner.last_index() + 1;
+            let index = index.unwrap_or(next_index);
             if index != next_index {
                 return Err(StorageError::Invalid(format!(
                     "raft index {index} does not follow the last index {}",
                     next_index - 1
                 )));
             }
-            let last_term = inner.state.term_runs.last().map_or(inner.state.compacted_term, |r| r.0);
+            let last_term = inner
+                .state
+                .term_runs
+                .last()
+                .map_or(inner.state.compacted_term, |r| r.0);
             if term < last_term {
-                return Err(StorageError::Invalid(format!("term {term} is below the log's last term {last_term}")));
+                return Err(StorageError::Invalid(format!(
+                    "term {term} is below the log's last term {last_term}"
+                )));
             }
             let base_offset = inner.log_end();
             let mut header = *view.header();
             header.base_offset = base_offset;
             header.raft_term = term;
             header.raft_index = index;
-            if inner.active().needs_roll(batch.len() as u64, &header, &self.config) {
+            if inner
+                .active()
+                .needs_roll(batch.len() as u64, &header, &self.config)
+            {
                 self.roll(inner)?;
             }
-            if term > last_term || inner.state.term_runs.is_empty() {
+            let new_run = term > last_term || inner.state.term_runs.is_empty();
+            if new_run {
                 // Persist the new term before any entry of it (RAFT.md, trap 2).
                 inner.state.term_runs.push((term, index));
                 if let Err(e) = inner.state.store(&self.dir) {
@@ -436,11 +504,24 @@ impl Log {
             }
             let prefix = stamped_prefix(batch, base_offset, term, index);
             let faults = self.config.faults.clone();
-            if let Err(e) = inner.active_mut().append(&prefix, batch, &header, &self.config, faults.as_deref()) {
-                return Err(match e {
-                    StorageError::Failed { .. } => self.fail(inner, e),
-                    e => e,
-                });
+            if let Err(e) =
+                inner
+                    .active_mut()
+                    .append(&prefix, batch, &header, &self.config, faults.as_deref())
+            {
+                if let StorageError::Failed { .. } = e {
+                    return Err(self.fail(inner, e));
+                }
+                if new_run {
+                    // The entry is not in the log: neither is its term. The
+                    // run must not outlive the failure, in memory or on disk,
+                    // or a retry under another term would disagree with it.
+                    inner.state.term_runs.pop();
+                    if let Err(store) = inner.state.store(&self.dir) {
+                        return Err(self.fail(inner, store));
+                    }
+                }
+                return Err(e);
             }
             AppendInfo {
                 base_offset,
@@ -473,19 +554,36 @@ impl Log {
     }
 
     /// Makes everything below `end_offset` durable, sharing the fsync with
-    /// concurrent callers (group commit): whoever gets the sync lock syncs
-    /// all that was written so far; the others find their data covered.
+    /// concurrent callers (group commit): one caller at a time syncs all that
+    /// was written so far, outside any lock; the others wait for it and find
+    /// their data covered, or one of them syncs next.
     fn sync_until(&self, end_offset: u64) -> Result<()> {
         if self.durable_offset.load(Ordering::Acquire) >= end_offset {
             return Ok(());
         }
-        let _turn = self.sync_lock.lock().map_err(|_| StorageError::Failed {
+        let poisoned = |_| StorageError::Failed {
             path: self.dir.clone(),
             reason: "a thread panicked while syncing".into(),
-        })?;
-        if self.durable_offset.load(Ordering::Acquire) >= end_offset {
-            return Ok(());
+        };
+        let mut syncing = self.sync_lock.lock().map_err(poisoned)?;
+        loop {
+            if self.durable_offset.load(Ordering::Acquire) >= end_offset {
+                return Ok(());
+            }
+            if !*syncing {
+                break;
+            }
+            syncing = self.synced.wait(syncing).map_err(poisoned)?;
         }
+        *syncing = true;
+        drop(syncing);
+        // Ends the turn even if the sync panics, so that no waiter is stuck.
+        let _turn = SyncTurn(self);
+        self.sync_written()
+    }
+
+    /// fsyncs the active segment up to what is written now.
+    fn sync_written(&self) -> Result<()> {
         let (file, path, written) = {
             let inner = self.writable()?;
             let a = inner.active();
@@ -597,10 +695,18 @@ impl Log {
             let inner = self.lock()?;
             let (log_start, log_end) = (inner.state.log_start_offset, inner.log_end());
             if offset < log_start || offset > log_end {
-                return Err(StorageError::OffsetOutOfRange { offset, log_start, log_end });
+                return Err(StorageError::OffsetOutOfRange {
+                    offset,
+                    log_start,
+                    log_end,
+                });
             }
             if offset >= log_end.min(max_offset) {
-                return Ok(ReadBatches { first_offset: offset, next_offset: offset, ..Default::default() });
+                return Ok(ReadBatches {
+                    first_offset: offset,
+                    next_offset: offset,
+                    ..Default::default()
+                });
             }
             let seg = &inner.segments[inner.segment_for_offset(offset)];
             (seg.reader(), seg.scan_start_for_offset(offset))
@@ -609,22 +715,40 @@ impl Log {
         let from = pos;
         let (mut first_offset, mut next_offset, mut count) = (offset, offset, 0usize);
         while pos < reader.size {
-            let h = reader.verified(pos)?;
-            let len = u64::from(h.batch_len);
-            if h.base_offset >= max_offset || (count > 0 && (pos + len - from) as usize > max_bytes) {
+            // Only a batch that is returned is verified, and only the first
+            // one may fail the read: damage further on is reported by the
+            // read that starts there, not by this one.
+            let h = match reader.header(pos) {
+                Ok(h) => h,
+                Err(_) if count > 0 => break,
+                Err(e) => return Err(e),
+            };
+            if count > 0 && h.base_offset != next_offset {
                 break;
+            }
+            let len = u64::from(h.batch_len);
+            if h.base_offset >= max_offset || (count > 0 && (pos + len - from) as usize > max_bytes)
+            {
+                break;
+            }
+            match reader.verified(pos) {
+                Ok(_) => {}
+                Err(_) if count > 0 => break,
+                Err(e) => return Err(e),
             }
             if count == 0 {
                 first_offset = h.base_offset;
-            } else if h.base_offset != next_offset {
-                return Err(StorageError::corrupt(&reader.path, pos, format!(
-                    "batch offset {} where {next_offset} was expected", h.base_offset)));
             }
             next_offset = h.next_offset();
             count += 1;
             pos += len;
         }
-        Ok(ReadBatches { bytes: reader.slice(from, pos), first_offset, next_offset, batch_count: count })
+        Ok(ReadBatches {
+            bytes: reader.slice(from, pos),
+            first_offset,
+            next_offset,
+            batch_count: count,
+        })
     }
 
     /// Raft entries `[low, high)` as stored batches, at most `max_bytes`
@@ -640,34 +764,54 @@ impl Log {
                 let inner = self.lock()?;
                 let first = inner.state.compacted_index + 1;
                 if next < first {
-                    return Err(StorageError::Compacted { index: next, first_index: first });
+                    return Err(StorageError::Compacted {
+                        index: next,
+                        first_index: first,
+                    });
                 }
                 let last = inner.last_index();
                 if high > last + 1 {
-                    return Err(StorageError::Unavailable { index: high - 1, last_index: last });
+                    return Err(StorageError::Unavailable {
+                        index: high - 1,
+                        last_index: last,
+                    });
                 }
                 let seg = &inner.segments[inner.segment_for_index(next)];
                 (seg.reader(), seg.scan_start_for_index(next))
             };
             let mut pos = skip_to(&reader, start, |h| h.raft_index >= next)?;
             let before = next;
+            let mut next_offset = None;
             while pos < reader.size && next < high {
-                let h = reader.verified(pos)?;
-                if h.raft_index != next {
-                    return Err(StorageError::corrupt(&reader.path, pos, format!(
-                        "raft index {} where {next} was expected", h.raft_index)));
-                }
+                // The size limit first: a batch that is not returned is not verified.
+                let h = reader.header(pos)?;
                 let len = u64::from(h.batch_len);
                 if !out.is_empty() && total + len > max_bytes {
                     return Ok(out);
                 }
+                reader.verified(pos)?;
+                if h.raft_index != next || next_offset.is_some_and(|o| h.base_offset != o) {
+                    return Err(StorageError::corrupt(
+                        &reader.path,
+                        pos,
+                        format!(
+                            "batch (offset {}, raft index {}) where raft index {next} was expected",
+                            h.base_offset, h.raft_index
+                        ),
+                    ));
+                }
+                next_offset = Some(h.next_offset());
                 out.push(reader.slice(pos, pos + len));
                 total += len;
                 next += 1;
                 pos += len;
             }
             if next == before {
-                return Err(StorageError::corrupt(&reader.path, pos, format!("raft index {next} not found")));
+                return Err(StorageError::corrupt(
+                    &reader.path,
+                    pos,
+                    format!("raft index {next} not found"),
+                ));
             }
         }
         Ok(out)
@@ -728,12 +872,20 @@ impl Log {
         let pos = {
             let seg = &inner.segments[at];
             let reader = seg.reader();
-            skip_to(&reader, seg.scan_start_for_index(index), |h| h.raft_index >= index)?
+            skip_to(&reader, seg.scan_start_for_index(index), |h| {
+                h.raft_index >= index
+            })?
         };
         let header = inner.segments[at].header_at(pos)?;
         if header.raft_index != index {
-            return Err(StorageError::corrupt(&inner.segments[at].log_path, pos, format!(
-                "raft index {} where {index} was expected", header.raft_index)));
+            return Err(StorageError::corrupt(
+                &inner.segments[at].log_path,
+                pos,
+                format!(
+                    "raft index {} where {index} was expected",
+                    header.raft_index
+                ),
+            ));
         }
         let new_end = header.base_offset;
         if new_end < inner.state.log_start_offset {
@@ -790,11 +942,17 @@ impl Log {
                 return Ok(());
             }
             if offset < log_start {
-                return Err(StorageError::OffsetOutOfRange { offset, log_start, log_end });
+                return Err(StorageError::OffsetOutOfRange {
+                    offset,
+                    log_start,
+                    log_end,
+                });
             }
             let seg = &inner.segments[inner.segment_for_offset(offset)];
             let reader = seg.reader();
-            let pos = skip_to(&reader, seg.scan_start_for_offset(offset), |h| h.next_offset() > offset)?;
+            let pos = skip_to(&reader, seg.scan_start_for_offset(offset), |h| {
+                h.next_offset() > offset
+            })?;
             let h = reader.header(pos)?;
             if h.base_offset != offset {
                 return Err(StorageError::Invalid(format!(
@@ -852,18 +1010,23 @@ impl Log {
                 break;
             }
             let below_start = s.next_offset <= inner.state.log_start_offset;
-            let too_old = self
+            let too_old = self.config.retention_ms.is_some_and(|ms| {
+                s.max_timestamp != i64::MIN && now_ms.saturating_sub(s.max_timestamp) > ms
+            });
+            let too_big = self
                 .config
-                .retention_ms
-                .is_some_and(|ms| s.max_timestamp != i64::MIN && now_ms.saturating_sub(s.max_timestamp) > ms);
-            let too_big = self.config.retention_bytes.is_some_and(|b| total - s.size >= b);
+                .retention_bytes
+                .is_some_and(|b| total - s.size >= b);
             if !(below_start || too_old || too_big) {
                 break;
             }
             total -= s.size;
             k += 1;
         }
-        let mut report = RetentionReport { log_start_offset: inner.state.log_start_offset, ..Default::default() };
+        let mut report = RetentionReport {
+            log_start_offset: inner.state.log_start_offset,
+            ..Default::default()
+        };
         if k == 0 {
             return Ok(report);
         }
@@ -874,7 +1037,9 @@ impl Log {
         state.compacted_index = compacted_index;
         state.compacted_term = compacted_term;
         state.log_start_offset = state.log_start_offset.max(new_first.base_offset);
-        let keep_from = state.term_runs.partition_point(|(_, start)| *start <= compacted_index + 1);
+        let keep_from = state
+            .term_runs
+            .partition_point(|(_, start)| *start <= compacted_index + 1);
         state.term_runs.drain(..keep_from.saturating_sub(1));
         state.store(&self.dir)?;
         inner.state = state;
@@ -899,26 +1064,77 @@ impl Log {
     }
 }
 
-/// Walks batch headers from `pos` to the first one that satisfies `found`.
-/// Returns the segment size if none does.
-fn skip_to(reader: &SegmentReader, mut pos: u64, found: impl Fn(&BatchHeader) -> bool) -> Result<u64> {
+/// A caller's turn to fsync for everyone (see `Log::sync_until`); ends on drop.
+struct SyncTurn<'a>(&'a Log);
+
+impl Drop for SyncTurn<'_> {
+    fn drop(&mut self) {
+        *self
+            .0
+            .sync_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = false;
+        self.0.synced.notify_all();
+    }
+}
+
+/// Walks batch headers from `pos` (the segment start or a position from
+/// the offset index, which checks its entries against the log) to the first
+/// one that satisfies `found`. Offsets and Raft indexes must follow on from
+/// header to header: these fields lie outside the CRC, so this is what
+/// catches their damage. Returns the segment size if no header satisfies `found`.
+fn skip_to(
+    reader: &SegmentReader,
+    mut pos: u64,
+    found: impl Fn(&BatchHeader) -> bool,
+) -> Result<u64> {
+    let mut expected = (pos == 0).then_some((reader.base_offset, reader.base_index));
     while pos < reader.size {
         let h = reader.header(pos)?;
+        if let Some((offset, index)) = expected {
+            if (h.base_offset, h.raft_index) != (offset, index) {
+                return Err(StorageError::corrupt(
+                    &reader.path,
+                    pos,
+                    format!(
+                        "batch (offset {}, raft index {}) where ({offset}, {index}) was expected",
+                        h.base_offset, h.raft_index
+                    ),
+                ));
+            }
+        }
         if found(&h) {
             return Ok(pos);
         }
+        expected = Some((h.next_offset(), h.raft_index + 1));
         pos += u64::from(h.batch_len);
     }
     Ok(pos)
 }
 
-/// `(next_offset, next_index, last_term)` of a sealed segment, from a walk
-/// of the headers after its last index entry.
-fn tail_of(seg: &Segment) -> Result<(u64, u64, u64)> {
+/// `(next_offset, next_index, last_term)` of the last sealed segment, from
+/// a walk of the headers after its last index entry.
+///
+/// A crash between creating the next segment and sealing this one (a roll)
+/// leaves this one unsealed: its preallocated zeros follow the data. They
+/// are cut here, as sealing would have.
+fn tail_of(seg: &mut Segment, faults: Option<&Faults>) -> Result<(u64, u64, u64)> {
     let reader = seg.reader();
     let mut pos = seg.scan_start_for_offset(u64::MAX);
     let mut last = None;
     while pos < reader.size {
+        if reader.data()[pos as usize..]
+            .iter()
+            .take(HEADER_LEN)
+            .all(|b| *b == 0)
+        {
+            tracing::warn!(segment = %seg.log_path.display(), size = pos,
+                "segment was not sealed before the next one was created; cutting its preallocated tail");
+            set_len(&seg.file, &seg.log_path, pos)?;
+            sync_data(&seg.file, &seg.log_path, faults)?;
+            seg.size = pos;
+            break;
+        }
         let h = reader.header(pos)?;
         pos += u64::from(h.batch_len);
         last = Some(h);
@@ -927,6 +1143,36 @@ fn tail_of(seg: &Segment) -> Result<(u64, u64, u64)> {
         Some(h) => Ok((h.next_offset(), h.raft_index + 1, h.raft_term)),
         None => Ok((seg.base_offset, seg.base_index, 0)),
     }
+}
+
+/// Whether a segment file holds no complete, valid first batch.
+fn lacks_complete_batch(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut file = fs::File::open(path).map_err(|e| StorageError::io("open", path, e))?;
+    let mut head = [0u8; HEADER_LEN];
+    let mut got = 0;
+    while got < HEADER_LEN {
+        match file.read(&mut head[got..]) {
+            Ok(0) => return Ok(true),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(StorageError::io("read", path, e)),
+        }
+    }
+    let len = file
+        .metadata()
+        .map_err(|e| StorageError::io("stat", path, e))?
+        .len();
+    let header = match BatchHeader::parse(&head) {
+        Ok(h) if u64::from(h.batch_len) <= len => h,
+        _ => return Ok(true),
+    };
+    let mut batch = vec![0u8; header.batch_len as usize];
+    batch[..HEADER_LEN].copy_from_slice(&head);
+    if file.read_exact(&mut batch[HEADER_LEN..]).is_err() {
+        return Ok(true);
+    }
+    Ok(BatchView::new(&batch).is_err())
 }
 
 /// Rebuilds the term runs by walking every batch header (only when the

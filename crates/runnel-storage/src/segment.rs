@@ -80,16 +80,25 @@ fn map_file(file: &File, path: &Path, len: u64) -> Result<Mmap> {
 
 impl Segment {
     /// Creates a new, empty active segment and makes its creation durable.
-    pub(crate) fn create(dir: &Path, base_offset: u64, base_index: u64, config: &LogConfig) -> Result<Segment> {
+    pub(crate) fn create(
+        dir: &Path,
+        base_offset: u64,
+        base_index: u64,
+        config: &LogConfig,
+    ) -> Result<Segment> {
         let log_path = segment_path(dir, base_offset, LOG_EXT);
         let result = (|| {
             let file = open_rw(&log_path, true)?;
             set_len(&file, &log_path, 0)?;
             preallocate(&file, &log_path, u64::from(config.segment_bytes))?;
-            let offset_index =
-                IndexFile::open_active(&segment_path(dir, base_offset, INDEX_EXT), config.index_max_bytes)?;
-            let time_index =
-                IndexFile::open_active(&segment_path(dir, base_offset, TIME_INDEX_EXT), config.index_max_bytes)?;
+            let offset_index = IndexFile::open_active(
+                &segment_path(dir, base_offset, INDEX_EXT),
+                config.index_max_bytes,
+            )?;
+            let time_index = IndexFile::open_active(
+                &segment_path(dir, base_offset, TIME_INDEX_EXT),
+                config.index_max_bytes,
+            )?;
             sync_data(&file, &log_path, config.faults.as_deref())?;
             sync_dir(dir)?;
             let map = map_file(&file, &log_path, u64::from(config.segment_bytes))?;
@@ -124,65 +133,102 @@ impl Segment {
     /// Opens a sealed segment: no scan, only its first header and its
     /// indexes (rebuilt from the log if missing or damaged). `next_offset`
     /// and `next_index` are set by the caller from the following segment.
-    pub(crate) fn open_sealed(dir: &Path, base_offset: u64, config: &LogConfig) -> Result<Segment> {
+    ///
+    /// `known_base_index` is asked for the segment's first Raft index only
+    /// when the first header is damaged: the segment then still opens (the
+    /// damage is reported by the reads that reach it) if the caller knows it.
+    pub(crate) fn open_sealed(
+        dir: &Path,
+        base_offset: u64,
+        config: &LogConfig,
+        known_base_index: impl FnOnce() -> Option<u64>,
+    ) -> Result<Segment> {
         let log_path = segment_path(dir, base_offset, LOG_EXT);
         let file = open_rw(&log_path, false)?;
         let size = file_len(&file, &log_path)?;
         let map = map_file(&file, &log_path, size)?;
-        let first = BatchHeader::parse(&map[..(size as usize).min(HEADER_LEN)])
-            .map_err(|e| StorageError::corrupt(&log_path, 0, e))?;
-        if first.base_offset != base_offset {
-            return Err(StorageError::corrupt(
-                &log_path,
-                0,
-                format!("first batch has offset {} but the file name says {base_offset}", first.base_offset),
-            ));
-        }
+        let first = match BatchHeader::parse(&map[..(size as usize).min(HEADER_LEN)]) {
+            Ok(h) if h.base_offset == base_offset => Ok(h),
+            Ok(h) => Err(format!(
+                "first batch has offset {} but the file name says {base_offset}",
+                h.base_offset
+            )),
+            Err(e) => Err(e.to_string()),
+        };
+        let (base_index, rolling_timestamp) = match first {
+            Ok(h) => (h.raft_index, Some(h.max_timestamp)),
+            Err(reason) => match known_base_index() {
+                Some(index) => {
+                    tracing::warn!(segment = %log_path.display(), %reason,
+                        "first batch header of a sealed segment is damaged; opening it anyway");
+                    (index, None)
+                }
+                None => return Err(StorageError::corrupt(&log_path, 0, reason)),
+            },
+        };
         let index_path = segment_path(dir, base_offset, INDEX_EXT);
         let time_path = segment_path(dir, base_offset, TIME_INDEX_EXT);
         let sealed = (
             IndexFile::<OffsetEntry>::open_sealed(&index_path)?,
             IndexFile::<TimeEntry>::open_sealed(&time_path)?,
         );
-        let (offset_index, time_index, rebuild) = match sealed {
-            (Some(oi), Some(ti)) if oi.last().is_none_or(|e| u64::from(e.position) + HEADER_LEN as u64 <= size) => {
+        let fresh = || -> Result<(IndexFile<OffsetEntry>, IndexFile<TimeEntry>)> {
+            tracing::warn!(segment = %log_path.display(), "index missing or damaged; rebuilding it from the log");
+            for p in [&index_path, &time_path] {
+                let _ignored = fs::remove_file(p);
+            }
+            Ok((
+                IndexFile::open_active(&index_path, config.index_max_bytes)?,
+                IndexFile::open_active(&time_path, config.index_max_bytes)?,
+            ))
+        };
+        let (offset_index, time_index, mut rebuild) = match sealed {
+            (Some(oi), Some(ti))
+                if oi
+                    .last()
+                    .is_none_or(|e| u64::from(e.position) + HEADER_LEN as u64 <= size) =>
+            {
                 (oi, ti, false)
             }
             _ => {
-                tracing::warn!(segment = %log_path.display(), "index missing or damaged; rebuilding it from the log");
-                for p in [&index_path, &time_path] {
-                    let _ignored = fs::remove_file(p);
-                }
-                (
-                    IndexFile::open_active(&index_path, config.index_max_bytes)?,
-                    IndexFile::open_active(&time_path, config.index_max_bytes)?,
-                    true,
-                )
+                let (oi, ti) = fresh()?;
+                (oi, ti, true)
             }
         };
         let mut seg = Segment {
             base_offset,
-            base_index: first.raft_index,
+            base_index,
             next_offset: base_offset,
-            next_index: first.raft_index,
+            next_index: base_index,
             size,
-            log_path,
+            log_path: log_path.clone(),
             file: Arc::new(file),
             map: Arc::new(map),
             offset_index,
             time_index,
             max_timestamp: i64::MIN,
             max_timestamp_rel: 0,
-            rolling_timestamp: Some(first.max_timestamp),
+            rolling_timestamp,
             bytes_since_index: 0,
             last_term: 0,
             active: false,
         };
+        if !rebuild {
+            // The last time entry gives the segment's newest timestamp
+            // (retention by age, time lookups): it must match the log.
+            match seg.time_index.last() {
+                Some(t) if seg.time_entry_matches(&t) => {
+                    seg.max_timestamp = t.timestamp;
+                    seg.max_timestamp_rel = t.rel_offset;
+                }
+                _ => {
+                    (seg.offset_index, seg.time_index) = fresh()?;
+                    rebuild = true;
+                }
+            }
+        }
         if rebuild {
             seg.rebuild_indexes(config)?;
-        } else if let Some(t) = seg.time_index.last() {
-            seg.max_timestamp = t.timestamp;
-            seg.max_timestamp_rel = t.rel_offset;
         }
         Ok(seg)
     }
@@ -193,15 +239,26 @@ impl Segment {
         let map = self.map.clone();
         let mut pos = 0u64;
         while pos < self.size {
-            let view = match BatchView::new(&map[pos as usize..self.size as usize]) {
-                Ok(v) => v,
+            let h = match BatchView::new(&map[pos as usize..self.size as usize]) {
+                // Offsets and indexes lie outside the CRC: they must follow on.
+                Ok(v)
+                    if (v.header().base_offset, v.header().raft_index)
+                        == (self.next_offset, self.next_index) =>
+                {
+                    *v.header()
+                }
+                Ok(v) => {
+                    tracing::warn!(segment = %self.log_path.display(), position = pos,
+                        offset = v.header().base_offset, index = v.header().raft_index,
+                        "batch out of sequence while rebuilding the index; indexing stops here");
+                    break;
+                }
                 Err(e) => {
                     tracing::warn!(segment = %self.log_path.display(), position = pos, error = %e,
                         "corrupt batch while rebuilding the index; indexing stops here");
                     break;
                 }
             };
-            let h = *view.header();
             self.note_batch(pos, &h, config);
             pos += u64::from(h.batch_len);
             self.next_offset = h.next_offset();
@@ -214,11 +271,15 @@ impl Segment {
     /// index entry that still checks out, truncates at the first torn or
     /// corrupt batch, fixes the indexes, and preallocates it for appends.
     ///
-    /// `base_index` is the Raft index the first batch must carry, when known.
+    /// `base_index` is the Raft index the first batch must carry, when known;
+    /// `term_of(index)` the term the entry must carry, when known (from the
+    /// state file, which records each term before its first entry: the
+    /// term lies outside the batch CRC).
     pub(crate) fn recover_active(
         dir: &Path,
         base_offset: u64,
         base_index: Option<u64>,
+        term_of: &dyn Fn(u64) -> Option<u64>,
         config: &LogConfig,
     ) -> Result<(Segment, RecoveryReport)> {
         let log_path = segment_path(dir, base_offset, LOG_EXT);
@@ -226,7 +287,11 @@ impl Segment {
         let file_size = file_len(&file, &log_path)?;
         let map = Arc::new(map_file(&file, &log_path, file_size)?);
         let scan_map = map.clone();
-        let data: &[u8] = if file_size == 0 { &[] } else { &scan_map[..file_size as usize] };
+        let data: &[u8] = if file_size == 0 {
+            &[]
+        } else {
+            &scan_map[..file_size as usize]
+        };
         let base_index = match base_index {
             Some(i) => i,
             None => BatchHeader::parse(data).map(|h| h.raft_index).unwrap_or(1),
@@ -240,8 +305,14 @@ impl Segment {
             log_path: log_path.clone(),
             file: Arc::new(file),
             map,
-            offset_index: IndexFile::open_active(&segment_path(dir, base_offset, INDEX_EXT), config.index_max_bytes)?,
-            time_index: IndexFile::open_active(&segment_path(dir, base_offset, TIME_INDEX_EXT), config.index_max_bytes)?,
+            offset_index: IndexFile::open_active(
+                &segment_path(dir, base_offset, INDEX_EXT),
+                config.index_max_bytes,
+            )?,
+            time_index: IndexFile::open_active(
+                &segment_path(dir, base_offset, TIME_INDEX_EXT),
+                config.index_max_bytes,
+            )?,
             max_timestamp: i64::MIN,
             max_timestamp_rel: 0,
             rolling_timestamp: None,
@@ -254,26 +325,56 @@ impl Segment {
         let verified_at = |pos: u64, offset: u64, index: u64| -> Option<BatchHeader> {
             let v = BatchView::new(data.get(pos as usize..)?).ok()?;
             let h = *v.header();
-            (h.base_offset == offset && h.raft_index == index).then_some(h)
+            let term_ok = term_of(index).is_none_or(|t| t == h.raft_term);
+            (h.base_offset == offset && h.raft_index == index && term_ok).then_some(h)
         };
         let mut start: Option<(u64, BatchHeader)> = None;
         while let Some(e) = seg.offset_index.last() {
             let offset = base_offset + u64::from(e.rel_offset);
-            if let Some(h) = verified_at(u64::from(e.position), offset, base_index + u64::from(e.rel_index)) {
+            if let Some(h) = verified_at(
+                u64::from(e.position),
+                offset,
+                base_index + u64::from(e.rel_index),
+            ) {
                 start = Some((u64::from(e.position), h));
                 break;
             }
             seg.offset_index.truncate_to(seg.offset_index.len() - 1);
         }
+        if let Some((pos, h)) = start {
+            // Time entries up to the restart point are kept; the last one
+            // gives the running max timestamp and must match the log.
+            let rel = (h.base_offset - base_offset) as u32;
+            let keep = seg
+                .time_index
+                .floor(rel, |t| t.rel_offset)
+                .map_or(0, |i| i + 1);
+            seg.time_index.truncate_to(keep);
+            seg.size = pos + u64::from(h.batch_len);
+            if seg
+                .time_index
+                .last()
+                .is_some_and(|t| !seg.time_entry_matches(&t))
+            {
+                tracing::warn!(segment = %log_path.display(), "time index does not match the log; rebuilding both indexes");
+                seg.time_index.truncate_to(0);
+                start = None;
+            }
+            seg.size = 0;
+        }
         if start.is_none() {
             seg.offset_index.truncate_to(0);
+            seg.time_index.truncate_to(0);
             start = verified_at(0, base_offset, base_index).map(|h| (0, h));
         }
         let mut report = RecoveryReport::default();
         if let Some((pos, h)) = start {
             // Time entries past the restart point are re-derived by the scan.
             let rel = (h.base_offset - base_offset) as u32;
-            let keep = seg.time_index.floor(rel, |t| t.rel_offset).map_or(0, |i| i + 1);
+            let keep = seg
+                .time_index
+                .floor(rel, |t| t.rel_offset)
+                .map_or(0, |i| i + 1);
             seg.time_index.truncate_to(keep);
             if let Some(t) = seg.time_index.last() {
                 seg.max_timestamp = t.timestamp;
@@ -306,13 +407,29 @@ impl Segment {
                     Ok(v) => {
                         let h = *v.header();
                         let why = if h.base_offset != seg.next_offset {
-                            Some(format!("batch offset {} where {} was expected", h.base_offset, seg.next_offset))
+                            Some(format!(
+                                "batch offset {} where {} was expected",
+                                h.base_offset, seg.next_offset
+                            ))
                         } else if h.raft_index != seg.next_index {
-                            Some(format!("raft index {} where {} was expected", h.raft_index, seg.next_index))
+                            Some(format!(
+                                "raft index {} where {} was expected",
+                                h.raft_index, seg.next_index
+                            ))
                         } else if h.raft_term < seg.last_term {
-                            Some(format!("raft term {} after term {}", h.raft_term, seg.last_term))
+                            Some(format!(
+                                "raft term {} after term {}",
+                                h.raft_term, seg.last_term
+                            ))
                         } else {
-                            None
+                            term_of(h.raft_index)
+                                .filter(|t| *t != h.raft_term)
+                                .map(|t| {
+                                    format!(
+                                        "raft term {} where the state file says {t}",
+                                        h.raft_term
+                                    )
+                                })
                         };
                         if let Some(why) = why {
                             report.truncated = Some(why);
@@ -379,7 +496,10 @@ impl Segment {
     }
 
     fn push_time_entry(&mut self) {
-        let grows = self.time_index.last().is_none_or(|t| self.max_timestamp > t.timestamp);
+        let grows = self
+            .time_index
+            .last()
+            .is_none_or(|t| self.max_timestamp > t.timestamp);
         if grows && self.max_timestamp != i64::MIN {
             let _full_is_fine = self.time_index.push(TimeEntry {
                 timestamp: self.max_timestamp,
@@ -419,12 +539,25 @@ impl Segment {
     ) -> Result<()> {
         debug_assert!(self.active);
         let pos = self.size;
-        let written = write_at(&self.file, &self.log_path, prefix, pos, faults)
-            .and_then(|()| write_at(&self.file, &self.log_path, &batch[STAMPED_LEN..], pos + STAMPED_LEN as u64, faults));
+        let written = write_at(&self.file, &self.log_path, prefix, pos, faults).and_then(|()| {
+            write_at(
+                &self.file,
+                &self.log_path,
+                &batch[STAMPED_LEN..],
+                pos + STAMPED_LEN as u64,
+                faults,
+            )
+        });
         if let Err(e) = written {
             // Cut the partial batch so that no torn bytes linger after `size`.
             set_len(&self.file, &self.log_path, pos)
-                .and_then(|()| preallocate(&self.file, &self.log_path, u64::from(config.segment_bytes).max(pos)))
+                .and_then(|()| {
+                    preallocate(
+                        &self.file,
+                        &self.log_path,
+                        u64::from(config.segment_bytes).max(pos),
+                    )
+                })
                 .map_err(|cleanup| StorageError::Failed {
                     path: self.log_path.clone(),
                     reason: format!("{e}; then could not cut the partial batch: {cleanup}"),
@@ -461,10 +594,14 @@ impl Segment {
         preallocate(&self.file, &self.log_path, capacity)?;
         self.map = Arc::new(map_file(&self.file, &self.log_path, capacity)?);
         let entries = (self.offset_index.len(), self.time_index.len());
-        self.offset_index =
-            IndexFile::open_active(&segment_path(dir, self.base_offset, INDEX_EXT), config.index_max_bytes)?;
-        self.time_index =
-            IndexFile::open_active(&segment_path(dir, self.base_offset, TIME_INDEX_EXT), config.index_max_bytes)?;
+        self.offset_index = IndexFile::open_active(
+            &segment_path(dir, self.base_offset, INDEX_EXT),
+            config.index_max_bytes,
+        )?;
+        self.time_index = IndexFile::open_active(
+            &segment_path(dir, self.base_offset, TIME_INDEX_EXT),
+            config.index_max_bytes,
+        )?;
         self.offset_index.truncate_to(entries.0);
         self.time_index.truncate_to(entries.1);
         self.active = true;
@@ -486,17 +623,23 @@ impl Segment {
             .offset_index
             .floor(rel.saturating_sub(1), |e| u64::from(e.rel_offset))
             .map_or(0, |i| i + 1);
-        self.offset_index.truncate_to(if pos == 0 { 0 } else { keep });
+        self.offset_index
+            .truncate_to(if pos == 0 { 0 } else { keep });
         let keep_t = self
             .time_index
             .floor(rel.saturating_sub(1), |e| u64::from(e.rel_offset))
             .map_or(0, |i| i + 1);
-        self.time_index.truncate_to(if pos == 0 { 0 } else { keep_t });
+        self.time_index
+            .truncate_to(if pos == 0 { 0 } else { keep_t });
         // Physically cut (zeroing what follows) so that a crash can never
         // bring the removed batches back, then preallocate again.
         set_len(&self.file, &self.log_path, pos)?;
         if self.active {
-            preallocate(&self.file, &self.log_path, u64::from(config.segment_bytes).max(pos))?;
+            preallocate(
+                &self.file,
+                &self.log_path,
+                u64::from(config.segment_bytes).max(pos),
+            )?;
         }
         self.size = pos;
         self.next_offset = next_offset;
@@ -509,7 +652,10 @@ impl Segment {
             self.max_timestamp = t.timestamp;
             self.max_timestamp_rel = t.rel_offset;
         }
-        let mut scan = self.offset_index.last().map_or(0, |e| u64::from(e.position));
+        let mut scan = self
+            .offset_index
+            .last()
+            .map_or(0, |e| u64::from(e.position));
         self.bytes_since_index = 0;
         self.rolling_timestamp = None;
         if pos > 0 {
@@ -534,7 +680,10 @@ impl Segment {
             return Err(StorageError::corrupt(
                 &self.log_path,
                 pos,
-                format!("batch of {} bytes runs past the end of the segment ({} bytes)", h.batch_len, self.size),
+                format!(
+                    "batch of {} bytes runs past the end of the segment ({} bytes)",
+                    h.batch_len, self.size
+                ),
             ));
         }
         Ok(h)
@@ -542,25 +691,74 @@ impl Segment {
 
     /// Position to start scanning from for the batch holding `offset`.
     pub(crate) fn scan_start_for_offset(&self, offset: u64) -> u64 {
-        let rel = offset.saturating_sub(self.base_offset).min(u64::from(u32::MAX)) as u32;
+        let rel = offset
+            .saturating_sub(self.base_offset)
+            .min(u64::from(u32::MAX)) as u32;
         self.offset_index
             .floor(rel, |e| e.rel_offset)
-            .map_or(0, |i| u64::from(self.offset_index.entry(i).position))
+            .map_or(0, |i| self.indexed_position(i))
     }
 
     /// Position to start scanning from for the batch with Raft index `index`.
     pub(crate) fn scan_start_for_index(&self, index: u64) -> u64 {
-        let rel = index.saturating_sub(self.base_index).min(u64::from(u32::MAX)) as u32;
+        let rel = index
+            .saturating_sub(self.base_index)
+            .min(u64::from(u32::MAX)) as u32;
         self.offset_index
             .floor(rel, |e| e.rel_index)
-            .map_or(0, |i| u64::from(self.offset_index.entry(i).position))
+            .map_or(0, |i| self.indexed_position(i))
+    }
+
+    /// Byte position named by offset index entry `i`, if the batch there
+    /// carries the entry's offset and Raft index. Indexes are derived data
+    /// that a damaged disk may have changed: a wrong entry sends the caller
+    /// to the start of the segment instead (slower, never wrong).
+    fn indexed_position(&self, i: usize) -> u64 {
+        let e = self.offset_index.entry(i);
+        let pos = u64::from(e.position);
+        match self.header_at(pos) {
+            Ok(h)
+                if h.base_offset == self.base_offset + u64::from(e.rel_offset)
+                    && h.raft_index == self.base_index + u64::from(e.rel_index) =>
+            {
+                pos
+            }
+            _ => {
+                tracing::warn!(segment = %self.log_path.display(), entry = i, ?e,
+                    "offset index entry does not match the log; scanning from the segment start");
+                0
+            }
+        }
+    }
+
+    /// Whether time index entry `t` matches the log: the batch at its
+    /// relative offset is where the segment reached its timestamp.
+    fn time_entry_matches(&self, t: &TimeEntry) -> bool {
+        let offset = self.base_offset + u64::from(t.rel_offset);
+        let mut pos = self.scan_start_for_offset(offset);
+        while let Ok(h) = self.header_at(pos) {
+            if h.base_offset >= offset {
+                return h.base_offset == offset && h.max_timestamp == t.timestamp;
+            }
+            pos += u64::from(h.batch_len);
+        }
+        false
     }
 
     /// Position to start scanning from for the first offset whose
     /// timestamp is `>= ts`: after every batch known to be older.
     pub(crate) fn scan_start_for_timestamp(&self, ts: i64) -> u64 {
         match self.time_index.floor(ts.saturating_sub(1), |t| t.timestamp) {
-            Some(i) => self.scan_start_for_offset(self.base_offset + u64::from(self.time_index.entry(i).rel_offset)),
+            Some(i) => {
+                let t = self.time_index.entry(i);
+                if self.time_entry_matches(&t) {
+                    self.scan_start_for_offset(self.base_offset + u64::from(t.rel_offset))
+                } else {
+                    tracing::warn!(segment = %self.log_path.display(), entry = i, ?t,
+                        "time index entry does not match the log; scanning from the segment start");
+                    0
+                }
+            }
             None => 0,
         }
     }
@@ -571,6 +769,8 @@ impl Segment {
             map: self.map.clone(),
             size: self.size,
             path: self.log_path.clone(),
+            base_offset: self.base_offset,
+            base_index: self.base_index,
         }
     }
 
@@ -585,7 +785,8 @@ impl Segment {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(StorageError::io("rename", path, e)),
             }
-            fs::remove_file(&deleted).map_err(|e| StorageError::io("unlink", PathBuf::from(&deleted), e))?;
+            fs::remove_file(&deleted)
+                .map_err(|e| StorageError::io("unlink", PathBuf::from(&deleted), e))?;
         }
         Ok(())
     }
@@ -596,6 +797,9 @@ pub(crate) struct SegmentReader {
     map: Arc<Mmap>,
     pub(crate) size: u64,
     pub(crate) path: PathBuf,
+    /// Offset and Raft index the batch at position 0 must carry.
+    pub(crate) base_offset: u64,
+    pub(crate) base_index: u64,
 }
 
 impl SegmentReader {
@@ -616,7 +820,11 @@ impl SegmentReader {
         let rest = self.data().get(pos as usize..).unwrap_or(&[]);
         let h = BatchHeader::parse(rest).map_err(|e| StorageError::corrupt(&self.path, pos, e))?;
         if pos + u64::from(h.batch_len) > self.size {
-            return Err(StorageError::corrupt(&self.path, pos, "batch runs past the end of the segment"));
+            return Err(StorageError::corrupt(
+                &self.path,
+                pos,
+                "batch runs past the end of the segment",
+            ));
         }
         Ok(h)
     }
@@ -628,5 +836,8 @@ impl SegmentReader {
 }
 
 fn file_len(file: &File, path: &Path) -> Result<u64> {
-    Ok(file.metadata().map_err(|e| StorageError::io("stat", path, e))?.len())
+    Ok(file
+        .metadata()
+        .map_err(|e| StorageError::io("stat", path, e))?
+        .len())
 }

@@ -90,7 +90,10 @@ impl PartitionState {
         let term_runs: Vec<(u64, u64)> = (0..count)
             .map(|i| (u64_at(FIXED_LEN + 16 * i), u64_at(FIXED_LEN + 16 * i + 8)))
             .collect();
-        if term_runs.windows(2).any(|w| w[1].0 <= w[0].0 || w[1].1 <= w[0].1) {
+        if term_runs
+            .windows(2)
+            .any(|w| w[1].0 <= w[0].0 || w[1].1 <= w[0].1)
+        {
             return Err("term runs are not increasing");
         }
         Ok(PartitionState {
@@ -162,8 +165,19 @@ mod tests {
 
     #[test]
     fn term_lookup() {
-        let s = PartitionState { term_runs: vec![(1, 1), (3, 10), (4, 20)], ..Default::default() };
-        let cases = [(0, None), (1, Some(1)), (9, Some(1)), (10, Some(3)), (19, Some(3)), (20, Some(4)), (999, Some(4))];
+        let s = PartitionState {
+            term_runs: vec![(1, 1), (3, 10), (4, 20)],
+            ..Default::default()
+        };
+        let cases = [
+            (0, None),
+            (1, Some(1)),
+            (9, Some(1)),
+            (10, Some(3)),
+            (19, Some(3)),
+            (20, Some(4)),
+            (999, Some(4)),
+        ];
         for (i, (index, term)) in cases.iter().enumerate() {
             assert_eq!(s.term_of(*index), *term, "case {i}");
         }

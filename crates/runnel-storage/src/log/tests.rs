@@ -6,7 +6,12 @@ pub(crate) fn batch(n: usize, value_len: usize, ts: i64) -> Bytes {
     let mut b = BatchBuilder::new(Compression::None);
     let value = vec![b'x'; value_len];
     for i in 0..n {
-        b.push(NewRecord { key: None, value: &value, headers: &[], timestamp: ts + i as i64 });
+        b.push(NewRecord {
+            key: None,
+            value: &value,
+            headers: &[],
+            timestamp: ts + i as i64,
+        });
     }
     b.finish().unwrap()
 }
@@ -29,7 +34,9 @@ fn append_read_roll_reopen() {
     let log = Log::open(dir.path(), small()).unwrap();
     let mut expect = Vec::new();
     for i in 0..200u64 {
-        let info = log.append(&batch(3, 100, i as i64 * 10), 1 + i / 50).unwrap();
+        let info = log
+            .append(&batch(3, 100, i as i64 * 10), 1 + i / 50)
+            .unwrap();
         assert_eq!(info.base_offset, i * 3);
         assert_eq!(info.raft_index, i + 1);
         expect.push(info);
@@ -90,14 +97,23 @@ fn truncate_and_retention() {
     assert_eq!(rep.deleted_segments, 2);
     assert_eq!(log.first_index().unwrap(), segs[2].base_index);
     let t = log.term(segs[2].base_index - 1).unwrap();
-    assert!(matches!(log.term(segs[2].base_index - 2), Err(StorageError::Compacted { .. })));
+    assert!(matches!(
+        log.term(segs[2].base_index - 2),
+        Err(StorageError::Compacted { .. })
+    ));
     drop(log);
     let log = Log::open(dir.path(), small()).unwrap();
     assert_eq!(log.term(segs[2].base_index - 1).unwrap(), t);
-    assert!(matches!(log.read(segs[2].base_offset, u64::MAX, 100), Err(StorageError::OffsetOutOfRange { .. })));
+    assert!(matches!(
+        log.read(segs[2].base_offset, u64::MAX, 100),
+        Err(StorageError::OffsetOutOfRange { .. })
+    ));
     log.read(segs[2].base_offset + 1, u64::MAX, 100).unwrap();
     // Below the log start offset is refused and changes nothing.
-    assert!(matches!(log.truncate_from_index(segs[2].base_index), Err(StorageError::Invalid(_))));
+    assert!(matches!(
+        log.truncate_from_index(segs[2].base_index),
+        Err(StorageError::Invalid(_))
+    ));
     assert!(log.truncate_from_index(segs[2].base_index - 1).is_err());
     log.truncate_from_index(segs[2].base_index + 1).unwrap();
     assert_eq!(log.last_index().unwrap(), segs[2].base_index);
