@@ -74,7 +74,12 @@ impl BatchBuilder {
     }
 
     /// Sets the idempotent-producer fields.
-    pub fn producer(&mut self, producer_id: i64, producer_epoch: i16, base_sequence: i32) -> &mut Self {
+    pub fn producer(
+        &mut self,
+        producer_id: i64,
+        producer_epoch: i16,
+        base_sequence: i32,
+    ) -> &mut Self {
         self.producer_id = producer_id;
         self.producer_epoch = producer_epoch;
         self.base_sequence = base_sequence;
@@ -89,7 +94,10 @@ impl BatchBuilder {
         self.max_timestamp = self.max_timestamp.max(record.timestamp);
         let mut body = Vec::with_capacity(16 + record.value.len());
         body.push(0u8); // attributes
-        put_varint(&mut body, record.timestamp.wrapping_sub(self.first_timestamp));
+        put_varint(
+            &mut body,
+            record.timestamp.wrapping_sub(self.first_timestamp),
+        );
         put_uvarint(&mut body, u64::from(self.count));
         match record.key {
             None => put_varint(&mut body, -1),

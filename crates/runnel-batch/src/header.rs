@@ -133,7 +133,9 @@ impl BatchHeader {
         // Length first: a zeroed (preallocated, never written) region reads as
         // batch_len 0 and must be reported as such, not as a version problem.
         if (h.batch_len as usize) < HEADER_LEN {
-            return Err(BatchError::InvalidHeader("batch_len smaller than the header"));
+            return Err(BatchError::InvalidHeader(
+                "batch_len smaller than the header",
+            ));
         }
         if version != FORMAT_VERSION {
             return Err(BatchError::UnsupportedVersion(version));

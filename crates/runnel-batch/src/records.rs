@@ -51,7 +51,9 @@ impl<'a> Records<'a> {
             Compression::None => Cow::Borrowed(body),
             Compression::Lz4 => {
                 let Some(size) = body.get(..4) else {
-                    return Err(BatchError::Decompress("lz4 block shorter than its size prefix".into()));
+                    return Err(BatchError::Decompress(
+                        "lz4 block shorter than its size prefix".into(),
+                    ));
                 };
                 let size = u32::from_le_bytes([size[0], size[1], size[2], size[3]]) as usize;
                 if size > MAX_DECOMPRESSED_LEN {
