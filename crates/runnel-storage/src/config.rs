@@ -36,6 +36,21 @@ impl std::str::FromStr for FlushPolicy {
     }
 }
 
+/// What opening a log does when its active segment ends in a torn or
+/// corrupt batch (the tolerance policy of recovery).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RecoveryPolicy {
+    /// Cut the log at the first torn or corrupt batch and go on: what a
+    /// crash mid-write leaves is never acknowledged data (default).
+    #[default]
+    TruncateTail,
+    /// Refuse to open with [`crate::StorageError::Corrupt`] naming the
+    /// position, changing nothing. For a replica that must not lose entries
+    /// it already reported as stored (Raft's persisted commit index), or an
+    /// operator who wants to inspect first.
+    Refuse,
+}
+
 /// Settings of one partition log. `Default` gives safe production values.
 #[derive(Clone, Debug)]
 pub struct LogConfig {
@@ -60,6 +75,8 @@ pub struct LogConfig {
     /// Delete the oldest sealed segments while the log is larger than this.
     /// Default `None` (no size limit).
     pub retention_bytes: Option<u64>,
+    /// What recovery does with a torn or corrupt tail. Default: truncate.
+    pub recovery: RecoveryPolicy,
     /// Fault injection for tests; `None` in production.
     pub faults: Option<Arc<Faults>>,
 }
@@ -75,6 +92,7 @@ impl Default for LogConfig {
             flush: FlushPolicy::Always,
             retention_ms: Some(7 * 24 * 3600 * 1000),
             retention_bytes: None,
+            recovery: RecoveryPolicy::TruncateTail,
             faults: None,
         }
     }

@@ -127,7 +127,11 @@ pub(crate) struct IndexFile<E> {
     path: PathBuf,
     file: File,
     map: Map,
-    entries: usize,
+    /// Entries written to the map.
+    stored: usize,
+    /// Entries not yet written to the map because the log bytes they
+    /// point at may not be durable yet (see [`IndexFile::publish_while`]).
+    pending: Vec<E>,
     capacity: usize,
     _entry: PhantomData<E>,
 }
@@ -161,13 +165,14 @@ impl<E: IndexEntry> IndexFile<E> {
             path: path.to_owned(),
             file,
             map,
-            entries: len / ENTRY_LEN,
+            stored: len / ENTRY_LEN,
+            pending: Vec::new(),
             capacity: len / ENTRY_LEN,
             _entry: PhantomData,
         };
         // Entries must increase strictly; otherwise rebuild.
         let mut prev = None;
-        for i in 0..idx.entries {
+        for i in 0..idx.stored {
             let e: E = idx.entry(i);
             if !e.follows(prev.as_ref()) {
                 return Ok(None);
@@ -200,21 +205,22 @@ impl<E: IndexEntry> IndexFile<E> {
             path: path.to_owned(),
             file,
             map: Map::Writable(map),
-            entries: 0,
+            stored: 0,
+            pending: Vec::new(),
             capacity,
             _entry: PhantomData,
         };
         let mut prev = None;
-        while idx.entries < capacity {
-            let e = E::decode(idx.raw(idx.entries));
+        while idx.stored < capacity {
+            let e = E::decode(idx.raw(idx.stored));
             if !e.follows(prev.as_ref()) {
                 break;
             }
             prev = Some(e);
-            idx.entries += 1;
+            idx.stored += 1;
         }
         // Zero anything after the valid prefix so later scans stop there.
-        idx.truncate_to(idx.entries);
+        idx.truncate_to(idx.stored);
         Ok(idx)
     }
 
@@ -222,30 +228,33 @@ impl<E: IndexEntry> IndexFile<E> {
         &self.map.bytes()[i * ENTRY_LEN..(i + 1) * ENTRY_LEN]
     }
 
-    /// Number of entries.
+    /// Number of entries, pending ones included.
     pub(crate) fn len(&self) -> usize {
-        self.entries
+        self.stored + self.pending.len()
     }
 
     /// Whether no further entry fits.
     pub(crate) fn is_full(&self) -> bool {
-        self.entries >= self.capacity
+        self.len() >= self.capacity
     }
 
     /// Entry `i` (`i < len()`).
     pub(crate) fn entry(&self, i: usize) -> E {
-        E::decode(self.raw(i))
+        match i.checked_sub(self.stored) {
+            None => E::decode(self.raw(i)),
+            Some(p) => self.pending[p],
+        }
     }
 
     /// The last entry.
     pub(crate) fn last(&self) -> Option<E> {
-        self.entries.checked_sub(1).map(|i| self.entry(i))
+        self.len().checked_sub(1).map(|i| self.entry(i))
     }
 
     /// Index of the last entry whose `key` is `<= target`, by binary search
     /// (keys increase with the entry number).
     pub(crate) fn floor<K: Ord>(&self, target: K, key: impl Fn(&E) -> K) -> Option<usize> {
-        let (mut lo, mut hi) = (0usize, self.entries);
+        let (mut lo, mut hi) = (0usize, self.len());
         while lo < hi {
             let mid = (lo + hi) / 2;
             if key(&self.entry(mid)) <= target {
@@ -257,45 +266,68 @@ impl<E: IndexEntry> IndexFile<E> {
         lo.checked_sub(1)
     }
 
-    /// Appends an entry; `false` (nothing written) if full or out of order.
+    /// Appends an entry, pending until published; `false` (nothing
+    /// recorded) if full, out of order, or the index is sealed.
     pub(crate) fn push(&mut self, e: E) -> bool {
-        if self.is_full() || !e.follows(self.last().as_ref()) {
+        if self.is_full()
+            || !e.follows(self.last().as_ref())
+            || !matches!(self.map, Map::Writable(_))
+        {
             return false;
         }
-        let Map::Writable(map) = &mut self.map else {
-            return false;
-        };
-        let at = self.entries * ENTRY_LEN;
-        map[at..at + ENTRY_LEN].copy_from_slice(&e.encode());
-        self.entries += 1;
+        self.pending.push(e);
         true
     }
 
-    /// Drops entries `n..` (zeroing them in a writable map).
-    pub(crate) fn truncate_to(&mut self, n: usize) {
-        if n >= self.entries && !matches!(self.map, Map::Writable(_)) {
+    /// Writes pending entries to the map, oldest first, while `durable`
+    /// says the log bytes they point at are on disk. An index entry on disk
+    /// thus never points past durable data, and recovery may start its scan
+    /// at the last one without missing a hole written back out of order.
+    pub(crate) fn publish_while(&mut self, durable: impl Fn(&E) -> bool) {
+        let n = self.pending.iter().take_while(|e| durable(e)).count();
+        if n == 0 {
             return;
         }
+        let Map::Writable(map) = &mut self.map else {
+            return;
+        };
+        for e in self.pending.drain(..n) {
+            let at = self.stored * ENTRY_LEN;
+            map[at..at + ENTRY_LEN].copy_from_slice(&e.encode());
+            self.stored += 1;
+        }
+    }
+
+    /// Drops entries `n..` (zeroing stored ones in a writable map).
+    pub(crate) fn truncate_to(&mut self, n: usize) {
+        if n >= self.stored {
+            self.pending.truncate(n - self.stored);
+            return;
+        }
+        self.pending.clear();
         if let Map::Writable(map) = &mut self.map {
-            let end = (self.entries.max(n) * ENTRY_LEN).min(map.len());
+            let end = (self.stored * ENTRY_LEN).min(map.len());
             let from = (n * ENTRY_LEN).min(end);
             map[from..end].fill(0);
         }
-        self.entries = self.entries.min(n);
+        self.stored = n;
     }
 
     /// Flushes the map and trims the file to its entries; the index becomes
     /// read-only in effect (no more pushes).
+    /// Callers seal only after the log data is durable: pending entries
+    /// are published first.
     pub(crate) fn seal(&mut self) -> Result<()> {
+        self.publish_while(|_| true);
         if let Map::Writable(map) = &self.map {
             map.flush()
                 .map_err(|e| StorageError::io("msync", &self.path, e))?;
         }
-        set_len(&self.file, &self.path, (self.entries * ENTRY_LEN) as u64)?;
+        set_len(&self.file, &self.path, (self.stored * ENTRY_LEN) as u64)?;
         self.file
             .sync_all()
             .map_err(|e| StorageError::io("fsync", &self.path, e))?;
-        self.capacity = self.entries;
+        self.capacity = self.stored;
         if let Map::Writable(_) = self.map {
             // Keep the mapping (only entries below `len` are read), but
             // forbid further stores by downgrading our view.
@@ -372,9 +404,10 @@ mod tests {
             for i in 1..=5u32 {
                 idx.push(e(i, i * 10));
             }
+            idx.publish_while(|e| e.rel_offset <= 4);
         }
         let mut idx = IndexFile::<OffsetEntry>::open_active(&path, 1200).unwrap();
-        assert_eq!(idx.len(), 5);
+        assert_eq!(idx.len(), 4, "the unpublished entry is not on disk");
         idx.truncate_to(3);
         idx.seal().unwrap();
         drop(idx);

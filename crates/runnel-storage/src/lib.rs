@@ -55,7 +55,7 @@ mod log;
 mod segment;
 mod state;
 
-pub use config::{FlushPolicy, LogConfig};
+pub use config::{FlushPolicy, LogConfig, RecoveryPolicy};
 pub use durable::Faults;
 pub use error::{Result, StorageError};
 pub use index::{ENTRY_LEN, OffsetEntry, TimeEntry};

@@ -371,9 +371,12 @@ impl Log {
             state.store(&dir)?;
         }
 
-        let active = &segments[segments.len() - 1];
+        let last = segments.len() - 1;
+        let active = &mut segments[last];
         sync_data(&active.file, &active.log_path, config.faults.as_deref())?;
         let log_end = active.next_offset;
+        // Index entries rebuilt by recovery now point at durable data.
+        active.publish_durable(log_end);
         let log = Log {
             dir,
             config,
@@ -595,6 +598,7 @@ impl Log {
         }
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.durable_offset.fetch_max(written, Ordering::AcqRel);
+        self.lock()?.active_mut().publish_durable(written);
         Ok(())
     }
 
@@ -917,7 +921,9 @@ impl Log {
                 seg.reactivate(&self.dir, &self.config)?;
             }
             let faults = self.config.faults.clone();
-            sync_data(&seg.file, &seg.log_path, faults.as_deref())
+            sync_data(&seg.file, &seg.log_path, faults.as_deref())?;
+            seg.publish_durable(new_end);
+            Ok(())
         })();
         if let Err(e) = result {
             return Err(self.fail(inner, e));

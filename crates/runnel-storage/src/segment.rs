@@ -15,7 +15,7 @@ use bytes::Bytes;
 use memmap2::{Mmap, MmapOptions};
 use runnel_batch::{BatchHeader, BatchView, HEADER_LEN, STAMPED_LEN};
 
-use crate::config::LogConfig;
+use crate::config::{LogConfig, RecoveryPolicy};
 use crate::durable::{Faults, open_rw, preallocate, set_len, sync_data, sync_dir, write_at};
 use crate::error::{Result, StorageError};
 use crate::filename::{INDEX_EXT, LOG_EXT, TIME_INDEX_EXT, segment_path};
@@ -459,6 +459,16 @@ impl Segment {
             });
         }
         report.valid_end = seg.size;
+        if let (RecoveryPolicy::Refuse, Some(why)) = (config.recovery, &report.truncated) {
+            return Err(StorageError::corrupt(
+                &log_path,
+                seg.size,
+                format!(
+                    "{why}; recovery policy is refuse, so nothing was cut: inspect with \
+                     `runnel log verify`, or open with the truncate policy to drop the tail"
+                ),
+            ));
+        }
         // Cut whatever follows the valid prefix (a torn batch, stale bytes)
         // and preallocate again: appends continue at `size`.
         set_len(&seg.file, &log_path, seg.size)?;
@@ -506,6 +516,16 @@ impl Segment {
                 rel_offset: self.max_timestamp_rel,
             });
         }
+    }
+
+    /// Writes the pending index entries of batches below `durable_offset`
+    /// (everything fsynced) to the index maps.
+    pub(crate) fn publish_durable(&mut self, durable_offset: u64) {
+        let base = self.base_offset;
+        self.offset_index
+            .publish_while(|e| base + u64::from(e.rel_offset) < durable_offset);
+        self.time_index
+            .publish_while(|e| base + u64::from(e.rel_offset) < durable_offset);
     }
 
     /// Whether a batch of `len` bytes with `h`'s offsets must go to a new

@@ -331,6 +331,7 @@ fn real_full_disk() {
         retention_ms: None,
         retention_bytes: None,
         faults: None,
+        ..Default::default()
     };
     let log = Log::open(&dir, cfg.clone()).unwrap();
     let mut acked: Vec<Stored> = Vec::new();

@@ -117,6 +117,7 @@ fn config() -> impl Strategy<Value = LogConfig> {
                     retention_ms,
                     retention_bytes,
                     faults: None,
+                    ..Default::default()
                 }
             },
         )

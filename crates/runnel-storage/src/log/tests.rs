@@ -119,3 +119,88 @@ fn truncate_and_retention() {
     assert_eq!(log.last_index().unwrap(), segs[2].base_index);
     assert_eq!(log.log_end_offset().unwrap(), segs[2].base_offset + 2);
 }
+
+/// Index entries reach the index file only once the log bytes they point
+/// at are fsynced, so recovery can trust them after a power loss.
+#[test]
+fn index_entries_on_disk_cover_only_durable_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 1 << 20,
+        ..small()
+    };
+    let log = Log::open(dir.path(), config).unwrap();
+    for i in 0..50 {
+        log.append(&batch(2, 300, i), 1).unwrap();
+    }
+    let index = dir.path().join(crate::filename::segment_file_name(
+        0,
+        crate::filename::INDEX_EXT,
+    ));
+    let stored = |path: &std::path::Path| {
+        std::fs::read(path)
+            .unwrap()
+            .chunks(crate::ENTRY_LEN)
+            .take_while(|e| e.iter().any(|b| *b != 0))
+            .count()
+    };
+    assert_eq!(stored(&index), 0, "nothing is durable yet");
+    log.flush().unwrap();
+    let after_flush = stored(&index);
+    assert!(
+        after_flush > 10,
+        "flushed data is indexed on disk ({after_flush} entries)"
+    );
+    for i in 0..20 {
+        log.append(&batch(2, 300, i), 1).unwrap();
+    }
+    assert_eq!(
+        stored(&index),
+        after_flush,
+        "new entries wait for the next fsync"
+    );
+    // Reads still use the pending entries.
+    log.read(60, u64::MAX, 1).unwrap();
+}
+
+/// The recovery tolerance policy, tested per mode on the same torn tail.
+#[test]
+fn recovery_policy_per_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small()).unwrap();
+    let mut ends = Vec::new();
+    for i in 0..5 {
+        ends.push(log.append(&batch(1, 100, i), 1).unwrap());
+    }
+    drop(log);
+    let path = dir.path().join(crate::filename::segment_file_name(
+        0,
+        crate::filename::LOG_EXT,
+    ));
+    let bytes = std::fs::read(&path).unwrap();
+    let batch_len = batch(1, 100, 0).len();
+    // Tear the last batch: zero its second half.
+    let torn = 4 * batch_len + batch_len / 2;
+    let mut damaged = bytes.clone();
+    damaged[torn..5 * batch_len].fill(0);
+    std::fs::write(&path, &damaged).unwrap();
+
+    let refuse = LogConfig {
+        recovery: crate::RecoveryPolicy::Refuse,
+        ..small()
+    };
+    match Log::open(dir.path(), refuse) {
+        Err(StorageError::Corrupt { position, .. }) => assert_eq!(position, 4 * batch_len as u64),
+        other => panic!("refuse must fail with Corrupt, got {other:?}"),
+    }
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        damaged,
+        "refuse changes nothing"
+    );
+
+    let (log, report) = Log::open_with_report(dir.path(), small()).unwrap();
+    assert!(report.recovery.truncated.is_some());
+    assert_eq!(log.log_end_offset().unwrap(), 4);
+    assert_eq!(log.last_index().unwrap(), 4);
+}

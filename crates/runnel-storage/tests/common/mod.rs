@@ -128,6 +128,7 @@ pub(crate) fn small_config() -> LogConfig {
         retention_ms: None,
         retention_bytes: None,
         faults: None,
+        ..Default::default()
     }
 }
 
