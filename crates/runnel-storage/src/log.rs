@@ -764,7 +764,7 @@ impl Log {
         let mut next = low;
         let max_bytes = max_bytes.unwrap_or(u64::MAX);
         while next < high {
-            let (reader, start) = {
+            let (reader, start, runs) = {
                 let inner = self.lock()?;
                 let first = inner.state.compacted_index + 1;
                 if next < first {
@@ -781,7 +781,13 @@ impl Log {
                     });
                 }
                 let seg = &inner.segments[inner.segment_for_index(next)];
-                (seg.reader(), seg.scan_start_for_index(next))
+                // The term is stamped outside the CRC: check it against the
+                // term runs, which Raft trusts for matching.
+                let runs = PartitionState {
+                    term_runs: inner.state.term_runs.clone(),
+                    ..Default::default()
+                };
+                (seg.reader(), seg.scan_start_for_index(next), runs)
             };
             let mut pos = skip_to(&reader, start, |h| h.raft_index >= next)?;
             let before = next;
@@ -794,6 +800,16 @@ impl Log {
                     return Ok(out);
                 }
                 reader.verified(pos)?;
+                if let Some(term) = runs.term_of(next).filter(|t| *t != h.raft_term) {
+                    return Err(StorageError::corrupt(
+                        &reader.path,
+                        pos,
+                        format!(
+                            "raft index {next} carries term {} but the log recorded term {term}",
+                            h.raft_term
+                        ),
+                    ));
+                }
                 if h.raft_index != next || next_offset.is_some_and(|o| h.base_offset != o) {
                     return Err(StorageError::corrupt(
                         &reader.path,

@@ -204,3 +204,38 @@ fn recovery_policy_per_mode() {
     assert_eq!(log.log_end_offset().unwrap(), 4);
     assert_eq!(log.last_index().unwrap(), 4);
 }
+
+/// A term flipped on disk (outside the CRC) is never handed to Raft.
+#[test]
+fn entries_refuse_a_term_that_disagrees_with_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small()).unwrap();
+    for i in 0..100u64 {
+        log.append(&batch(1, 500, i as i64), 1 + i / 10).unwrap();
+    }
+    assert!(log.segments().unwrap().len() > 2);
+    drop(log);
+    // Raft term of the first batch of the first (sealed) segment: bytes 12..20.
+    let path = dir.path().join(crate::filename::segment_file_name(
+        0,
+        crate::filename::LOG_EXT,
+    ));
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[12] ^= 0x04;
+    std::fs::write(&path, &bytes).unwrap();
+    let log = Log::open(dir.path(), small()).unwrap();
+    match log.entries(1, 3, None) {
+        Err(StorageError::Corrupt {
+            path: p, position, ..
+        }) => {
+            assert_eq!((p, position), (path, 0));
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert_eq!(log.term(1).unwrap(), 1, "term() answers from the runs");
+    assert_eq!(
+        log.entries(2, 4, None).unwrap().len(),
+        2,
+        "other entries are served"
+    );
+}
