@@ -2,13 +2,18 @@
 //! partition directory with `runnel_storage::Log`, damage it on purpose, and
 //! run the built `runnel` binary on it as an operator would.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use runnel_batch::{BatchBuilder, Compression, ControlKind, NewRecord};
 use runnel_storage::{FlushPolicy, Log, LogConfig};
 use serde_json::Value;
+
+/// Damaging a partition on purpose and snapshotting it: the code the
+/// storage crate's inspect tests use too.
+#[path = "../crates/runnel-storage/src/inspect/damage.rs"]
+mod damage;
+use damage::{modify, snapshot, write_torn_append};
 
 /// Batches appended by [`build_log`] after its leading control batch.
 const BATCHES: u64 = 300;
@@ -91,18 +96,6 @@ fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// Every file of the directory and its bytes.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| {
-            let p = e.unwrap().path();
-            let bytes = std::fs::read(&p).unwrap();
-            (p, bytes)
-        })
-        .collect()
-}
-
 /// `runnel log dump --output json` parsed, one value per line.
 fn dump_json(dir: &Path, extra: &[&str]) -> Vec<Value> {
     let mut args = vec!["log", "dump", path_str(dir), "--output", "json"];
@@ -124,12 +117,6 @@ fn verify_json(dir: &Path) -> (Option<i32>, Value) {
     let report = serde_json::from_str(&stdout(&out))
         .unwrap_or_else(|e| panic!("bad JSON: {e}\n{}", stdout(&out)));
     (out.status.code(), report)
-}
-
-fn modify(path: &Path, f: impl FnOnce(&mut Vec<u8>)) {
-    let mut bytes = std::fs::read(path).unwrap();
-    f(&mut bytes);
-    std::fs::write(path, bytes).unwrap();
 }
 
 #[test]
@@ -505,7 +492,6 @@ fn damaged(dir: &Path, what: &str) -> Damage {
             let end = of_type(&events, "end").last().unwrap()["position"]
                 .as_u64()
                 .unwrap();
-            // An append cut short by a crash: stamped, half written.
             let mut b = BatchBuilder::new(Compression::None);
             b.push(NewRecord {
                 value: &[7u8; 600],
@@ -514,9 +500,7 @@ fn damaged(dir: &Path, what: &str) -> Damage {
             });
             let mut batch = b.finish().unwrap().to_vec();
             runnel_batch::stamp(&mut batch, 1 + BATCHES * RECORDS, 4, 2 + BATCHES);
-            modify(&file, |b| {
-                b[end as usize..][..batch.len() / 2].copy_from_slice(&batch[..batch.len() / 2])
-            });
+            write_torn_append(&file, end, &batch);
             Damage {
                 file,
                 position: end,

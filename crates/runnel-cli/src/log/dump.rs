@@ -494,18 +494,11 @@ struct EndJson<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use runnel_storage::{Log, LogConfig};
+    use crate::log::empty_partition;
 
     #[test]
     fn an_empty_partition_dumps_its_segment_and_preallocated_space() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = LogConfig {
-            segment_bytes: 1 << 20,
-            max_batch_bytes: 1 << 20,
-            index_max_bytes: 4096,
-            ..Default::default()
-        };
-        drop(Log::open(dir.path(), config).unwrap());
+        let dir = empty_partition();
         let dump = DumpConfig {
             dir: dir.path().to_path_buf(),
             from_offset: 0,

@@ -109,3 +109,19 @@ fn partition_dir(path: &Path) -> anyhow::Result<PathBuf> {
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
 }
+
+/// For the commands' tests: a new partition directory holding an empty log,
+/// as a broker leaves it, with a 1 MiB preallocated segment (the default
+/// preallocates 1 GiB).
+#[cfg(test)]
+fn empty_partition() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let config = runnel_storage::LogConfig {
+        segment_bytes: 1 << 20,
+        max_batch_bytes: 1 << 20,
+        index_max_bytes: 4096,
+        ..Default::default()
+    };
+    drop(runnel_storage::Log::open(dir.path(), config).unwrap());
+    dir
+}

@@ -217,17 +217,7 @@ impl<'a> From<&'a VerifyReport> for ReportJson<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use runnel_storage::{Log, LogConfig};
-
-    /// A small log: the default preallocates a 1 GiB segment.
-    fn small() -> LogConfig {
-        LogConfig {
-            segment_bytes: 1 << 20,
-            max_batch_bytes: 1 << 20,
-            index_max_bytes: 4096,
-            ..Default::default()
-        }
-    }
+    use crate::log::empty_partition;
 
     fn verify_to_string(dir: &Path, output: OutputFormat) -> (Outcome, String) {
         let config = VerifyConfig {
@@ -241,8 +231,7 @@ mod tests {
 
     #[test]
     fn a_new_empty_partition_is_clean() {
-        let dir = tempfile::tempdir().unwrap();
-        drop(Log::open(dir.path(), small()).unwrap());
+        let dir = empty_partition();
         let (outcome, text) = verify_to_string(dir.path(), OutputFormat::Text);
         assert_eq!(outcome, Outcome::Clean);
         assert_eq!(
@@ -262,8 +251,7 @@ mod tests {
 
     #[test]
     fn a_damaged_state_file_is_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        drop(Log::open(dir.path(), small()).unwrap());
+        let dir = empty_partition();
         std::fs::write(dir.path().join(runnel_storage::STATE_FILE), b"junk").unwrap();
         let (outcome, text) = verify_to_string(dir.path(), OutputFormat::Text);
         assert_eq!(outcome, Outcome::Damaged);
