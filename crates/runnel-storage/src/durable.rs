@@ -1,10 +1,9 @@
 //! Durable file operations: fsync of directories, atomic small-file writes,
-//! preallocation, and the fault-injection seam tests use to fail writes and
+//! and the fault-injection seam tests use to fail writes and
 //! fsyncs from the inside.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
@@ -121,39 +120,6 @@ pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
     fs::rename(tmp, path).map_err(|e| StorageError::io("rename", path, e))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     sync_dir(dir)
-}
-
-/// Reserves disk blocks for `[0, len)` of `file` so that stores through a
-/// writable map can never hit a full disk (which would be SIGBUS, not an
-/// error). Falls back to writing zeros where `fallocate` is unsupported.
-pub(crate) fn preallocate(file: &File, path: &Path, len: u64) -> Result<()> {
-    let Ok(off_len) = libc::off_t::try_from(len) else {
-        return Err(StorageError::Invalid(format!(
-            "preallocation of {len} bytes is too large"
-        )));
-    };
-    // SAFETY: plain syscall on a file descriptor we own; no memory is passed.
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, off_len) };
-    if rc == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() != Some(libc::EOPNOTSUPP) {
-        return Err(StorageError::io("fallocate", path, err));
-    }
-    let current = file
-        .metadata()
-        .map_err(|e| StorageError::io("stat", path, e))?
-        .len();
-    let zeros = vec![0u8; 1 << 16];
-    let mut pos = current;
-    while pos < len {
-        let n = (len - pos).min(zeros.len() as u64) as usize;
-        file.write_all_at(&zeros[..n], pos)
-            .map_err(|e| StorageError::io("preallocate", path, e))?;
-        pos += n as u64;
-    }
-    Ok(())
 }
 
 /// Opens (creating if needed) a file for reading and writing.

@@ -1,4 +1,4 @@
-//! Memory-mapped sparse indexes of a segment.
+//! The sparse indexes of a segment.
 //!
 //! Both index files are arrays of fixed 12-byte little-endian entries:
 //!
@@ -6,25 +6,24 @@
 //!   — the batch whose base offset is `base_offset + rel_offset` and whose
 //!   Raft index is `base_index + rel_index` starts at byte `position` of the
 //!   `.log` file. One entry every `index_interval_bytes`; the first batch of
-//!   a segment is never indexed (position 0 is implied), so an all-zero
-//!   entry marks the end of a preallocated file. Both keys increase strictly,
+//!   a segment is never indexed (position 0 is implied), so no valid entry
+//!   is all zeros. Both keys increase strictly,
 //!   so the same file serves lookups by offset and by Raft index.
 //! - `.timeindex` ([`TimeEntry`]): `timestamp i64 · rel_offset u32` — every
 //!   batch before the one at `rel_offset` (and that batch) has timestamps
 //!   `<= timestamp`; timestamps increase strictly.
 //!
-//! The active segment's indexes are preallocated (fallocate, so a store into
-//! the map can never fault on a full disk) and mapped writable; sealed ones
-//! are trimmed to their entries and mapped read-only. Indexes are derived
-//! data: recovery validates them and rebuilds them from the log when needed.
+//! The active segment's indexes live in memory and are appended to their
+//! files with `pwrite` once the data they index is durable; sealed ones are
+//! mapped read-only. Indexes are derived data: recovery validates them and
+//! rebuilds them from the log when needed.
 
 use std::fs::File;
-use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
-use memmap2::{Mmap, MmapMut, MmapOptions};
+use memmap2::Mmap;
 
-use crate::durable::{open_rw, preallocate, set_len};
+use crate::durable::{open_rw, set_len, write_at};
 use crate::error::{Result, StorageError};
 
 /// Size of one index entry in bytes (both index kinds).
@@ -106,39 +105,45 @@ impl IndexEntry for TimeEntry {
     }
 }
 
-enum Map {
-    ReadOnly(Mmap),
-    Writable(MmapMut),
-    None,
+/// Where an index's entries live.
+enum Entries<E> {
+    /// A sealed index: the trimmed file, mapped read-only.
+    Mapped(Option<Mmap>),
+    /// The active segment's index: every entry in memory; the first
+    /// `stored` of them also in the file, appended with `pwrite`.
+    Active { all: Vec<E>, stored: usize },
 }
 
-impl Map {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Map::ReadOnly(m) => m,
-            Map::Writable(m) => m,
-            Map::None => &[],
-        }
-    }
-}
-
-/// A memory-mapped index file of entries `E`.
+/// A segment's index file of entries `E`.
+///
+/// The active index keeps its entries in memory (12 bytes each; at most
+/// `index_max_bytes`) and appends them to the file with `pwrite` once the
+/// log bytes they point at are durable. No store ever goes through a map,
+/// so nothing is preallocated and a full disk is an error, never a
+/// `SIGBUS`. Sealed indexes are read through a read-only map.
 pub(crate) struct IndexFile<E> {
     path: PathBuf,
     file: File,
-    map: Map,
-    /// Entries written to the map.
-    stored: usize,
-    /// Entries not yet written to the map because the log bytes they
-    /// point at may not be durable yet (see [`IndexFile::publish_while`]).
-    pending: Vec<E>,
+    entries: Entries<E>,
     capacity: usize,
-    _entry: PhantomData<E>,
+}
+
+fn decode_all<E: IndexEntry>(bytes: &[u8]) -> Vec<E> {
+    let mut out: Vec<E> = Vec::with_capacity(bytes.len() / ENTRY_LEN);
+    for chunk in bytes.chunks_exact(ENTRY_LEN) {
+        let e = E::decode(chunk);
+        if !e.follows(out.last()) {
+            break;
+        }
+        out.push(e);
+    }
+    out
 }
 
 impl<E: IndexEntry> IndexFile<E> {
-    /// Opens a sealed index read-only. `Err` with a reason (not an I/O
-    /// error) when the file is missing or malformed: the caller rebuilds it.
+    /// Opens a sealed index read-only. `Ok(None)` when the file is missing
+    /// or malformed (ragged length, entries not increasing): the caller
+    /// rebuilds it from the log.
     pub(crate) fn open_sealed(path: &Path) -> Result<Option<Self>> {
         let file = match File::open(path) {
             Ok(f) => f,
@@ -153,26 +158,22 @@ impl<E: IndexEntry> IndexFile<E> {
             return Ok(None);
         }
         let map = if len == 0 {
-            Map::None
+            None
         } else {
-            // SAFETY: segment files are only modified by this process through
-            // this crate, which never shrinks a sealed index while it is mapped.
-            Map::ReadOnly(
-                unsafe { Mmap::map(&file) }.map_err(|e| StorageError::io("mmap", path, e))?,
-            )
+            // SAFETY: sealed index files are never written or shrunk by
+            // this crate while mapped (a truncation reopens them as active
+            // first, dropping this map).
+            Some(unsafe { Mmap::map(&file) }.map_err(|e| StorageError::io("mmap", path, e))?)
         };
         let idx = IndexFile {
             path: path.to_owned(),
             file,
-            map,
-            stored: len / ENTRY_LEN,
-            pending: Vec::new(),
+            entries: Entries::Mapped(map),
             capacity: len / ENTRY_LEN,
-            _entry: PhantomData,
         };
         // Entries must increase strictly; otherwise rebuild.
         let mut prev = None;
-        for i in 0..idx.stored {
+        for i in 0..idx.len() {
             let e: E = idx.entry(i);
             if !e.follows(prev.as_ref()) {
                 return Ok(None);
@@ -182,55 +183,34 @@ impl<E: IndexEntry> IndexFile<E> {
         Ok(Some(idx))
     }
 
-    /// Opens (creating if missing) an index for appending, preallocated to
-    /// `max_bytes`. Existing entries are kept while they increase strictly;
-    /// the caller validates them further against the log.
+    /// Opens (creating if missing) an index for appending, holding at most
+    /// `max_bytes / 12` entries. The valid prefix of an existing file (while
+    /// entries increase strictly) is kept, the rest cut; the caller
+    /// validates the entries further against the log.
     pub(crate) fn open_active(path: &Path, max_bytes: u32) -> Result<Self> {
         let file = open_rw(path, true)?;
         let capacity = max_bytes as usize / ENTRY_LEN;
-        let len = (capacity * ENTRY_LEN) as u64;
-        let current = file
-            .metadata()
-            .map_err(|e| StorageError::io("stat", path, e))?
-            .len();
-        if current > len {
-            set_len(&file, path, len)?;
+        let bytes = std::fs::read(path).map_err(|e| StorageError::io("read", path, e))?;
+        let mut all = decode_all::<E>(&bytes[..bytes.len().min(capacity * ENTRY_LEN)]);
+        all.truncate(capacity);
+        let stored = all.len();
+        if bytes.len() != stored * ENTRY_LEN {
+            set_len(&file, path, (stored * ENTRY_LEN) as u64)?;
         }
-        preallocate(&file, path, len)?;
-        // SAFETY: the file is preallocated to `len` and never shrunk while
-        // this map exists (sealing trims it only after the last store).
-        let map = unsafe { MmapOptions::new().len(len as usize).map_mut(&file) }
-            .map_err(|e| StorageError::io("mmap", path, e))?;
-        let mut idx = IndexFile {
+        Ok(IndexFile {
             path: path.to_owned(),
             file,
-            map: Map::Writable(map),
-            stored: 0,
-            pending: Vec::new(),
+            entries: Entries::Active { all, stored },
             capacity,
-            _entry: PhantomData,
-        };
-        let mut prev = None;
-        while idx.stored < capacity {
-            let e = E::decode(idx.raw(idx.stored));
-            if !e.follows(prev.as_ref()) {
-                break;
-            }
-            prev = Some(e);
-            idx.stored += 1;
-        }
-        // Zero anything after the valid prefix so later scans stop there.
-        idx.truncate_to(idx.stored);
-        Ok(idx)
+        })
     }
 
-    fn raw(&self, i: usize) -> &[u8] {
-        &self.map.bytes()[i * ENTRY_LEN..(i + 1) * ENTRY_LEN]
-    }
-
-    /// Number of entries, pending ones included.
+    /// Number of entries, unpublished ones included.
     pub(crate) fn len(&self) -> usize {
-        self.stored + self.pending.len()
+        match &self.entries {
+            Entries::Mapped(map) => map.as_ref().map_or(0, |m| m.len() / ENTRY_LEN),
+            Entries::Active { all, .. } => all.len(),
+        }
     }
 
     /// Whether no further entry fits.
@@ -240,9 +220,12 @@ impl<E: IndexEntry> IndexFile<E> {
 
     /// Entry `i` (`i < len()`).
     pub(crate) fn entry(&self, i: usize) -> E {
-        match i.checked_sub(self.stored) {
-            None => E::decode(self.raw(i)),
-            Some(p) => self.pending[p],
+        match &self.entries {
+            Entries::Mapped(map) => {
+                let bytes: &[u8] = map.as_deref().unwrap_or(&[]);
+                E::decode(&bytes[i * ENTRY_LEN..(i + 1) * ENTRY_LEN])
+            }
+            Entries::Active { all, .. } => all[i],
         }
     }
 
@@ -266,78 +249,92 @@ impl<E: IndexEntry> IndexFile<E> {
         lo.checked_sub(1)
     }
 
-    /// Appends an entry, pending until published; `false` (nothing
-    /// recorded) if full, out of order, or the index is sealed.
+    /// Appends an entry in memory (published to the file later); `false`
+    /// (nothing recorded) if full, out of order, or the index is sealed.
     pub(crate) fn push(&mut self, e: E) -> bool {
-        if self.is_full()
-            || !e.follows(self.last().as_ref())
-            || !matches!(self.map, Map::Writable(_))
-        {
+        if self.is_full() || !e.follows(self.last().as_ref()) {
             return false;
         }
-        self.pending.push(e);
-        true
+        match &mut self.entries {
+            Entries::Active { all, .. } => {
+                all.push(e);
+                true
+            }
+            Entries::Mapped(_) => false,
+        }
     }
 
-    /// Writes pending entries to the map, oldest first, while `durable`
-    /// says the log bytes they point at are on disk. An index entry on disk
-    /// thus never points past durable data, and recovery may start its scan
-    /// at the last one without missing a hole written back out of order.
-    pub(crate) fn publish_while(&mut self, durable: impl Fn(&E) -> bool) {
-        let n = self.pending.iter().take_while(|e| durable(e)).count();
-        if n == 0 {
-            return;
-        }
-        let Map::Writable(map) = &mut self.map else {
-            return;
+    /// Appends unpublished entries to the file, oldest first, while
+    /// `durable` says the log bytes they point at are on disk. An index
+    /// entry in the file thus never points past durable data, and recovery
+    /// may start its scan at the last one without missing a hole written
+    /// back out of order. On a write error (a full disk) the entries stay
+    /// unpublished and the next call tries again: the index is derived data.
+    pub(crate) fn publish_while(&mut self, durable: impl Fn(&E) -> bool) -> Result<()> {
+        let Entries::Active { all, stored } = &mut self.entries else {
+            return Ok(());
         };
-        for e in self.pending.drain(..n) {
-            let at = self.stored * ENTRY_LEN;
-            map[at..at + ENTRY_LEN].copy_from_slice(&e.encode());
-            self.stored += 1;
+        let n = all[*stored..].iter().take_while(|e| durable(e)).count();
+        if n == 0 {
+            return Ok(());
+        }
+        let mut buf = Vec::with_capacity(n * ENTRY_LEN);
+        for e in &all[*stored..*stored + n] {
+            buf.extend_from_slice(&e.encode());
+        }
+        write_at(
+            &self.file,
+            &self.path,
+            &buf,
+            (*stored * ENTRY_LEN) as u64,
+            None,
+        )?;
+        *stored += n;
+        Ok(())
+    }
+
+    /// Drops entries `n..`, from memory and from the file.
+    pub(crate) fn truncate_to(&mut self, n: usize) -> Result<()> {
+        match &mut self.entries {
+            Entries::Active { all, stored } => {
+                all.truncate(n);
+                if n < *stored {
+                    set_len(&self.file, &self.path, (n * ENTRY_LEN) as u64)?;
+                    *stored = n;
+                }
+                Ok(())
+            }
+            Entries::Mapped(_) => Err(StorageError::Invalid(format!(
+                "{} is sealed: reopen it as active before truncating",
+                self.path.display()
+            ))),
         }
     }
 
-    /// Drops entries `n..` (zeroing stored ones in a writable map).
-    pub(crate) fn truncate_to(&mut self, n: usize) {
-        if n >= self.stored {
-            self.pending.truncate(n - self.stored);
-            return;
-        }
-        self.pending.clear();
-        if let Map::Writable(map) = &mut self.map {
-            let end = (self.stored * ENTRY_LEN).min(map.len());
-            let from = (n * ENTRY_LEN).min(end);
-            map[from..end].fill(0);
-        }
-        self.stored = n;
-    }
-
-    /// Flushes the map and trims the file to its entries; the index becomes
-    /// read-only in effect (no more pushes).
-    /// Callers seal only after the log data is durable: pending entries
-    /// are published first.
+    /// Publishes every entry, fsyncs the file and maps it read-only.
+    /// Callers seal only after the log data is durable.
     pub(crate) fn seal(&mut self) -> Result<()> {
-        self.publish_while(|_| true);
-        if let Map::Writable(map) = &self.map {
-            map.flush()
-                .map_err(|e| StorageError::io("msync", &self.path, e))?;
+        self.publish_while(|_| true)?;
+        if let Entries::Active { stored, .. } = &self.entries {
+            // Cut anything past the entries (a failed write's leftovers).
+            set_len(&self.file, &self.path, (*stored * ENTRY_LEN) as u64)?;
         }
-        set_len(&self.file, &self.path, (self.stored * ENTRY_LEN) as u64)?;
         self.file
             .sync_all()
             .map_err(|e| StorageError::io("fsync", &self.path, e))?;
-        self.capacity = self.stored;
-        if let Map::Writable(_) = self.map {
-            // Keep the mapping (only entries below `len` are read), but
-            // forbid further stores by downgrading our view.
-            let map = std::mem::replace(&mut self.map, Map::None);
-            if let Map::Writable(m) = map {
-                self.map = Map::ReadOnly(
-                    m.make_read_only()
-                        .map_err(|e| StorageError::io("mprotect", &self.path, e))?,
-                );
-            }
+        if let Entries::Active { stored, .. } = &self.entries {
+            let map = if *stored == 0 {
+                None
+            } else {
+                // SAFETY: as in `open_sealed`: no more writes to this file
+                // while it is mapped.
+                Some(
+                    unsafe { Mmap::map(&self.file) }
+                        .map_err(|e| StorageError::io("mmap", &self.path, e))?,
+                )
+            };
+            self.capacity = *stored;
+            self.entries = Entries::Mapped(map);
         }
         Ok(())
     }
@@ -404,11 +401,11 @@ mod tests {
             for i in 1..=5u32 {
                 idx.push(e(i, i * 10));
             }
-            idx.publish_while(|e| e.rel_offset <= 4);
+            idx.publish_while(|e| e.rel_offset <= 4).unwrap();
         }
         let mut idx = IndexFile::<OffsetEntry>::open_active(&path, 1200).unwrap();
         assert_eq!(idx.len(), 4, "the unpublished entry is not on disk");
-        idx.truncate_to(3);
+        idx.truncate_to(3).unwrap();
         idx.seal().unwrap();
         drop(idx);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 36);

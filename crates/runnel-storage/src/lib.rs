@@ -26,7 +26,7 @@
 //!
 //! # Durability rules
 //!
-//! - A new segment is preallocated, fsynced, then its directory fsynced.
+//! - A new segment file is created, fsynced, then its directory fsynced.
 //! - A sealed segment (after a roll) is always fsynced, whatever the flush
 //!   policy, so recovery only ever has to scan the active segment.
 //! - A failed append cuts back to where it began; a failed fsync fails the
@@ -36,12 +36,15 @@
 //!
 //! # Write path
 //!
-//! The active segment is written with `pwrite` (the batch as received, its
-//! 28-byte broker prefix stamped separately so the payload is never copied
-//! or mutated) and read through a shared map of the preallocated file.
-//! Indexes are written through maps of `fallocate`d files, so a full disk
-//! is an `ENOSPC` error on segment creation, never a `SIGBUS`.
-//! Figures: `benches/RESULTS.md`.
+//! The active segment grows by `pwrite` (the batch as received, its 28-byte
+//! broker prefix stamped separately so the payload is never copied or
+//! mutated) and is read through a shared read-only map that reaches past
+//! the end of the file; only written bytes are ever read. Index entries are
+//! kept in memory and appended with `pwrite` after the data they point at
+//! is fsynced. Nothing is written through a map and nothing is
+//! preallocated, so a full disk is an `ENOSPC` error, never a `SIGBUS`, and
+//! a broker with thousands of partitions reserves no disk it does not use
+//! (`pwrite` vs. stores into a map, measured: `benches/RESULTS.md`).
 
 #![deny(missing_docs)]
 

@@ -932,10 +932,10 @@ impl Log {
                 return Ok(());
             }
             let seg = &mut inner.segments[at];
-            seg.truncate_at(pos, new_end, index, prev_term, &self.config)?;
             if !seg.active {
                 seg.reactivate(&self.dir, &self.config)?;
             }
+            seg.truncate_at(pos, new_end, index, prev_term)?;
             let faults = self.config.faults.clone();
             sync_data(&seg.file, &seg.log_path, faults.as_deref())?;
             seg.publish_durable(new_end);

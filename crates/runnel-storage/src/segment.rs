@@ -1,9 +1,10 @@
 //! One segment: a `.log` file of consecutive batches plus its two indexes.
 //!
-//! The active (last) segment is preallocated to `segment_bytes` and written
-//! with `pwrite`; everything is read through a shared read-only map of the
-//! file, so reads of freshly appended data come straight from the page
-//! cache. Sealing trims the file to its data, fsyncs it and its indexes.
+//! The active (last) segment grows by `pwrite` (nothing is preallocated:
+//! a broker with many partitions reserves no disk it does not use) and is
+//! read through a shared read-only map of `segment_bytes` that extends past
+//! the end of the file; only written bytes `[0, size)` are ever touched, so
+//! reads of freshly appended data come straight from the page cache. Sealing trims the file to its data, fsyncs it and its indexes.
 //! A segment never shrinks below data a reader may hold, except by
 //! truncation, which Raft only does above the high watermark.
 
@@ -16,7 +17,7 @@ use memmap2::{Mmap, MmapOptions};
 use runnel_batch::{BatchHeader, BatchView, HEADER_LEN, STAMPED_LEN};
 
 use crate::config::{LogConfig, RecoveryPolicy};
-use crate::durable::{Faults, open_rw, preallocate, set_len, sync_data, sync_dir, write_at};
+use crate::durable::{Faults, open_rw, set_len, sync_data, sync_dir, write_at};
 use crate::error::{Result, StorageError};
 use crate::filename::{INDEX_EXT, LOG_EXT, TIME_INDEX_EXT, segment_path};
 use crate::index::{IndexFile, OffsetEntry, TimeEntry};
@@ -90,7 +91,6 @@ impl Segment {
         let result = (|| {
             let file = open_rw(&log_path, true)?;
             set_len(&file, &log_path, 0)?;
-            preallocate(&file, &log_path, u64::from(config.segment_bytes))?;
             let offset_index = IndexFile::open_active(
                 &segment_path(dir, base_offset, INDEX_EXT),
                 config.index_max_bytes,
@@ -269,7 +269,7 @@ impl Segment {
 
     /// Recovers the last segment of a log: verifies batches from the last
     /// index entry that still checks out, truncates at the first torn or
-    /// corrupt batch, fixes the indexes, and preallocates it for appends.
+    /// corrupt batch, fixes the indexes, and maps it for appends.
     ///
     /// `base_index` is the Raft index the first batch must carry, when known;
     /// `term_of(index)` the term the entry must carry, when known (from the
@@ -339,7 +339,7 @@ impl Segment {
                 start = Some((u64::from(e.position), h));
                 break;
             }
-            seg.offset_index.truncate_to(seg.offset_index.len() - 1);
+            seg.offset_index.truncate_to(seg.offset_index.len() - 1)?;
         }
         if let Some((pos, h)) = start {
             // Time entries up to the restart point are kept; the last one
@@ -349,7 +349,7 @@ impl Segment {
                 .time_index
                 .floor(rel, |t| t.rel_offset)
                 .map_or(0, |i| i + 1);
-            seg.time_index.truncate_to(keep);
+            seg.time_index.truncate_to(keep)?;
             seg.size = pos + u64::from(h.batch_len);
             if seg
                 .time_index
@@ -357,14 +357,14 @@ impl Segment {
                 .is_some_and(|t| !seg.time_entry_matches(&t))
             {
                 tracing::warn!(segment = %log_path.display(), "time index does not match the log; rebuilding both indexes");
-                seg.time_index.truncate_to(0);
+                seg.time_index.truncate_to(0)?;
                 start = None;
             }
             seg.size = 0;
         }
         if start.is_none() {
-            seg.offset_index.truncate_to(0);
-            seg.time_index.truncate_to(0);
+            seg.offset_index.truncate_to(0)?;
+            seg.time_index.truncate_to(0)?;
             start = verified_at(0, base_offset, base_index).map(|h| (0, h));
         }
         let mut report = RecoveryReport::default();
@@ -375,7 +375,7 @@ impl Segment {
                 .time_index
                 .floor(rel, |t| t.rel_offset)
                 .map_or(0, |i| i + 1);
-            seg.time_index.truncate_to(keep);
+            seg.time_index.truncate_to(keep)?;
             if let Some(t) = seg.time_index.last() {
                 seg.max_timestamp = t.timestamp;
                 seg.max_timestamp_rel = t.rel_offset;
@@ -469,11 +469,11 @@ impl Segment {
                 ),
             ));
         }
-        // Cut whatever follows the valid prefix (a torn batch, stale bytes)
-        // and preallocate again: appends continue at `size`.
+        // Cut whatever follows the valid prefix (a torn batch, stale bytes,
+        // the zeros of a segment preallocated by an older version): appends
+        // continue at `size`.
         set_len(&seg.file, &log_path, seg.size)?;
         let capacity = u64::from(config.segment_bytes).max(seg.size);
-        preallocate(&seg.file, &log_path, capacity)?;
         seg.map = Arc::new(map_file(&seg.file, &log_path, capacity)?);
         Ok((seg, report))
     }
@@ -522,10 +522,18 @@ impl Segment {
     /// (everything fsynced) to the index maps.
     pub(crate) fn publish_durable(&mut self, durable_offset: u64) {
         let base = self.base_offset;
-        self.offset_index
-            .publish_while(|e| base + u64::from(e.rel_offset) < durable_offset);
-        self.time_index
-            .publish_while(|e| base + u64::from(e.rel_offset) < durable_offset);
+        let published = self
+            .offset_index
+            .publish_while(|e| base + u64::from(e.rel_offset) < durable_offset)
+            .and_then(|()| {
+                self.time_index
+                    .publish_while(|e| base + u64::from(e.rel_offset) < durable_offset)
+            });
+        if let Err(e) = published {
+            // Derived data: the entries stay in memory and are written by
+            // the next fsync, or rebuilt by recovery.
+            tracing::warn!(segment = %self.log_path.display(), error = %e, "could not write index entries; will retry");
+        }
     }
 
     /// Whether a batch of `len` bytes with `h`'s offsets must go to a new
@@ -570,18 +578,10 @@ impl Segment {
         });
         if let Err(e) = written {
             // Cut the partial batch so that no torn bytes linger after `size`.
-            set_len(&self.file, &self.log_path, pos)
-                .and_then(|()| {
-                    preallocate(
-                        &self.file,
-                        &self.log_path,
-                        u64::from(config.segment_bytes).max(pos),
-                    )
-                })
-                .map_err(|cleanup| StorageError::Failed {
-                    path: self.log_path.clone(),
-                    reason: format!("{e}; then could not cut the partial batch: {cleanup}"),
-                })?;
+            set_len(&self.file, &self.log_path, pos).map_err(|cleanup| StorageError::Failed {
+                path: self.log_path.clone(),
+                reason: format!("{e}; then could not cut the partial batch: {cleanup}"),
+            })?;
             return Err(e);
         }
         self.note_batch(pos, h, config);
@@ -608,10 +608,9 @@ impl Segment {
         Ok(())
     }
 
-    /// Reopens a sealed segment for appends at `size` (after truncation).
+    /// Reopens a sealed segment for appends at `size` (before truncation).
     pub(crate) fn reactivate(&mut self, dir: &Path, config: &LogConfig) -> Result<()> {
         let capacity = u64::from(config.segment_bytes).max(self.size);
-        preallocate(&self.file, &self.log_path, capacity)?;
         self.map = Arc::new(map_file(&self.file, &self.log_path, capacity)?);
         let entries = (self.offset_index.len(), self.time_index.len());
         self.offset_index = IndexFile::open_active(
@@ -622,8 +621,8 @@ impl Segment {
             &segment_path(dir, self.base_offset, TIME_INDEX_EXT),
             config.index_max_bytes,
         )?;
-        self.offset_index.truncate_to(entries.0);
-        self.time_index.truncate_to(entries.1);
+        self.offset_index.truncate_to(entries.0)?;
+        self.time_index.truncate_to(entries.1)?;
         self.active = true;
         Ok(())
     }
@@ -636,7 +635,6 @@ impl Segment {
         next_offset: u64,
         next_index: u64,
         last_term: u64,
-        config: &LogConfig,
     ) -> Result<()> {
         let rel = next_offset.saturating_sub(self.base_offset);
         let keep = self
@@ -644,23 +642,16 @@ impl Segment {
             .floor(rel.saturating_sub(1), |e| u64::from(e.rel_offset))
             .map_or(0, |i| i + 1);
         self.offset_index
-            .truncate_to(if pos == 0 { 0 } else { keep });
+            .truncate_to(if pos == 0 { 0 } else { keep })?;
         let keep_t = self
             .time_index
             .floor(rel.saturating_sub(1), |e| u64::from(e.rel_offset))
             .map_or(0, |i| i + 1);
         self.time_index
-            .truncate_to(if pos == 0 { 0 } else { keep_t });
-        // Physically cut (zeroing what follows) so that a crash can never
-        // bring the removed batches back, then preallocate again.
+            .truncate_to(if pos == 0 { 0 } else { keep_t })?;
+        // Physically cut so that a crash can never bring the removed
+        // batches back.
         set_len(&self.file, &self.log_path, pos)?;
-        if self.active {
-            preallocate(
-                &self.file,
-                &self.log_path,
-                u64::from(config.segment_bytes).max(pos),
-            )?;
-        }
         self.size = pos;
         self.next_offset = next_offset;
         self.next_index = next_index;

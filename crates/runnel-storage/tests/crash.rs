@@ -396,6 +396,9 @@ fn garbage_after_the_active_tail_is_ignored() {
     for (i, offset) in [0u64, 1, 50, 200].iter().enumerate() {
         let work = copy_of(built.dir.path());
         let path = work.path().join(active.file(LOG_EXT));
+        // Bytes after the data: zeros (an older version preallocated
+        // segments) with one garbage byte among them.
+        set_len(&path, active.size() + 256);
         flip(&path, active.size() + offset, 0x5a);
         let (log, report) = Log::open_with_report(work.path(), config()).unwrap();
         assert_eq!(report.recovery.valid_end, active.size(), "case {i}");
@@ -718,8 +721,9 @@ fn crash_during_retention_is_finished_at_open() {
 }
 
 /// A roll creates (and syncs) the new segment, then seals the old one. A
-/// crash in between leaves the old segment unsealed: preallocated zeros
-/// after its data and active-sized indexes.
+/// crash in between leaves the old segment unsealed and the new one empty.
+/// (The zeros after the old segment's data are what an older version, which
+/// preallocated segments, left there.)
 #[test]
 fn crash_during_roll_is_recovered() {
     let built = build(10, 60);
@@ -727,19 +731,10 @@ fn crash_during_roll_is_recovered() {
     let end = built.batches.last().unwrap().next_offset;
     let work = copy_of(built.dir.path());
     let dir = work.path();
-    // What Segment::create leaves: an empty, preallocated segment and indexes.
-    let len = fs::metadata(dir.join(active.file(LOG_EXT))).unwrap().len();
-    assert!(len > active.size(), "the active segment is preallocated");
-    for (ext, len) in [
-        (LOG_EXT, len),
-        (INDEX_EXT, 600 / 12 * 12),
-        (TIME_INDEX_EXT, 600 / 12 * 12),
-    ] {
-        fs::write(
-            dir.join(segment_file_name(end, ext)),
-            vec![0u8; len as usize],
-        )
-        .unwrap();
+    set_len(&dir.join(active.file(LOG_EXT)), active.size() + (64 << 10));
+    // What Segment::create leaves: an empty segment and empty indexes.
+    for ext in [LOG_EXT, INDEX_EXT, TIME_INDEX_EXT] {
+        fs::write(dir.join(segment_file_name(end, ext)), b"").unwrap();
     }
     let (log, report) =
         Log::open_with_report(dir, config()).unwrap_or_else(|e| panic!("open: {e}"));

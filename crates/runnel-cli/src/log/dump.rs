@@ -497,7 +497,7 @@ mod tests {
     use crate::log::empty_partition;
 
     #[test]
-    fn an_empty_partition_dumps_its_segment_and_preallocated_space() {
+    fn an_empty_partition_dumps_its_empty_segment() {
         let dir = empty_partition();
         let dump = DumpConfig {
             dir: dir.path().to_path_buf(),
@@ -518,7 +518,7 @@ mod tests {
             (lines[0]["type"].as_str(), lines[0]["base_offset"].as_u64()),
             (Some("segment"), Some(0))
         );
-        assert_eq!(lines[1]["how"], "preallocated");
-        assert_eq!(lines[1]["preallocated_bytes"].as_u64(), Some(1 << 20));
+        assert_eq!(lines[1]["how"], "end_of_file");
+        assert_eq!(lines[1]["position"].as_u64(), Some(0), "{lines:?}");
     }
 }

@@ -111,8 +111,7 @@ fn partition_dir(path: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// For the commands' tests: a new partition directory holding an empty log,
-/// as a broker leaves it, with a 1 MiB preallocated segment (the default
-/// preallocates 1 GiB).
+/// as a broker leaves it.
 #[cfg(test)]
 fn empty_partition() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

@@ -31,11 +31,15 @@ pub(crate) fn modify(path: &Path, f: impl FnOnce(&mut Vec<u8>)) {
 
 /// An append cut short by a crash: writes the first half of `batch` (a
 /// whole batch, already stamped with its offset, term and Raft index) over
-/// the bytes of the file at `path` from byte `at`, which is where the data
-/// of the active segment ends; its preallocated zeros must have room.
+/// the file at `path` from byte `at`, which is where the data of the
+/// active segment ends (growing the file as an append would).
 pub(crate) fn write_torn_append(path: &Path, at: u64, batch: &[u8]) {
     let half = &batch[..batch.len() / 2];
+    let end = at as usize + half.len();
     modify(path, |b| {
-        b[at as usize..at as usize + half.len()].copy_from_slice(half)
+        if b.len() < end {
+            b.resize(end, 0);
+        }
+        b[at as usize..end].copy_from_slice(half)
     });
 }

@@ -265,7 +265,10 @@ fn torn_tail_hint_names_the_truncation_point() {
     build(dir.path());
     let path = active_log(dir.path());
     let end = data_end(&path);
-    modify(&path, |b| b[end as usize..end as usize + 40].fill(0xab));
+    modify(&path, |b| {
+        b.resize(b.len().max(end as usize + 40), 0);
+        b[end as usize..end as usize + 40].fill(0xab)
+    });
     let report = verify(dir.path()).unwrap();
     let first = &report.problems[0];
     assert_eq!(first.kind.code(), "torn_tail", "{first}");
