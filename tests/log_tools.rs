@@ -54,7 +54,7 @@ fn record(i: u64, j: u64) -> (String, String) {
 /// A partition of one Raft no-op (offset 0, as a new leader writes) and
 /// [`BATCHES`] data batches of [`RECORDS`] records each (offsets 1..), in
 /// terms 1..=4, mixing compressions, over several 64 KiB segments. The
-/// log is dropped without closing: its active segment stays preallocated.
+/// log is dropped without closing, as after a crash.
 fn build_log(dir: &Path) {
     let log = Log::open(dir, config()).unwrap();
     let noop = BatchBuilder::control(ControlKind::RaftNoop, b"", T0).unwrap();

@@ -1137,9 +1137,10 @@ fn skip_to(
 /// `(next_offset, next_index, last_term)` of the last sealed segment, from
 /// a walk of the headers after its last index entry.
 ///
-/// A crash between creating the next segment and sealing this one (a roll)
-/// leaves this one unsealed: its preallocated zeros follow the data. They
-/// are cut here, as sealing would have.
+/// Zeros after the data (left by an older build that preallocated
+/// segments) are cut here, as sealing would have. (An interrupted roll
+/// never gets here: open drops the empty new segment and recovers this one
+/// as the active segment.)
 fn tail_of(seg: &mut Segment, faults: Option<&Faults>) -> Result<(u64, u64, u64)> {
     let reader = seg.reader();
     let mut pos = seg.scan_start_for_offset(u64::MAX);

@@ -31,9 +31,12 @@ Output:
         term and index, record count, first and max timestamp in ms, compression,
         control flag, crc ok/BAD), with --print-records one line per record (offset,
         timestamp, key, value, headers; text when printable UTF-8, else 0x-hex), and
-        how the segment's data ends.
+        how the segment's data ends: at the end of the file; before zeros
+        (\"preallocated space\", left by an older build or a crash: not damage); or
+        at unreadable bytes (damage, or an append cut short by a crash).
   json  JSON Lines: one object per line, \"type\" being \"segment\", \"batch\" (records
-        under \"records\" with --print-records) or \"end\".
+        under \"records\" with --print-records) or \"end\" (\"how\": \"end_of_file\",
+        \"preallocated\" with \"preallocated_bytes\", or \"unreadable\" with \"reason\").
 
 Exit status: 0 when every batch shown is intact, 1 when a batch has a bad CRC or
 unreadable bytes were met (run `runnel log verify` for what to do), 2 on errors.";

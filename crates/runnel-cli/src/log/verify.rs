@@ -23,7 +23,10 @@ Checks, reading every byte and writing none:
   - .timeindex entries increase and hold the running maximum timestamp at their batch;
   - partition.state decodes, its log start offset lies within the log, its compacted
     raft index is just below the first batch, its term runs match every batch.
-Zero bytes after the last segment's data are preallocated space, not damage.
+Zero bytes after the last segment's data (\"preallocated space\": left by an older
+build, which preallocated the active segment, or by a crash) are not damage: the
+broker cuts them on open. Nor is an active segment's index with fewer entries than
+its data would give (entries reach the file only after the data is fsynced).
 
 Examples:
   runnel log verify /var/lib/runnel/data/orders-0

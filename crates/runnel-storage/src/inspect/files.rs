@@ -111,9 +111,11 @@ pub fn decode_time_entry(raw: &[u8; ENTRY_LEN]) -> TimeEntry {
 }
 
 /// The raw entries of an index file: every whole 12-byte entry, zeros
-/// included (the active segment's index files are preallocated, so an
-/// all-zero entry marks their end), and the number of bytes after the
-/// last whole entry (0 for a well-formed file).
+/// included, and the number of bytes after the last whole entry (0 for a
+/// well-formed file). This build never writes an all-zero entry, but an
+/// active segment's index written by an older build (which preallocated
+/// it), or left by a crash, may end in zeros: the first all-zero entry
+/// marks the end of its entries.
 pub fn index_entries(bytes: &[u8]) -> (Vec<[u8; ENTRY_LEN]>, usize) {
     let chunks = bytes.chunks_exact(ENTRY_LEN);
     let ragged = chunks.remainder().len();
@@ -166,8 +168,9 @@ impl LogFile {
         &self.path
     }
 
-    /// Length of the file in bytes when it was opened (for the active
-    /// segment, its preallocated size, not the size of its data).
+    /// Length of the file in bytes when it was opened: the size of its data,
+    /// plus whatever follows the data (zeros left by an older build, which
+    /// preallocated the active segment, or by a crash; a torn append).
     pub fn len(&self) -> u64 {
         self.len
     }

@@ -4,8 +4,9 @@
 //! Owns: listing the files of a partition directory, walking the batches
 //! of a `.log` file, decoding index entries, and checking a whole partition
 //! for damage ([`verify()`]). Does not own: repairing anything. That is
-//! [`crate::Log::open`]'s job (it truncates a torn tail, rebuilds indexes,
-//! removes leftovers and rewrites `partition.state`).
+//! [`crate::Log::open`]'s job (it cuts a torn tail and any zeros after the
+//! active segment's data, rebuilds indexes, removes leftovers and rewrites
+//! `partition.state`).
 //!
 //! # Read-only
 //!

@@ -20,8 +20,10 @@ pub enum Place {
     /// repairs sealed segments: reads of damaged batches fail.
     Sealed,
     /// The active (last) segment, before `scan_from`, the position where
-    /// the broker's recovery starts (its last index entry that checks
-    /// out). Recovery does not see it: reads of damaged batches fail.
+    /// the broker's recovery starts (the last entry of its `.index` file on
+    /// disk that checks out; 0 when there is none, as the file may lag the
+    /// log: entries reach it only after the data they point at is fsynced).
+    /// Recovery does not see it: reads of damaged batches fail.
     ActiveUnscanned {
         /// Where recovery starts scanning.
         scan_from: u64,
@@ -43,8 +45,9 @@ pub enum EntryProblem {
     /// An all-zero entry in a sealed segment's index (sealed indexes are
     /// trimmed to their entries).
     ZeroEntry,
-    /// A non-zero entry after the all-zero entry that ends a preallocated
-    /// index (the active segment's).
+    /// A non-zero entry after the all-zero entry that ends the active
+    /// segment's entries. (Only an active index may end in zeros: written
+    /// by an older build, which preallocated it, or left by a crash.)
     AfterEndMarker,
     /// `.index`: the position is not where a batch starts.
     NotABatchBoundary {
@@ -149,6 +152,9 @@ pub enum ProblemKind {
     },
     /// An incomplete or damaged batch at the end of the active segment's
     /// data, where the broker's recovery scans: it truncates it on open.
+    /// Typically an append cut short by a crash: its header claims more
+    /// bytes than remain in the file, or (when the file grew but not all of
+    /// the data reached the disk) its CRC does not match.
     TornTail {
         /// What is wrong with the bytes.
         reason: String,
@@ -213,9 +219,11 @@ pub enum ProblemKind {
     },
     /// A sealed segment with no data.
     EmptySealedSegment,
-    /// Zero bytes after the data of a sealed segment: it was never trimmed,
-    /// so a roll was interrupted between creating the next segment and
-    /// sealing this one.
+    /// Zero bytes after the data of a sealed segment, which sealing trims
+    /// to its data. Left by an older build (which preallocated the active
+    /// segment) when a roll was interrupted between creating the next
+    /// segment and sealing this one, or by a crash that left zeros at the
+    /// end of the file.
     SealedSegmentNotTrimmed {
         /// Number of zero bytes.
         zero_bytes: u64,
@@ -574,11 +582,13 @@ pub struct VerifyReport {
     pub dir: PathBuf,
     /// Segments found.
     pub segments: usize,
-    /// Batches walked (including damaged ones whose header parsed).
+    /// Batches walked, including those whose CRC does not match (not an
+    /// incomplete batch at the end of a file, which is not walked).
     pub batches: u64,
     /// Records in those batches, per their headers.
     pub records: u64,
-    /// Bytes of batch data (preallocated space excluded).
+    /// Bytes of the batches walked (zeros and unreadable bytes after the
+    /// data excluded).
     pub bytes: u64,
     /// Base offset of the first batch, if any.
     pub first_offset: Option<u64>,

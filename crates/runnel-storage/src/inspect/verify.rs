@@ -51,8 +51,12 @@ struct Cursor {
 /// start offset within the log, its compacted index just below the first
 /// batch and its term runs agreeing with every batch.
 ///
-/// Zero bytes after the last segment's data are preallocated space, not
-/// damage. Only I/O failures are errors; damage is in the report.
+/// Zero bytes after the last segment's data are not damage: older builds
+/// preallocated the active segment, and a crash can leave zeros where the
+/// file grew but the data did not reach the disk (the broker cuts them on
+/// open). Neither is an active index holding fewer entries than the data
+/// would give: entries reach the file only after the data they point at is
+/// fsynced. Only I/O failures are errors; damage is in the report.
 pub fn verify(dir: &Path) -> Result<VerifyReport> {
     let files = list(dir)?;
     let mut report = VerifyReport {
@@ -371,7 +375,9 @@ fn check_records(view: &BatchView<'_>) -> Option<ProblemKind> {
 /// The position where the broker's recovery of the active segment starts:
 /// the last entry of the `.index` file's valid prefix whose batch is intact
 /// and carries the entry's offset and Raft index, else 0 (mirrors
-/// `Segment::recover_active`).
+/// `Segment::recover_active`). The file may lag the log (entries reach it
+/// only after the data they point at is fsynced; with the `never` flush
+/// policy it may hold none), and recovery starts from what is on disk.
 fn recovery_start(
     log: &LogFile,
     seg: &SegmentFiles,
@@ -471,8 +477,9 @@ fn check_terms(walk: &Walk, state: &PartitionState, state_path: &Path) -> Option
 }
 
 /// Checks one index file of a segment: its length, where its entries end
-/// (at the end of the file when sealed, at the first all-zero entry when
-/// active and preallocated), and each entry up to there: above the
+/// (at the end of the file when sealed; when active, at the first all-zero
+/// entry if any: zeros left by an older build, which preallocated the
+/// active index, or by a crash), and each entry up to there: above the
 /// previous one (the rule the broker's index enforces), then `check`.
 /// A missing file is not checked (the broker rebuilds it; see [`NoteKind`]).
 fn check_index_file<E: IndexEntry>(

@@ -1,6 +1,6 @@
 //! Walking the batches of a `.log` file: each batch's header parsed and its
-//! CRC checked, and how the data ends (end of file, preallocated zeros, or
-//! unreadable bytes).
+//! CRC checked, and how the data ends (end of file, zeros up to the end of
+//! the file, or unreadable bytes).
 
 use std::fmt;
 
@@ -170,20 +170,28 @@ impl fmt::Display for Unreadable {
 /// How the walk over a `.log` file ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DataEnd {
-    /// The last batch ends exactly at the end of the file (a sealed segment).
+    /// The last batch ends exactly at the end of the file: the normal end
+    /// of every segment (sealed ones are trimmed to their data, and the
+    /// active one grows by appends, nothing preallocated).
     EndOfFile {
         /// The file's length.
         position: u64,
     },
-    /// Only zero bytes follow the last batch: preallocated space of the
-    /// active segment.
+    /// Only zero bytes follow the last batch, up to the end of the file.
+    /// Not damage in the active segment: older builds preallocated it, and
+    /// a crash can leave zeros where the file grew but the data did not
+    /// reach the disk. The broker cuts them when it opens the log. (In a
+    /// sealed segment, zeros are a problem: see
+    /// [`ProblemKind::SealedSegmentNotTrimmed`](super::ProblemKind::SealedSegmentNotTrimmed).)
     Preallocated {
         /// Where the data ends and the zeros begin.
         position: u64,
         /// Number of zero bytes up to the end of the file.
         bytes: u64,
     },
-    /// Bytes that are not a batch: a torn write or damage.
+    /// Bytes that are not a batch: damage, or a torn write (at the end of
+    /// the active segment, typically a header that claims more bytes than
+    /// remain in the file: [`Unreadable::PastEnd`]).
     Unreadable {
         /// Where the unreadable bytes begin.
         position: u64,
@@ -194,7 +202,8 @@ pub enum DataEnd {
 
 impl DataEnd {
     /// Whether the data ends cleanly: at the end of the file, or where only
-    /// zeros follow.
+    /// zeros follow (clean for the active segment; [`verify`](super::verify())
+    /// reports zeros after a sealed segment's data).
     pub fn is_clean(&self) -> bool {
         matches!(
             self,
@@ -286,7 +295,10 @@ impl Iterator for Batches<'_> {
 /// Where to start walking `segment`'s log to reach `offset` quickly: the
 /// position of the last `.index` entry at or below `offset` whose batch
 /// header carries the entry's offset, else 0. The index is untrusted and
-/// optional: a missing, unreadable or wrong index only costs a longer walk.
+/// optional: a missing, unreadable or wrong index, or an active segment's
+/// index that lags the log (its entries reach the file only after the data
+/// they point at is fsynced), only costs a longer walk. All-zero entries
+/// (an older build's preallocated index) end the entries.
 pub fn scan_start(segment: &SegmentFiles, log: &LogFile, offset: u64) -> Result<u64> {
     let Some(rel) = offset.checked_sub(segment.base_offset) else {
         return Ok(0);
