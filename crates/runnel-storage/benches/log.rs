@@ -1,1 +1,762 @@
-fn main(){}
+//! Benchmarks of the partition log on the real disk: appends (flush never
+//! and always, one and many appenders), sequential reads from warm and cold
+//! page cache, and opening a large log. `benches/storage.sh` runs them next
+//! to the disk's own `dd` figures; results are in `benches/RESULTS.md`.
+//!
+//! ```text
+//! cargo bench -p runnel-storage --bench log                # everything
+//! cargo bench -p runnel-storage --bench log -- append_never/64KiB
+//! RUNNEL_BENCH_APPEND_MIB=256 RUNNEL_BENCH_OPEN_MIB=512 \
+//!   cargo bench -p runnel-storage --bench log -- --quick  # a quick look
+//! ```
+//!
+//! | group | what one iteration does (timed part) |
+//! |---|---|
+//! | `append_never/{16KiB,64KiB,1MiB}` | appends `RUNNEL_BENCH_APPEND_MIB` of pre-built batches to a new log with `flush = never`, then `flush()` (one fdatasync) — the same work as `dd conv=fdatasync` |
+//! | `append_pagecache/...` | the same without the final fsync, `RUNNEL_BENCH_PAGECACHE_MIB` (below one segment): the CPU cost of the append path |
+//! | `append_always/{N}x64KiB` | N threads append `RUNNEL_BENCH_SYNC_MIB` in total with `flush = always` (group commit); fsyncs per append go to the extras |
+//! | `crc32/1MiB` | `crc32fast` over 64 MiB of batches: the ceiling for verified reads |
+//! | `read_warm/64KiB` | reads a `RUNNEL_BENCH_READ_MIB` log from its start to its end with `Log::read(offset, u64::MAX, 1 MiB)`, pages cached and mapped |
+//! | `read_cold/64KiB` | the same after the log is closed and its pages evicted (`RUNNEL_BENCH_COLD`) |
+//! | `open_4GiB/{clean,unclean,cold,index_lost}` | `Log::open` of a `RUNNEL_BENCH_OPEN_MIB` log after `close()`, after a drop without close (one unsynced batch at the tail), with the page cache evicted, and with the last sealed segment's indexes deleted (rebuilt by a full scan) |
+//!
+//! Records are `RUNNEL_BENCH_RECORD_BYTES` (1024) of noise without key;
+//! a batch of "64 KiB" holds 64 such records (66,185 bytes with framing).
+//! Throughput counts whole stored batch bytes. Fixture logs for reads and
+//! open are created once under the bench directory and reused.
+//!
+//! Environment: `RUNNEL_BENCH_DIR` (default `target/runnel-bench`, must be
+//! on the disk), `RUNNEL_BENCH_BATCH_KIB` (`16,64,1024`),
+//! `RUNNEL_BENCH_APPENDERS` (`1,8`), `RUNNEL_BENCH_SAMPLES` (10),
+//! `RUNNEL_BENCH_COLD` (`drop` or `fadvise`).
+
+use std::fs;
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
+use runnel_batch::{BatchBuilder, Compression, NewRecord};
+use runnel_storage::{FlushPolicy, Log, LogConfig, StorageError};
+
+mod disk;
+
+const MIB: u64 = 1 << 20;
+/// Bytes of batches kept in memory to append from: larger than the CPU
+/// caches, so each append reads its source from memory as a received
+/// batch would.
+const POOL_BYTES: usize = 64 << 20;
+const TIMESTAMP: i64 = 1_750_000_000_000;
+const TERM: u64 = 1;
+/// `max_bytes` of each read, as a fetch would ask.
+const READ_MAX_BYTES: usize = 1 << 20;
+
+/// Sizes of one run, from the environment (see the crate-level table).
+struct Sizes {
+    record_bytes: usize,
+    batch_kib: Vec<u64>,
+    append_mib: u64,
+    pagecache_mib: u64,
+    sync_mib: u64,
+    appenders: Vec<u64>,
+    read_mib: u64,
+    open_mib: u64,
+    samples: usize,
+    evict: disk::Evict,
+}
+
+impl Sizes {
+    fn from_env() -> Sizes {
+        Sizes {
+            record_bytes: disk::env_u64("RUNNEL_BENCH_RECORD_BYTES", 1024, 1024) as usize,
+            batch_kib: disk::env_list("RUNNEL_BENCH_BATCH_KIB", &[16, 64, 1024]),
+            append_mib: disk::env_u64("RUNNEL_BENCH_APPEND_MIB", 2048, 4),
+            pagecache_mib: disk::env_u64("RUNNEL_BENCH_PAGECACHE_MIB", 512, 4),
+            sync_mib: disk::env_u64("RUNNEL_BENCH_SYNC_MIB", 256, 2),
+            appenders: disk::env_list("RUNNEL_BENCH_APPENDERS", &[1, 8]),
+            read_mib: disk::env_u64("RUNNEL_BENCH_READ_MIB", 1024, 4),
+            open_mib: disk::env_u64("RUNNEL_BENCH_OPEN_MIB", 4096, 4),
+            samples: disk::env_u64("RUNNEL_BENCH_SAMPLES", 10, 10) as usize,
+            evict: disk::Evict::from_env(),
+        }
+    }
+}
+
+/// Pre-built batches of `records` records each, all the same length.
+struct Pool {
+    batches: Vec<Bytes>,
+    batch_len: u64,
+}
+
+impl Pool {
+    fn new(records: usize, record_bytes: usize) -> Pool {
+        let mut batches = Vec::new();
+        let mut total = 0usize;
+        let mut seed = 1;
+        while total < POOL_BYTES || batches.len() < 16 {
+            let value = disk::noise(record_bytes * records, seed);
+            seed += 1;
+            let mut b = BatchBuilder::new(Compression::None);
+            for (i, v) in value.chunks(record_bytes).enumerate() {
+                b.push(NewRecord {
+                    key: None,
+                    value: v,
+                    headers: &[],
+                    timestamp: TIMESTAMP + i as i64,
+                });
+            }
+            let batch = b.finish().expect("batch");
+            total += batch.len();
+            batches.push(batch);
+        }
+        let batch_len = batches[0].len() as u64;
+        assert!(
+            batches.iter().all(|b| b.len() as u64 == batch_len),
+            "batches differ in length"
+        );
+        Pool { batches, batch_len }
+    }
+
+    fn for_kib(kib: u64, sizes: &Sizes) -> Pool {
+        let pool = Pool::new(records_for(kib, sizes), sizes.record_bytes);
+        assert_eq!(
+            pool.batch_len,
+            batch_len(kib, sizes),
+            "framing differs from batch_len()"
+        );
+        pool
+    }
+
+    fn get(&self, i: usize) -> &[u8] {
+        &self.batches[i % self.batches.len()]
+    }
+
+    /// Number of batches that make `mib` MiB (at least one).
+    fn count_for(&self, mib: u64) -> u64 {
+        (mib * MIB / self.batch_len).max(1)
+    }
+}
+
+fn records_for(kib: u64, sizes: &Sizes) -> usize {
+    (kib * 1024) as usize / sizes.record_bytes
+}
+
+/// Length of a batch of `kib` KiB of records, known before any pool is
+/// built (criterion wants the throughput before the routine runs).
+fn batch_len(kib: u64, sizes: &Sizes) -> u64 {
+    let value = vec![7u8; sizes.record_bytes];
+    let mut b = BatchBuilder::new(Compression::None);
+    for i in 0..records_for(kib, sizes) {
+        b.push(NewRecord {
+            key: None,
+            value: &value,
+            headers: &[],
+            timestamp: TIMESTAMP + i as i64,
+        });
+    }
+    b.finish().expect("batch").len() as u64
+}
+
+/// `16KiB`, `1MiB`, `4GiB`.
+fn label(kib: u64) -> String {
+    match kib {
+        k if k % (1 << 20) == 0 => format!("{}GiB", k >> 20),
+        k if k % 1024 == 0 => format!("{}MiB", k >> 10),
+        k => format!("{k}KiB"),
+    }
+}
+
+fn config(flush: FlushPolicy) -> LogConfig {
+    LogConfig {
+        flush,
+        ..LogConfig::default()
+    }
+}
+
+fn mb_per_s(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64() / 1e6
+}
+
+/// Appends `batch`, retrying while a concurrent appender took the Raft
+/// index `Log::append` picked: `append` reads `last_index() + 1` and then
+/// appends under a second lock acquisition, so concurrent callers race
+/// (reported with the results). Returns the number of retries.
+fn append_racing(log: &Log, batch: &[u8]) -> u64 {
+    let mut retries = 0;
+    loop {
+        match log.append(batch, TERM) {
+            Ok(_) => return retries,
+            Err(StorageError::Invalid(m)) if m.contains("does not follow") => retries += 1,
+            Err(e) => panic!("append: {e}"),
+        }
+    }
+}
+
+/// Files of a log directory, for eviction and residency checks.
+fn files_of(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .expect("list log directory")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    v.sort();
+    v
+}
+
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    files_of(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect()
+}
+
+/// `(segment file, bytes of data)` of the log in `dir` (opens it briefly).
+fn data_extents(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let log = Log::open(dir, config(FlushPolicy::Never)).expect("open");
+    let v = log
+        .segments()
+        .expect("segments")
+        .into_iter()
+        .map(|s| (s.path, s.size))
+        .collect();
+    log.close().expect("close");
+    v
+}
+
+fn append_never(c: &mut Criterion, sizes: &Sizes) {
+    let mut g = c.benchmark_group("append_never");
+    g.sample_size(sizes.samples)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(1))
+        .measurement_time(Duration::from_millis(1));
+    for &kib in &sizes.batch_kib {
+        let id = label(kib);
+        let len = batch_len(kib, sizes);
+        let n = (sizes.append_mib * MIB / len).max(1);
+        g.throughput(Throughput::Bytes(n * len));
+        let mut pool = None;
+        g.bench_function(BenchmarkId::from_parameter(&id), |b| {
+            let pool = pool.get_or_insert_with(|| Pool::for_kib(kib, sizes));
+            b.iter_custom(|iters| {
+                let mut timed = Duration::ZERO;
+                for _ in 0..iters {
+                    let dir = disk::scratch_dir("append-never-");
+                    let log =
+                        Log::open(dir.path().join("p"), config(FlushPolicy::Never)).expect("open");
+                    log.append(pool.get(0), TERM).expect("first append");
+                    let fsyncs = log.fsync_count();
+                    let mut slowest = Duration::ZERO;
+                    let t = Instant::now();
+                    for i in 0..n {
+                        let a = Instant::now();
+                        log.append(pool.get(1 + i as usize), TERM).expect("append");
+                        slowest = slowest.max(a.elapsed());
+                    }
+                    let appended = t.elapsed();
+                    log.flush().expect("flush");
+                    let d = t.elapsed();
+                    timed += d;
+                    disk::note(
+                        &format!("append_never/{id}"),
+                        &[
+                            ("MB_per_s", mb_per_s(n * len, d)),
+                            // Where the time goes: appends (the roll's seal
+                            // fsync included: see slowest_append_ms), then
+                            // the final flush.
+                            ("appends_s", appended.as_secs_f64()),
+                            ("flush_s", (d - appended).as_secs_f64()),
+                            ("slowest_append_ms", slowest.as_secs_f64() * 1e3),
+                            ("fsyncs", (log.fsync_count() - fsyncs) as f64),
+                            ("segments", log.segments().expect("segments").len() as f64),
+                        ],
+                    );
+                    log.close().expect("close");
+                    drop(dir);
+                    disk::sync_fs(&disk::data_dir());
+                }
+                timed
+            });
+        });
+    }
+    g.finish();
+}
+
+fn append_pagecache(c: &mut Criterion, sizes: &Sizes) {
+    let mut g = c.benchmark_group("append_pagecache");
+    g.sample_size(sizes.samples)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(1))
+        .measurement_time(Duration::from_millis(1));
+    for &kib in &sizes.batch_kib {
+        let id = label(kib);
+        let len = batch_len(kib, sizes);
+        let n = (sizes.pagecache_mib * MIB / len).max(1);
+        g.throughput(Throughput::Bytes(n * len));
+        let mut pool = None;
+        g.bench_function(BenchmarkId::from_parameter(&id), |b| {
+            let pool = pool.get_or_insert_with(|| Pool::for_kib(kib, sizes));
+            b.iter_custom(|iters| {
+                let mut timed = Duration::ZERO;
+                for _ in 0..iters {
+                    let dir = disk::scratch_dir("append-pagecache-");
+                    let log =
+                        Log::open(dir.path().join("p"), config(FlushPolicy::Never)).expect("open");
+                    log.append(pool.get(0), TERM).expect("first append");
+                    let t = Instant::now();
+                    for i in 0..n {
+                        log.append(pool.get(1 + i as usize), TERM).expect("append");
+                    }
+                    let d = t.elapsed();
+                    timed += d;
+                    assert_eq!(
+                        log.segments().expect("segments").len(),
+                        1,
+                        "rolled: lower RUNNEL_BENCH_PAGECACHE_MIB"
+                    );
+                    disk::note(
+                        &format!("append_pagecache/{id}"),
+                        &[("MB_per_s", mb_per_s(n * len, d))],
+                    );
+                    log.close().expect("close");
+                    drop(dir);
+                    disk::sync_fs(&disk::data_dir());
+                }
+                timed
+            });
+        });
+    }
+    g.finish();
+}
+
+/// `appenders` threads append `total` batches of `pool` with flush=always.
+/// Returns (elapsed, fsyncs, retries).
+/// What [`append_concurrently`] measured.
+struct Concurrent {
+    elapsed: Duration,
+    fsyncs: u64,
+    retries: u64,
+    /// Latency of each append (ms), sorted.
+    latencies_ms: Vec<f64>,
+}
+
+/// `appenders` threads append `total` batches of `pool` with flush=always.
+fn append_concurrently(log: &Log, pool: &Pool, appenders: u64, total: u64) -> Concurrent {
+    let per_thread = total / appenders;
+    let start = Arc::new(Barrier::new(appenders as usize + 1));
+    let retries = AtomicU64::new(0);
+    let fsyncs = log.fsync_count();
+    let (elapsed, mut latencies_ms) = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..appenders)
+            .map(|t| {
+                let start = start.clone();
+                let retries = &retries;
+                s.spawn(move || {
+                    let mut lat = Vec::with_capacity(per_thread as usize);
+                    start.wait();
+                    let mut r = 0;
+                    for i in 0..per_thread {
+                        let a = Instant::now();
+                        r += append_racing(log, pool.get((t * per_thread + i) as usize));
+                        lat.push(a.elapsed().as_secs_f64() * 1e3);
+                    }
+                    retries.fetch_add(r, Ordering::Relaxed);
+                    lat
+                })
+            })
+            .collect();
+        start.wait();
+        let t = Instant::now();
+        let lat: Vec<f64> = threads
+            .into_iter()
+            .flat_map(|h| h.join().expect("appender"))
+            .collect();
+        (t.elapsed(), lat)
+    });
+    latencies_ms.sort_by(f64::total_cmp);
+    assert_eq!(
+        log.durable_offset(),
+        log.log_end_offset().expect("end"),
+        "an append returned before it was durable"
+    );
+    Concurrent {
+        elapsed,
+        fsyncs: log.fsync_count() - fsyncs,
+        retries: retries.load(Ordering::Relaxed),
+        latencies_ms,
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn append_always(c: &mut Criterion, sizes: &Sizes) {
+    let mut g = c.benchmark_group("append_always");
+    g.sample_size(sizes.samples)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(1))
+        .measurement_time(Duration::from_millis(1));
+    let kib_list = disk::env_list("RUNNEL_BENCH_SYNC_BATCH_KIB", &[64]);
+    for &kib in &kib_list {
+        let len = batch_len(kib, sizes);
+        let mut pool = None;
+        for &appenders in &sizes.appenders {
+            let total = ((sizes.sync_mib * MIB / len).max(appenders) / appenders) * appenders;
+            g.throughput(Throughput::Bytes(total * len));
+            let id = format!("{appenders}x{}", label(kib));
+            g.bench_function(BenchmarkId::from_parameter(&id), |b| {
+                let pool = pool.get_or_insert_with(|| Pool::for_kib(kib, sizes));
+                b.iter_custom(|iters| {
+                    let mut timed = Duration::ZERO;
+                    for _ in 0..iters {
+                        let dir = disk::scratch_dir("append-always-");
+                        let log = Log::open(dir.path().join("p"), config(FlushPolicy::Always))
+                            .expect("open");
+                        log.append(pool.get(0), TERM).expect("first append");
+                        let run = append_concurrently(&log, pool, appenders, total);
+                        let (d, fsyncs, retries) = (run.elapsed, run.fsyncs, run.retries);
+                        timed += d;
+                        disk::note(
+                            &format!("append_always/{id}"),
+                            &[
+                                ("MB_per_s", mb_per_s(total * len, d)),
+                                ("appends", total as f64),
+                                ("fsyncs", fsyncs as f64),
+                                ("fsyncs_per_append", fsyncs as f64 / total as f64),
+                                ("appends_per_s", total as f64 / d.as_secs_f64()),
+                                ("index_race_retries", retries as f64),
+                                ("p50_ms", percentile(&run.latencies_ms, 0.5)),
+                                ("p99_ms", percentile(&run.latencies_ms, 0.99)),
+                            ],
+                        );
+                        log.close().expect("close");
+                        drop(dir);
+                        disk::sync_fs(&disk::data_dir());
+                    }
+                    timed
+                });
+            });
+        }
+    }
+    g.finish();
+}
+
+/// A log of about `mib` MiB of `kib`-KiB batches under the bench
+/// directory, created once (flush never, then closed) and reused while its
+/// marker file exists. Returns its directory and last Raft index.
+fn fixture(name: &str, mib: u64, kib: u64, sizes: &Sizes) -> (PathBuf, u64) {
+    let base = disk::data_dir().join("fixtures");
+    let dir = base.join(format!("{name}-{mib}MiB-{kib}KiB-{}B", sizes.record_bytes));
+    let marker = dir.with_extension("complete");
+    if let Ok(s) = fs::read_to_string(&marker) {
+        return (dir, s.trim().parse().expect("marker holds the last index"));
+    }
+    let _ignored = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&base).expect("fixture directory");
+    eprintln!("[runnel-bench] creating fixture {} (once)", dir.display());
+    let pool = Pool::for_kib(kib, sizes);
+    let log = Log::open(&dir, config(FlushPolicy::Never)).expect("open fixture");
+    let t = Instant::now();
+    for i in 0..pool.count_for(mib) {
+        log.append(pool.get(i as usize), TERM)
+            .expect("append fixture");
+    }
+    let last = log.last_index().expect("last index");
+    log.close().expect("close fixture");
+    eprintln!("[runnel-bench] fixture written in {:.1?}", t.elapsed());
+    fs::write(&marker, format!("{last}\n")).expect("marker");
+    (dir, last)
+}
+
+/// Reads the whole log sequentially as a consumer would; returns (bytes, batches).
+fn read_all(log: &Log) -> (u64, u64) {
+    let end = log.log_end_offset().expect("end");
+    let mut offset = log.log_start_offset().expect("start");
+    let (mut bytes, mut batches) = (0u64, 0u64);
+    while offset < end {
+        let r = log.read(offset, u64::MAX, READ_MAX_BYTES).expect("read");
+        assert!(r.next_offset > offset, "read made no progress at {offset}");
+        bytes += r.bytes.len() as u64;
+        batches += r.batch_count as u64;
+        black_box(&r.bytes);
+        offset = r.next_offset;
+    }
+    (bytes, batches)
+}
+
+/// Checks that `Log::read` verifies CRCs: a flipped byte in a stored
+/// record must come back as `Corrupt`, never as data.
+fn check_read_verifies_crc(sizes: &Sizes) {
+    let dir = disk::scratch_dir("crc-check-");
+    let path = dir.path().join("p");
+    let pool = Pool::for_kib(64, sizes);
+    let log = Log::open(&path, config(FlushPolicy::Never)).expect("open");
+    for i in 0..32 {
+        log.append(pool.get(i), TERM).expect("append");
+    }
+    log.close().expect("close");
+    let seg = segment_files(&path).remove(0);
+    let mut data = fs::read(&seg).expect("read segment");
+    let at = (5 * pool.batch_len + pool.batch_len / 2) as usize;
+    data[at] ^= 0x40;
+    fs::write(&seg, &data).expect("write segment");
+    let log = Log::open(&path, config(FlushPolicy::Never)).expect("reopen");
+    let ok = log
+        .read(0, u64::MAX, (4 * pool.batch_len) as usize)
+        .expect("batches before the flip read fine");
+    assert_eq!(ok.batch_count, 4);
+    match log.read(0, u64::MAX, READ_MAX_BYTES) {
+        Err(StorageError::Corrupt { position, .. }) => assert_eq!(position, 5 * pool.batch_len),
+        other => panic!("a flipped byte was not detected by Log::read: {other:?}"),
+    }
+}
+
+fn crc32_reference(c: &mut Criterion, sizes: &Sizes) {
+    let mut g = c.benchmark_group("crc32");
+    g.sample_size(sizes.samples.max(20));
+    let mut pool = None;
+    g.throughput(Throughput::Bytes(POOL_BYTES as u64));
+    g.bench_function("64MiB", |b| {
+        let pool = pool.get_or_insert_with(|| Pool::for_kib(1024, sizes));
+        let total: u64 = pool.batches.iter().map(|b| b.len() as u64).sum();
+        b.iter_custom(|iters| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                let mut done = 0u64;
+                for batch in &pool.batches {
+                    black_box(crc32fast::hash(black_box(batch)));
+                    done += batch.len() as u64;
+                    if done >= POOL_BYTES as u64 {
+                        break;
+                    }
+                }
+            }
+            let d = t.elapsed();
+            // Scale to exactly POOL_BYTES per iteration.
+            d.mul_f64(POOL_BYTES as f64 / total.min(POOL_BYTES as u64) as f64)
+        });
+    });
+    g.finish();
+}
+
+/// The read fixture, opened, its pages cached and mapped by a first pass.
+struct WarmLog {
+    log: Log,
+    bytes: u64,
+    batches: u64,
+    resident: f64,
+}
+
+fn reads(c: &mut Criterion, sizes: &Sizes) {
+    let kib = 64;
+    let id = label(kib);
+    let len = batch_len(kib, sizes);
+    let bytes = (sizes.read_mib * MIB / len).max(1) * len;
+
+    let mut g = c.benchmark_group("read_warm");
+    g.sample_size(sizes.samples)
+        .sampling_mode(SamplingMode::Flat)
+        .measurement_time(Duration::from_secs(5));
+    g.throughput(Throughput::Bytes(bytes));
+    let mut warm: Option<WarmLog> = None;
+    g.bench_function(&id, |b| {
+        let w = warm.get_or_insert_with(|| {
+            check_read_verifies_crc(sizes);
+            let (dir, _) = fixture("read", sizes.read_mib, kib, sizes);
+            let log = Log::open(&dir, config(FlushPolicy::Never)).expect("open");
+            let (total, batches) = read_all(&log);
+            assert_eq!(total, bytes, "fixture size");
+            let extents = log
+                .segments()
+                .expect("segments")
+                .into_iter()
+                .map(|s| (s.path, s.size))
+                .collect::<Vec<_>>();
+            WarmLog {
+                log,
+                bytes: total,
+                batches,
+                resident: disk::resident_fraction(&extents),
+            }
+        });
+        b.iter_custom(|iters| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                let (n, _) = read_all(&w.log);
+                assert_eq!(n, w.bytes);
+            }
+            let d = t.elapsed();
+            disk::note(
+                &format!("read_warm/{id}"),
+                &[
+                    ("MB_per_s", mb_per_s(w.bytes * iters, d)),
+                    ("resident_fraction", w.resident),
+                    ("batches", w.batches as f64),
+                ],
+            );
+            d
+        });
+    });
+    g.finish();
+    drop(warm);
+
+    let mut g = c.benchmark_group("read_cold");
+    g.sample_size(sizes.samples)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(1))
+        .measurement_time(Duration::from_millis(1));
+    g.throughput(Throughput::Bytes(bytes));
+    g.bench_function(&id, |b| {
+        let (dir, _) = fixture("read", sizes.read_mib, kib, sizes);
+        let segments = data_extents(&dir);
+        b.iter_custom(|iters| {
+            let mut timed = Duration::ZERO;
+            for _ in 0..iters {
+                sizes.evict.evict(&files_of(&dir));
+                let evicted = disk::resident_fraction(&segments);
+                let log = Log::open(&dir, config(FlushPolicy::Never)).expect("open");
+                let opened = disk::resident_fraction(&segments);
+                let t = Instant::now();
+                let (n, _) = read_all(&log);
+                let d = t.elapsed();
+                timed += d;
+                assert_eq!(n, bytes);
+                disk::note(
+                    &format!("read_cold/{id}"),
+                    &[
+                        ("MB_per_s", mb_per_s(n, d)),
+                        ("resident_after_evict", evicted),
+                        ("resident_after_open", opened),
+                    ],
+                );
+            }
+            timed
+        });
+    });
+    g.finish();
+}
+
+/// Times `Log::open` of `dir` after `before` (untimed) ran; closes it after.
+fn time_open(dir: &Path, iters: u64, mut before: impl FnMut(u64)) -> Duration {
+    let mut timed = Duration::ZERO;
+    for i in 0..iters {
+        before(i);
+        let t = Instant::now();
+        let log = Log::open(dir, config(FlushPolicy::Always)).expect("open");
+        timed += t.elapsed();
+        log.close().expect("close");
+    }
+    timed
+}
+
+fn open(c: &mut Criterion, sizes: &Sizes) {
+    let kib = 64;
+    let group = format!("open_{}", label(sizes.open_mib * 1024));
+    let ms = |d: Duration, iters: u64| d.as_secs_f64() * 1e3 / iters as f64;
+    let mut g = c.benchmark_group(&group);
+    g.sample_size(sizes.samples)
+        .measurement_time(Duration::from_secs(1))
+        .warm_up_time(Duration::from_millis(200));
+    g.bench_function("clean", |b| {
+        let (dir, _) = fixture("open", sizes.open_mib, kib, sizes);
+        b.iter_custom(|iters| {
+            let d = time_open(&dir, iters, |_| {});
+            disk::note(&format!("{group}/clean"), &[("ms", ms(d, iters))]);
+            d
+        });
+    });
+
+    let mut pool = None;
+    let cut_to_fixture = |dir: &Path, last: u64| {
+        let log = Log::open(dir, config(FlushPolicy::Always)).expect("open");
+        log.truncate_from_index(last + 1).expect("truncate");
+        log.close().expect("close");
+    };
+    g.bench_function("unclean", |b| {
+        let (dir, last) = fixture("open", sizes.open_mib, kib, sizes);
+        let pool = pool.get_or_insert_with(|| Pool::for_kib(kib, sizes));
+        cut_to_fixture(&dir, last);
+        b.iter_custom(|iters| {
+            let d = time_open(&dir, iters, |i| {
+                let log = Log::open(&dir, config(FlushPolicy::Never)).expect("open");
+                log.append(pool.get(i as usize), TERM).expect("append");
+                drop(log); // no close: the batch is in the page cache only
+            });
+            disk::note(&format!("{group}/unclean"), &[("ms", ms(d, iters))]);
+            d
+        });
+        cut_to_fixture(&dir, last);
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group(&group);
+    g.sample_size(sizes.samples)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(1))
+        .measurement_time(Duration::from_millis(1));
+    g.bench_function("cold", |b| {
+        let (dir, _) = fixture("open", sizes.open_mib, kib, sizes);
+        let segments = data_extents(&dir);
+        b.iter_custom(|iters| {
+            let mut evicted = 0.0;
+            let d = time_open(&dir, iters, |_| {
+                sizes.evict.evict(&files_of(&dir));
+                evicted = disk::resident_fraction(&segments);
+            });
+            disk::note(
+                &format!("{group}/cold"),
+                &[("ms", ms(d, iters)), ("resident_after_evict", evicted)],
+            );
+            d
+        });
+    });
+    g.bench_function("index_lost", |b| {
+        let (dir, _) = fixture("open", sizes.open_mib, kib, sizes);
+        b.iter_custom(|iters| {
+            let mut rebuilt = 0;
+            let d = time_open(&dir, iters, |_| {
+                let segments = segment_files(&dir);
+                // The last sealed segment (the only one in a smoke test).
+                let victim = &segments[segments.len().saturating_sub(2)];
+                rebuilt = fs::metadata(victim).expect("stat").len();
+                for ext in ["index", "timeindex"] {
+                    fs::remove_file(victim.with_extension(ext)).expect("remove index");
+                }
+            });
+            disk::note(
+                &format!("{group}/index_lost"),
+                &[
+                    ("ms", ms(d, iters)),
+                    ("rebuilt_segment_MiB", rebuilt as f64 / MIB as f64),
+                ],
+            );
+            d
+        });
+    });
+    g.finish();
+}
+
+fn main() {
+    let sizes = Sizes::from_env();
+    let dir = disk::data_dir();
+    eprintln!(
+        "[runnel-bench] dir {} ({}), cold = {}, record {} B",
+        dir.display(),
+        disk::fs_type(&dir),
+        sizes.evict.name(),
+        sizes.record_bytes
+    );
+    let mut c = Criterion::default()
+        .sample_size(sizes.samples)
+        .configure_from_args();
+    append_never(&mut c, &sizes);
+    append_pagecache(&mut c, &sizes);
+    append_always(&mut c, &sizes);
+    crc32_reference(&mut c, &sizes);
+    reads(&mut c, &sizes);
+    open(&mut c, &sizes);
+    c.final_summary();
+    disk::finish("log");
+}
