@@ -18,7 +18,7 @@
 //! | `crc32/1MiB` | `crc32fast` over 64 MiB of batches: the ceiling for verified reads |
 //! | `read_warm/64KiB` | reads a `RUNNEL_BENCH_READ_MIB` log from its start to its end with `Log::read(offset, u64::MAX, 1 MiB)`, pages cached and mapped |
 //! | `read_cold/64KiB` | the same after the log is closed and its pages evicted (`RUNNEL_BENCH_COLD`) |
-//! | `open_4GiB/{clean,unclean,cold,index_lost}` | `Log::open` of a `RUNNEL_BENCH_OPEN_MIB` log after `close()`, after a drop without close (one unsynced batch at the tail), with the page cache evicted, and with the last sealed segment's indexes deleted (rebuilt by a full scan) |
+//! | `open_4GiB/{clean,unclean,cold,index_lost}` | `Log::open` of a `RUNNEL_BENCH_OPEN_MIB` log (whole 1 GiB segments, the active one a batch short of full: the most recovery can have to scan) after `close()`, after a drop without close (one unsynced batch at the tail), with the page cache evicted, and with the last sealed segment's indexes deleted (rebuilt by a full scan) |
 //!
 //! Records are `RUNNEL_BENCH_RECORD_BYTES` (1024) of noise without key;
 //! a batch of "64 KiB" holds 64 such records (66,185 bytes with framing).
@@ -32,8 +32,8 @@
 
 use std::fs;
 use std::hint::black_box;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -133,11 +133,6 @@ impl Pool {
     fn get(&self, i: usize) -> &[u8] {
         &self.batches[i % self.batches.len()]
     }
-
-    /// Number of batches that make `mib` MiB (at least one).
-    fn count_for(&self, mib: u64) -> u64 {
-        (mib * MIB / self.batch_len).max(1)
-    }
 }
 
 fn records_for(kib: u64, sizes: &Sizes) -> usize {
@@ -178,21 +173,6 @@ fn config(flush: FlushPolicy) -> LogConfig {
 
 fn mb_per_s(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / d.as_secs_f64() / 1e6
-}
-
-/// Appends `batch`, retrying while a concurrent appender took the Raft
-/// index `Log::append` picked: `append` reads `last_index() + 1` and then
-/// appends under a second lock acquisition, so concurrent callers race
-/// (reported with the results). Returns the number of retries.
-fn append_racing(log: &Log, batch: &[u8]) -> u64 {
-    let mut retries = 0;
-    loop {
-        match log.append(batch, TERM) {
-            Ok(_) => return retries,
-            Err(StorageError::Invalid(m)) if m.contains("does not follow") => retries += 1,
-            Err(e) => panic!("append: {e}"),
-        }
-    }
 }
 
 /// Files of a log directory, for eviction and residency checks.
@@ -330,13 +310,10 @@ fn append_pagecache(c: &mut Criterion, sizes: &Sizes) {
     g.finish();
 }
 
-/// `appenders` threads append `total` batches of `pool` with flush=always.
-/// Returns (elapsed, fsyncs, retries).
 /// What [`append_concurrently`] measured.
 struct Concurrent {
     elapsed: Duration,
     fsyncs: u64,
-    retries: u64,
     /// Latency of each append (ms), sorted.
     latencies_ms: Vec<f64>,
 }
@@ -345,23 +322,21 @@ struct Concurrent {
 fn append_concurrently(log: &Log, pool: &Pool, appenders: u64, total: u64) -> Concurrent {
     let per_thread = total / appenders;
     let start = Arc::new(Barrier::new(appenders as usize + 1));
-    let retries = AtomicU64::new(0);
     let fsyncs = log.fsync_count();
     let (elapsed, mut latencies_ms) = std::thread::scope(|s| {
         let threads: Vec<_> = (0..appenders)
             .map(|t| {
                 let start = start.clone();
-                let retries = &retries;
                 s.spawn(move || {
                     let mut lat = Vec::with_capacity(per_thread as usize);
                     start.wait();
-                    let mut r = 0;
                     for i in 0..per_thread {
                         let a = Instant::now();
-                        r += append_racing(log, pool.get((t * per_thread + i) as usize));
+                        // Concurrent `append`s each take the next index.
+                        log.append(pool.get((t * per_thread + i) as usize), TERM)
+                            .expect("concurrent append");
                         lat.push(a.elapsed().as_secs_f64() * 1e3);
                     }
-                    retries.fetch_add(r, Ordering::Relaxed);
                     lat
                 })
             })
@@ -383,7 +358,6 @@ fn append_concurrently(log: &Log, pool: &Pool, appenders: u64, total: u64) -> Co
     Concurrent {
         elapsed,
         fsyncs: log.fsync_count() - fsyncs,
-        retries: retries.load(Ordering::Relaxed),
         latencies_ms,
     }
 }
@@ -416,7 +390,7 @@ fn append_always(c: &mut Criterion, sizes: &Sizes) {
                             .expect("open");
                         log.append(pool.get(0), TERM).expect("first append");
                         let run = append_concurrently(&log, pool, appenders, total);
-                        let (d, fsyncs, retries) = (run.elapsed, run.fsyncs, run.retries);
+                        let (d, fsyncs) = (run.elapsed, run.fsyncs);
                         timed += d;
                         disk::note(
                             &format!("append_always/{id}"),
@@ -426,7 +400,6 @@ fn append_always(c: &mut Criterion, sizes: &Sizes) {
                                 ("fsyncs", fsyncs as f64),
                                 ("fsyncs_per_append", fsyncs as f64 / total as f64),
                                 ("appends_per_s", total as f64 / d.as_secs_f64()),
-                                ("index_race_retries", retries as f64),
                                 ("p50_ms", percentile(&run.latencies_ms, 0.5)),
                                 ("p99_ms", percentile(&run.latencies_ms, 0.99)),
                             ],
@@ -443,12 +416,21 @@ fn append_always(c: &mut Criterion, sizes: &Sizes) {
     g.finish();
 }
 
-/// A log of about `mib` MiB of `kib`-KiB batches under the bench
-/// directory, created once (flush never, then closed) and reused while its
-/// marker file exists. Returns its directory and last Raft index.
-fn fixture(name: &str, mib: u64, kib: u64, sizes: &Sizes) -> (PathBuf, u64) {
+/// Batches for the open fixture: about `mib` MiB in whole segments, the
+/// last one (the active segment, which recovery scans) one batch short of
+/// full: the worst case for open.
+fn open_fixture_batches(mib: u64, len: u64) -> u64 {
+    let per_segment = u64::from(LogConfig::default().segment_bytes) / len;
+    let segments = (mib * MIB / (per_segment * len)).max(1);
+    segments * per_segment - 1
+}
+
+/// A log of `batches` batches of `kib` KiB under the bench directory,
+/// created once (flush never, then closed) and reused while its marker file
+/// exists. Returns its directory and last Raft index.
+fn fixture(name: &str, batches: u64, kib: u64, sizes: &Sizes) -> (PathBuf, u64) {
     let base = disk::data_dir().join("fixtures");
-    let dir = base.join(format!("{name}-{mib}MiB-{kib}KiB-{}B", sizes.record_bytes));
+    let dir = base.join(format!("{name}-{batches}x{kib}KiB-{}B", sizes.record_bytes));
     let marker = dir.with_extension("complete");
     if let Ok(s) = fs::read_to_string(&marker) {
         return (dir, s.trim().parse().expect("marker holds the last index"));
@@ -459,7 +441,7 @@ fn fixture(name: &str, mib: u64, kib: u64, sizes: &Sizes) -> (PathBuf, u64) {
     let pool = Pool::for_kib(kib, sizes);
     let log = Log::open(&dir, config(FlushPolicy::Never)).expect("open fixture");
     let t = Instant::now();
-    for i in 0..pool.count_for(mib) {
+    for i in 0..batches {
         log.append(pool.get(i as usize), TERM)
             .expect("append fixture");
     }
@@ -486,8 +468,9 @@ fn read_all(log: &Log) -> (u64, u64) {
     (bytes, batches)
 }
 
-/// Checks that `Log::read` verifies CRCs: a flipped byte in a stored
-/// record must come back as `Corrupt`, never as data.
+/// Checks that `Log::read` verifies CRCs: a byte flipped in a stored record
+/// while the log is open (so recovery plays no part) must come back as
+/// `Corrupt`, never as data.
 fn check_read_verifies_crc(sizes: &Sizes) {
     let dir = disk::scratch_dir("crc-check-");
     let path = dir.path().join("p");
@@ -496,20 +479,29 @@ fn check_read_verifies_crc(sizes: &Sizes) {
     for i in 0..32 {
         log.append(pool.get(i), TERM).expect("append");
     }
-    log.close().expect("close");
+    log.flush().expect("flush");
     let seg = segment_files(&path).remove(0);
-    let mut data = fs::read(&seg).expect("read segment");
-    let at = (5 * pool.batch_len + pool.batch_len / 2) as usize;
-    data[at] ^= 0x40;
-    fs::write(&seg, &data).expect("write segment");
-    let log = Log::open(&path, config(FlushPolicy::Never)).expect("reopen");
+    let at = 5 * pool.batch_len + pool.batch_len / 2;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&seg)
+        .expect("open segment");
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, at).expect("read byte");
+    file.write_all_at(&[byte[0] ^ 0x40], at).expect("flip byte");
+    // A read returns the intact batches before the damage and stops there;
+    // the read that starts at the damaged batch reports it.
     let ok = log
-        .read(0, u64::MAX, (4 * pool.batch_len) as usize)
+        .read(0, u64::MAX, READ_MAX_BYTES)
         .expect("batches before the flip read fine");
-    assert_eq!(ok.batch_count, 4);
-    match log.read(0, u64::MAX, READ_MAX_BYTES) {
+    assert_eq!(ok.batch_count, 5, "the read stops before the damaged batch");
+    match log.read(ok.next_offset, u64::MAX, READ_MAX_BYTES) {
         Err(StorageError::Corrupt { position, .. }) => assert_eq!(position, 5 * pool.batch_len),
-        other => panic!("a flipped byte was not detected by Log::read: {other:?}"),
+        other => panic!(
+            "a flipped byte was not detected by Log::read: {:?}",
+            other.map(|r| (r.first_offset, r.next_offset, r.batch_count))
+        ),
     }
 }
 
@@ -553,7 +545,8 @@ fn reads(c: &mut Criterion, sizes: &Sizes) {
     let kib = 64;
     let id = label(kib);
     let len = batch_len(kib, sizes);
-    let bytes = (sizes.read_mib * MIB / len).max(1) * len;
+    let read_batches = (sizes.read_mib * MIB / len).max(1);
+    let bytes = read_batches * len;
 
     let mut g = c.benchmark_group("read_warm");
     g.sample_size(sizes.samples)
@@ -564,7 +557,7 @@ fn reads(c: &mut Criterion, sizes: &Sizes) {
     g.bench_function(&id, |b| {
         let w = warm.get_or_insert_with(|| {
             check_read_verifies_crc(sizes);
-            let (dir, _) = fixture("read", sizes.read_mib, kib, sizes);
+            let (dir, _) = fixture("read", read_batches, kib, sizes);
             let log = Log::open(&dir, config(FlushPolicy::Never)).expect("open");
             let (total, batches) = read_all(&log);
             assert_eq!(total, bytes, "fixture size");
@@ -609,7 +602,7 @@ fn reads(c: &mut Criterion, sizes: &Sizes) {
         .measurement_time(Duration::from_millis(1));
     g.throughput(Throughput::Bytes(bytes));
     g.bench_function(&id, |b| {
-        let (dir, _) = fixture("read", sizes.read_mib, kib, sizes);
+        let (dir, _) = fixture("read", read_batches, kib, sizes);
         let segments = data_extents(&dir);
         b.iter_custom(|iters| {
             let mut timed = Duration::ZERO;
@@ -653,6 +646,7 @@ fn time_open(dir: &Path, iters: u64, mut before: impl FnMut(u64)) -> Duration {
 
 fn open(c: &mut Criterion, sizes: &Sizes) {
     let kib = 64;
+    let open_batches = open_fixture_batches(sizes.open_mib, batch_len(kib, sizes));
     let group = format!("open_{}", label(sizes.open_mib * 1024));
     let ms = |d: Duration, iters: u64| d.as_secs_f64() * 1e3 / iters as f64;
     let mut g = c.benchmark_group(&group);
@@ -660,7 +654,7 @@ fn open(c: &mut Criterion, sizes: &Sizes) {
         .measurement_time(Duration::from_secs(1))
         .warm_up_time(Duration::from_millis(200));
     g.bench_function("clean", |b| {
-        let (dir, _) = fixture("open", sizes.open_mib, kib, sizes);
+        let (dir, _) = fixture("open", open_batches, kib, sizes);
         b.iter_custom(|iters| {
             let d = time_open(&dir, iters, |_| {});
             disk::note(&format!("{group}/clean"), &[("ms", ms(d, iters))]);
@@ -675,7 +669,7 @@ fn open(c: &mut Criterion, sizes: &Sizes) {
         log.close().expect("close");
     };
     g.bench_function("unclean", |b| {
-        let (dir, last) = fixture("open", sizes.open_mib, kib, sizes);
+        let (dir, last) = fixture("open", open_batches, kib, sizes);
         let pool = pool.get_or_insert_with(|| Pool::for_kib(kib, sizes));
         cut_to_fixture(&dir, last);
         b.iter_custom(|iters| {
@@ -697,7 +691,7 @@ fn open(c: &mut Criterion, sizes: &Sizes) {
         .warm_up_time(Duration::from_millis(1))
         .measurement_time(Duration::from_millis(1));
     g.bench_function("cold", |b| {
-        let (dir, _) = fixture("open", sizes.open_mib, kib, sizes);
+        let (dir, _) = fixture("open", open_batches, kib, sizes);
         let segments = data_extents(&dir);
         b.iter_custom(|iters| {
             let mut evicted = 0.0;
@@ -713,7 +707,7 @@ fn open(c: &mut Criterion, sizes: &Sizes) {
         });
     });
     g.bench_function("index_lost", |b| {
-        let (dir, _) = fixture("open", sizes.open_mib, kib, sizes);
+        let (dir, _) = fixture("open", open_batches, kib, sizes);
         b.iter_custom(|iters| {
             let mut rebuilt = 0;
             let d = time_open(&dir, iters, |_| {

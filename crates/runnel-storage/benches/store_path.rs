@@ -9,10 +9,13 @@
 //! | `{pwrite,mmap}/end/{chunk}` | the same, then one `fdatasync` / `msync(MS_SYNC)` of everything (flush never + close) |
 //! | `{pwrite,mmap}/each/{chunk}` | a sync of each chunk after storing it (flush always, one writer) |
 //! | `pwrite_overwrite/each/{chunk}` | `pwrite` + `fdatasync` each chunk into blocks already written and synced: what an fsync costs without converting unwritten extents |
-//! | `pwrite_grow/each/{chunk}` | `pwrite` + `fdatasync` each chunk at the end of a file that grows (no preallocation) |
+//! | `pwrite_grow/{none,end,each}/{chunk}` | `pwrite` at the end of a file that grows (no preallocation: the segment write path since e3bc054) |
+//! | `pwrite_keepsize/{none,end,each}/{chunk}` | the same into blocks reserved by `fallocate(FALLOC_FL_KEEP_SIZE)`: the file still grows, its blocks are allocated up front |
 //!
-//! Every file is new, `fallocate`d to its final size (as a new segment is),
-//! except for the `overwrite` and `grow` variants.
+//! The `pwrite` and `mmap` files are new and `fallocate`d to their final
+//! size (a map must not reach unallocated blocks: a full disk would be
+//! `SIGBUS`); `overwrite` files are written and synced before; `grow` files
+//! start empty.
 //!
 //! ```text
 //! cargo bench -p runnel-storage --bench store_path
@@ -42,6 +45,7 @@ enum Method {
     Mmap,
     PwriteOverwrite,
     PwriteGrow,
+    PwriteKeepSize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -58,6 +62,7 @@ impl Method {
             Method::Mmap => "mmap",
             Method::PwriteOverwrite => "pwrite_overwrite",
             Method::PwriteGrow => "pwrite_grow",
+            Method::PwriteKeepSize => "pwrite_keepsize",
         }
     }
 }
@@ -72,9 +77,9 @@ impl Sync {
     }
 }
 
-fn fallocate(file: &File, len: u64) {
+fn fallocate(file: &File, mode: libc::c_int, len: u64) {
     // SAFETY: plain syscall on a descriptor we own.
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), mode, 0, len as libc::off_t) };
     assert_eq!(rc, 0, "fallocate: {}", std::io::Error::last_os_error());
 }
 
@@ -89,7 +94,8 @@ fn prepare(dir: &Path, method: Method, total: u64, source: &[u8]) -> File {
         .open(&path)
         .expect("create");
     match method {
-        Method::Pwrite | Method::Mmap => fallocate(&file, total),
+        Method::Pwrite | Method::Mmap => fallocate(&file, 0, total),
+        Method::PwriteKeepSize => fallocate(&file, libc::FALLOC_FL_KEEP_SIZE, total),
         Method::PwriteOverwrite => {
             let mut pos = 0;
             while pos < total {
@@ -173,7 +179,12 @@ fn main() {
         (Method::Pwrite, Sync::Each),
         (Method::Mmap, Sync::Each),
         (Method::PwriteOverwrite, Sync::Each),
+        (Method::PwriteGrow, Sync::None),
+        (Method::PwriteGrow, Sync::End),
         (Method::PwriteGrow, Sync::Each),
+        (Method::PwriteKeepSize, Sync::None),
+        (Method::PwriteKeepSize, Sync::End),
+        (Method::PwriteKeepSize, Sync::Each),
     ];
     for &kib in &chunks {
         let chunk = kib * 1024;
