@@ -21,6 +21,7 @@
 mod builder;
 mod error;
 mod header;
+pub mod partitioner;
 mod records;
 mod varint;
 

@@ -1,23 +1,27 @@
 //! The `runnel` command line.
 //!
-//! One binary for every operator task, organised as `runnel <noun> <verb>`.
-//! Today it holds the offline log tools:
+//! One binary for every task, organised as `runnel <noun> <verb>`:
 //!
-//! - `runnel log dump` prints the batches (and records) of a partition
-//!   directory, like Kafka's `kafka-dump-log`;
-//! - `runnel log verify` checks a partition directory for damage.
+//! - `runnel broker` runs a node (`runnel_broker`);
+//! - `runnel topic`, `produce`, `consume` and `bench` talk to a cluster
+//!   through `runnel_client`;
+//! - `runnel log dump` / `runnel log verify` read a partition directory
+//!   offline through `runnel_storage::inspect` and never modify it.
 //!
-//! Both read the files directly through `runnel_storage::inspect` and never
-//! modify them. The broker, topic, produce, consume and bench commands join
-//! as their crates land, each noun a module and each verb a file (`log/`,
-//! `log/dump.rs`, ...), its clap arguments resolved into a validated config
-//! before anything runs.
+//! Each noun is a module, each verb a file where there are several; clap
+//! arguments are resolved into a validated config before anything runs.
 //!
-//! Exit status: 0 on success, 1 when damage was found, 2 when the command
-//! could not run (usage error, missing directory, I/O error).
+//! Exit status: 0 on success, 1 when damage was found (log tools) or a
+//! command failed at its task, 2 when the command could not run (usage
+//! error, missing directory, I/O error).
 
+mod bench;
+mod broker;
+mod consume;
 mod log;
 mod output;
+mod produce;
+mod topic;
 
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -50,6 +54,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a broker node.
+    Broker(broker::BrokerArgs),
+    /// Create, list, describe and delete topics.
+    Topic(topic::TopicArgs),
+    /// Produce records read from stdin, one per line.
+    Produce(produce::ProduceArgs),
+    /// Consume records and print them.
+    Consume(consume::ConsumeArgs),
+    /// Measure throughput and latency of a running cluster.
+    Bench(bench::BenchArgs),
     /// Dump and verify a partition's files on disk (offline, read-only).
     #[command(long_about = log::ABOUT, after_help = log::EXAMPLES)]
     Log(log::LogArgs),
@@ -66,12 +80,45 @@ enum Outcome {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let command = match cli.command {
+        Command::Log(args) => return run_log(args),
+        other => other,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match command {
+            Command::Broker(args) => broker::run(args).await,
+            Command::Topic(args) => topic::run(args).await,
+            Command::Produce(args) => produce::run(args).await,
+            Command::Consume(args) => consume::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
+            Command::Log(_) => unreachable!("handled above"),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Runs the offline log tools (synchronous, no runtime).
+fn run_log(args: log::LogArgs) -> ExitCode {
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
-    let result = match cli.command {
-        Command::Log(args) => log::run(args, &mut out),
-    }
-    .and_then(|outcome| {
+    let result = log::run(args, &mut out).and_then(|outcome| {
         out.flush()?;
         Ok(outcome)
     });
