@@ -16,10 +16,13 @@
 #   benches/peers.sh --only runnel --build-runnel
 #
 # Options: --runs R (3), --messages N (the count for both sizes),
-# --messages-1k N, --messages-100 N, --window-bytes B (4 MiB: W = B / record
-# size records in flight), --only nats|rabbitmq|runnel (repeatable),
+# --messages-1k N, --messages-100 N, --window-bytes B (1 MiB: W = B / record
+# size records unacknowledged; runnel gets --batch-bytes B/8, as its client
+# keeps 8 requests in flight), --only nats|rabbitmq|runnel (repeatable),
 # --build-runnel (cargo build --release -p runnel-cli first), --no-dd,
-# --no-install.
+# --no-install, --nats-args / --rabbitmq-args / --runnel-args "..." (extra
+# options for the driver or `runnel bench`, e.g. "--fetch-batch 1000" or "--credit 1 --publish-batch 100";
+# see benches/peers/target/release/runnel-peers-bench nats --help).
 #
 # Installs nats-server and rabbitmq-server from Debian if missing. The
 # driver of the two peers is the standalone cargo project benches/peers
@@ -35,11 +38,14 @@ cd "$ROOT"
 RUNS=3
 MSGS_1K=1000000
 MSGS_100=5000000
-WINDOW_BYTES=$((4 << 20))
+WINDOW_BYTES=$((1 << 20))
+RUNNEL_ARGS=""
 ONLY=""
 BUILD_RUNNEL=0
 DD=1
 INSTALL=1
+NATS_ARGS=""
+RABBITMQ_ARGS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) RUNS=1; MSGS_1K=100000; MSGS_100=500000 ;;
@@ -52,7 +58,10 @@ while [ $# -gt 0 ]; do
     --build-runnel) BUILD_RUNNEL=1 ;;
     --no-dd) DD=0 ;;
     --no-install) INSTALL=0 ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    --nats-args) NATS_ARGS=$2; shift ;;
+    --rabbitmq-args) RABBITMQ_ARGS=$2; shift ;;
+    --runnel-args) RUNNEL_ARGS=$2; shift ;;
+    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -218,7 +227,7 @@ bench_nats() {
   nats-server -js -sd "$dir" -a 127.0.0.1 -p "$port" >"$OUT/nats-$run.log" 2>&1 &
   pid=$!; PIDS+=("$pid")
   wait_port "$port" "$pid" nats-server || return 1
-  run_peer_cases "$run" nats --server "127.0.0.1:$port"
+  run_peer_cases "$run" nats --server "127.0.0.1:$port" $NATS_ARGS
   stop_all
   rm -rf "$dir"
 }
@@ -254,7 +263,7 @@ EOF
     sleep 0.5
   done
   wait_port "$sport" "$pid" "rabbitmq stream listener" || return 1
-  run_peer_cases "$run" rabbitmq --host 127.0.0.1 --port "$sport"
+  run_peer_cases "$run" rabbitmq --host 127.0.0.1 --port "$sport" $RABBITMQ_ARGS
   stop_all
   unset HOME ERL_EPMD_PORT ERL_EPMD_ADDRESS RABBITMQ_NODENAME RABBITMQ_NODE_IP_ADDRESS \
     RABBITMQ_NODE_PORT RABBITMQ_DIST_PORT RABBITMQ_CONFIG_FILE RABBITMQ_ENABLED_PLUGINS_FILE \
@@ -265,7 +274,7 @@ EOF
 ORIG_HOME=$HOME
 
 bench_runnel() {
-  local run=$1 dir pid addr deadline size n w mode json
+  local run=$1 dir pid addr deadline size n w mode json extra
   dir=$BASE/runnel-data; rm -rf "$dir"; mkdir -p "$dir"
   "$RUNNEL" broker --flush never --data-dir "$dir" --listen 127.0.0.1:0 --metrics-listen off \
     >"$OUT/runnel-$run.out" 2>"$OUT/runnel-$run.log" &
@@ -280,9 +289,14 @@ bench_runnel() {
     n=$(count_for $size); w=$(window_for $size)
     for mode in produce consume; do
       LOAD_BEFORE=$(awk '{print $1}' /proc/loadavg)
-      log "run $run runnel $mode ${size} B x $n (load $LOAD_BEFORE)"
+      extra=()
+      if [ "$mode" = produce ] && grep -q -- '--batch-bytes' "$OUT/runnel-bench-help.txt"; then
+        extra=(--batch-bytes $((WINDOW_BYTES / 8)))
+      fi
+      log "run $run runnel $mode ${size} B x $n ${extra[*]} $RUNNEL_ARGS (load $LOAD_BEFORE)"
       if json=$(RUNNEL_BOOTSTRAP=$addr "$RUNNEL" bench "$mode" --topic "bench-$size" --partitions 1 \
-          --messages "$n" --record-size "$size" --acks 1 --output json 2>>"$OUT/runnel-bench.log"); then
+          --messages "$n" --record-size "$size" --acks 1 "${extra[@]}" $RUNNEL_ARGS --output json \
+          2>>"$OUT/runnel-bench.log"); then
         record "$run" "$(jq -c --argjson w "$w" '. + {system: "runnel", window: $w}' <<<"$json")"
       else
         log "FAILED: runnel $mode $size (see $OUT/runnel-bench.log)"
