@@ -10,7 +10,7 @@
 # for the three systems. Servers are stopped by PID after each system (and
 # on any exit); `uptime` is noted before each case.
 #
-#   benches/peers.sh                    # 3 runs, 1,000,000 x 1 KiB and 5,000,000 x 100 B
+#   benches/peers.sh                    # 3 runs, 5,000,000 x 1 KiB and 10,000,000 x 100 B (~15 min)
 #   benches/peers.sh --quick            # 1 run, 100,000 x 1 KiB and 500,000 x 100 B
 #   benches/peers.sh --only nats --runs 1 --messages 200000
 #   benches/peers.sh --only runnel --build-runnel
@@ -24,6 +24,7 @@
 # options for the driver or `runnel bench`, e.g. "--fetch-batch 1000" or "--credit 1 --publish-batch 100";
 # see benches/peers/target/release/runnel-peers-bench nats --help).
 #
+# Environment: RUNNEL_BIN (default target/release/runnel).
 # Installs nats-server and rabbitmq-server from Debian if missing. The
 # driver of the two peers is the standalone cargo project benches/peers
 # (not a workspace member; built here into benches/peers/target). Runnel's
@@ -36,8 +37,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 RUNS=3
-MSGS_1K=1000000
-MSGS_100=5000000
+MSGS_1K=5000000
+MSGS_100=10000000
 WINDOW_BYTES=$((1 << 20))
 RUNNEL_ARGS=""
 ONLY=""
@@ -146,7 +147,7 @@ if wants nats || wants rabbitmq; then
   (cd benches/peers && CARGO_TARGET_DIR=target cargo build --release --locked -q)
 fi
 
-RUNNEL=$ROOT/target/release/runnel
+RUNNEL=${RUNNEL_BIN:-$ROOT/target/release/runnel}
 RUNNEL_OK=0
 if wants runnel; then
   if [ "$BUILD_RUNNEL" = 1 ]; then
@@ -352,6 +353,14 @@ out.append("p99 latency (us, median of runs): " + "; ".join(
 out.append("runs per cell: " + ", ".join(sorted({str(v[3]) for v in med.values()})))
 if dds:
     out.append("dd #2 (divisor, MB/s) per run: " + ", ".join("%.0f" % d for d in dds) + "; median %.0f" % statistics.median(dds))
+    fr = []
+    for sysname in ("runnel", "nats-jetstream", "rabbitmq-stream"):
+        for size in (1024, 100):
+            rs = [r["mb_per_sec"] / float(r["dd_mb_per_sec"]) for r in rows if r["system"] == sysname
+                  and r["record_size"] == size and r["mode"] == "produce" and r.get("dd_mb_per_sec")]
+            if rs:
+                fr.append(f"{sysname} {size} B {statistics.median(rs):.2f}")
+    out.append("produce MB/s / same-run dd #2 (median of runs): " + "; ".join(fr))
 open(sys.argv[2], "w").write("\n".join(out) + "\n")
 print("\n".join(out))
 PY
