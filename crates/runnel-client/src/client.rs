@@ -1,0 +1,367 @@
+//! The connection to a cluster and the admin calls.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use runnel_proto::v1::admin_service_client::AdminServiceClient;
+use runnel_proto::v1::fetch_service_client::FetchServiceClient;
+use runnel_proto::v1::produce_service_client::ProduceServiceClient;
+use runnel_proto::v1::{
+    CreateTopicRequest, DeleteTopicRequest, DescribeClusterRequest, DescribeClusterResponse,
+    DescribeTopicRequest, ErrorReason, ListOffsetsRequest, ListTopicsRequest, OffsetQuery,
+    TopicConfig, TopicDescription, TopicSummary,
+};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::{Error, Result, with_sources};
+
+/// How the client talks to brokers.
+///
+/// The defaults follow the transport measurements of issue 4: 16 MiB HTTP/2
+/// windows, `TCP_NODELAY`, and a message limit above the largest batch.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Longest wait for a TCP connection to a broker. Default 5 s.
+    pub connect_timeout: Duration,
+    /// Longest wait for the answer to an admin or offset call. Default 30 s.
+    pub request_timeout: Duration,
+    /// Initial HTTP/2 stream and connection window, bytes. Default 16 MiB.
+    pub window_bytes: u32,
+    /// Largest gRPC message sent or received, bytes. Default 80 MiB: a
+    /// 64 MiB batch (the largest `max_record_bytes`) plus slack.
+    pub max_message_bytes: usize,
+    /// HTTP/2 keepalive ping interval. Default 30 s.
+    pub keepalive_interval: Duration,
+    /// How long a keepalive ping may go unanswered. Default 20 s.
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            window_bytes: 16 << 20,
+            max_message_bytes: 80 << 20,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// A position to look up with [`Client::list_offsets`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OffsetSpec {
+    /// The log start offset: the first record still stored.
+    Earliest,
+    /// The high watermark: the offset the next committed record will get.
+    Latest,
+    /// The first record with a timestamp at or after this many ms since the
+    /// Unix epoch (the high watermark when every record is older).
+    Timestamp(i64),
+}
+
+impl OffsetSpec {
+    pub(crate) fn query(self, partition: u32) -> OffsetQuery {
+        use runnel_proto::v1::OffsetSpec as Spec;
+        let (spec, timestamp_ms) = match self {
+            OffsetSpec::Earliest => (Spec::Earliest, 0),
+            OffsetSpec::Latest => (Spec::Latest, 0),
+            OffsetSpec::Timestamp(ts) => (Spec::Unspecified, ts),
+        };
+        OffsetQuery {
+            partition,
+            spec: spec as i32,
+            timestamp_ms,
+        }
+    }
+}
+
+/// A connection to a Runnel cluster: admin calls, and the handle that
+/// [`Producer`](crate::Producer)s and [`Consumer`](crate::Consumer)s are built
+/// from.
+///
+/// Cheap to clone: clones share one HTTP/2 connection, which multiplexes any
+/// number of concurrent calls.
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    channel: Channel,
+    address: String,
+    config: ClientConfig,
+}
+
+impl Client {
+    /// Connects to the first reachable broker of `bootstrap`
+    /// (`host:port[,host:port...]`), with the default [`ClientConfig`].
+    pub async fn connect(bootstrap: &str) -> Result<Client> {
+        Client::connect_with(bootstrap, ClientConfig::default()).await
+    }
+
+    /// Connects to the first reachable broker of `bootstrap`, trying each
+    /// address in order; the error names every address and why it failed.
+    pub async fn connect_with(bootstrap: &str, config: ClientConfig) -> Result<Client> {
+        let addresses = parse_bootstrap(bootstrap)?;
+        let mut failures = Vec::new();
+        for address in &addresses {
+            match connect_one(address, &config).await {
+                Ok(channel) => {
+                    return Ok(Client {
+                        inner: Arc::new(Inner {
+                            channel,
+                            address: address.clone(),
+                            config,
+                        }),
+                    });
+                }
+                Err(message) => failures.push(format!("{address}: {message}")),
+            }
+        }
+        Err(Error::Connect {
+            addresses: addresses.join(","),
+            message: format!(
+                "{} (is a broker running there? start one with `runnel broker`)",
+                failures.join("; ")
+            ),
+        })
+    }
+
+    /// The broker address this client is connected to.
+    pub fn address(&self) -> &str {
+        &self.inner.address
+    }
+
+    /// The configuration the client was built with.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// A client whose connection is never made (for unit tests).
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Client {
+        Client {
+            inner: Arc::new(Inner {
+                channel: Endpoint::from_static("http://127.0.0.1:1").connect_lazy(),
+                address: "127.0.0.1:1".into(),
+                config: ClientConfig::default(),
+            }),
+        }
+    }
+
+    pub(crate) fn channel(&self) -> Channel {
+        self.inner.channel.clone()
+    }
+
+    pub(crate) fn admin(&self) -> AdminServiceClient<Channel> {
+        let limit = self.inner.config.max_message_bytes;
+        AdminServiceClient::new(self.channel())
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit)
+    }
+
+    pub(crate) fn fetcher(&self) -> FetchServiceClient<Channel> {
+        let limit = self.inner.config.max_message_bytes;
+        FetchServiceClient::new(self.channel())
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit)
+    }
+
+    pub(crate) fn producer_stub(&self) -> ProduceServiceClient<Channel> {
+        let limit = self.inner.config.max_message_bytes;
+        ProduceServiceClient::new(self.channel())
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit)
+    }
+
+    /// Runs one unary call under the request timeout, mapping its status.
+    pub(crate) async fn call<T>(
+        &self,
+        call: impl Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T> {
+        let timeout = self.inner.config.request_timeout;
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(Error::from_status(status, &self.inner.address)),
+            Err(_elapsed) => Err(Error::Timeout(timeout)),
+        }
+    }
+
+    /// Creates topic `name`; absent config fields take the broker's defaults.
+    /// Returns the topic as created, every config field filled in.
+    pub async fn create_topic(&self, name: &str, config: TopicConfig) -> Result<TopicDescription> {
+        let request = CreateTopicRequest {
+            name: name.to_string(),
+            config: Some(config),
+        };
+        let response = self.call(self.admin().create_topic(request)).await?;
+        response
+            .topic
+            .ok_or_else(|| Error::Protocol("CreateTopic answered without the topic".into()))
+    }
+
+    /// Deletes topic `name` and all its data.
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        let request = DeleteTopicRequest {
+            name: name.to_string(),
+        };
+        self.call(self.admin().delete_topic(request)).await?;
+        Ok(())
+    }
+
+    /// Lists every topic, sorted by name.
+    pub async fn list_topics(&self) -> Result<Vec<TopicSummary>> {
+        let response = self
+            .call(self.admin().list_topics(ListTopicsRequest {}))
+            .await?;
+        Ok(response.topics)
+    }
+
+    /// Describes topic `name`: config and per-partition leader and offsets.
+    pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription> {
+        let request = DescribeTopicRequest {
+            name: name.to_string(),
+        };
+        let response = self.call(self.admin().describe_topic(request)).await?;
+        response
+            .topic
+            .ok_or_else(|| Error::Protocol("DescribeTopic answered without the topic".into()))
+    }
+
+    /// Describes the cluster: its nodes and which one answered.
+    pub async fn describe_cluster(&self) -> Result<DescribeClusterResponse> {
+        self.call(self.admin().describe_cluster(DescribeClusterRequest {}))
+            .await
+    }
+
+    /// Looks up one offset of `topic`/`partition`.
+    pub async fn list_offsets(&self, topic: &str, partition: u32, spec: OffsetSpec) -> Result<u64> {
+        let offsets = self.list_offsets_many(topic, &[(partition, spec)]).await?;
+        offsets
+            .first()
+            .copied()
+            .ok_or_else(|| Error::Protocol("ListOffsets answered no offset".into()))
+    }
+
+    /// Looks up several offsets of `topic` in one call, in query order.
+    pub async fn list_offsets_many(
+        &self,
+        topic: &str,
+        queries: &[(u32, OffsetSpec)],
+    ) -> Result<Vec<u64>> {
+        let request = ListOffsetsRequest {
+            topic: topic.to_string(),
+            queries: queries.iter().map(|(p, spec)| spec.query(*p)).collect(),
+        };
+        let response = self.call(self.fetcher().list_offsets(request)).await?;
+        if response.offsets.len() != queries.len() {
+            return Err(Error::Protocol(format!(
+                "ListOffsets answered {} offsets for {} queries",
+                response.offsets.len(),
+                queries.len()
+            )));
+        }
+        response
+            .offsets
+            .iter()
+            .map(|found| match &found.error {
+                Some(e) if e.reason != ErrorReason::Unspecified as i32 => Err(Error::from_proto(e)),
+                _ => Ok(found.offset),
+            })
+            .collect()
+    }
+}
+
+/// Splits `host:port[,host:port...]`, refusing empty entries.
+pub(crate) fn parse_bootstrap(bootstrap: &str) -> Result<Vec<String>> {
+    let addresses: Vec<String> = bootstrap
+        .split(',')
+        .map(|a| a.trim().to_string())
+        .filter(|a| !a.is_empty())
+        .collect();
+    if addresses.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "bootstrap {bootstrap:?} names no broker: give host:port[,host:port...]"
+        )));
+    }
+    for address in &addresses {
+        let bare = address.strip_prefix("http://").unwrap_or(address.as_str());
+        let port_ok = bare
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !port_ok {
+            return Err(Error::InvalidArgument(format!(
+                "bootstrap address {address:?} is not host:port (for example 127.0.0.1:9740)"
+            )));
+        }
+    }
+    Ok(addresses)
+}
+
+/// The endpoint for `address`, tuned as issue 4 measured.
+pub(crate) fn endpoint(address: &str, config: &ClientConfig) -> Result<Endpoint> {
+    let uri = if address.starts_with("http://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    };
+    let endpoint = Endpoint::from_shared(uri).map_err(|e| {
+        Error::InvalidArgument(format!("bootstrap address {address:?} is invalid: {e}"))
+    })?;
+    Ok(endpoint
+        .connect_timeout(config.connect_timeout)
+        .tcp_nodelay(true)
+        .initial_stream_window_size(config.window_bytes)
+        .initial_connection_window_size(config.window_bytes)
+        .http2_keep_alive_interval(config.keepalive_interval)
+        .keep_alive_timeout(config.keepalive_timeout)
+        .keep_alive_while_idle(true)
+        .tcp_keepalive(Some(Duration::from_secs(60))))
+}
+
+async fn connect_one(address: &str, config: &ClientConfig) -> std::result::Result<Channel, String> {
+    let endpoint = endpoint(address, config).map_err(|e| e.to_string())?;
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| with_sources(e.to_string(), &e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bootstrap_lists_parse() {
+        let ok: &[(&str, &[&str])] = &[
+            ("127.0.0.1:9740", &["127.0.0.1:9740"]),
+            ("a:1,b:2", &["a:1", "b:2"]),
+            (" a:1 , b:2 ,", &["a:1", "b:2"]),
+            ("[::1]:9740", &["[::1]:9740"]),
+        ];
+        for (i, (input, want)) in ok.iter().enumerate() {
+            assert_eq!(parse_bootstrap(input).unwrap(), *want, "case {i}");
+        }
+        for (i, bad) in ["", ",", "localhost", "a:b", ":9740"].iter().enumerate() {
+            assert!(
+                matches!(parse_bootstrap(bad), Err(Error::InvalidArgument(_))),
+                "case {i}: {bad:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn connect_names_the_address() {
+        // Bind and drop a listener: the port is very likely closed now.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let error = Client::connect(&address).await.unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains(&address), "{text}");
+        assert!(error.is_retriable());
+    }
+}

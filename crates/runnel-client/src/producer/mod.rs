@@ -1,0 +1,425 @@
+//! The batching producer.
+//!
+//! Records are appended to per-partition batches (encoded as they arrive with
+//! [`runnel_batch::BatchBuilder`]); a background sender task takes batches
+//! that are full (`batch_bytes`) or whose `linger` expired, packs batches of
+//! several partitions of one topic into one request, and sends it as
+//! pre-encoded `batch` bytes over one `ProduceStream`, with up to
+//! `max_in_flight` requests unanswered.
+//!
+//! Delivery is **at least once**: a batch whose request failed with a
+//! retriable error (`UNAVAILABLE`, `NOT_LEADER`, `TIMEOUT`, a broken or
+//! silent connection) is sent again, up to `retries` times, and may then be
+//! stored twice if the first attempt was in fact stored. With more than one
+//! request in flight, a retried batch may also land after a later batch of
+//! the same partition. There is no idempotent producer yet.
+
+mod accumulator;
+mod completion;
+mod sender;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use runnel_proto::v1::ErrorReason;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinHandle;
+
+use self::accumulator::{Accumulator, Append};
+pub use self::completion::{DeliveryFuture, RecordMetadata};
+use crate::client::Client;
+use crate::error::{Error, Result};
+pub use runnel_batch::Compression;
+
+/// How many replicas must have a batch before the producer counts it as
+/// delivered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Acks {
+    /// Fire and forget (`0`): a record's future resolves once its request was
+    /// handed to the connection; its offset is unknown (`None`) and a
+    /// failure on the broker goes unseen.
+    None,
+    /// The partition leader appended the batch (`1`).
+    Leader,
+    /// A quorum of replicas appended it (`all`); equal to `Leader` on a
+    /// single node.
+    #[default]
+    All,
+}
+
+impl Acks {
+    pub(crate) fn to_proto(self) -> runnel_proto::v1::Acks {
+        match self {
+            Acks::None => runnel_proto::v1::Acks::None,
+            Acks::Leader => runnel_proto::v1::Acks::Leader,
+            Acks::All => runnel_proto::v1::Acks::All,
+        }
+    }
+}
+
+impl fmt::Display for Acks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Acks::None => "0",
+            Acks::Leader => "1",
+            Acks::All => "all",
+        })
+    }
+}
+
+impl FromStr for Acks {
+    type Err = String;
+
+    /// Parses `0`, `1` or `all` (also `none`, `leader`, `-1`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "0" | "none" => Ok(Acks::None),
+            "1" | "leader" => Ok(Acks::Leader),
+            "all" | "-1" => Ok(Acks::All),
+            other => Err(format!("acks must be 0, 1 or all, not {other:?}")),
+        }
+    }
+}
+
+/// How a [`Producer`] batches and sends.
+#[derive(Clone, Debug)]
+pub struct ProducerConfig {
+    /// Acknowledgement level. Default [`Acks::All`].
+    pub acks: Acks,
+    /// How long a batch waits for more records before it is sent. Default 5 ms.
+    pub linger: Duration,
+    /// A batch closes when it reaches this many encoded bytes (before
+    /// compression). Default 1 MiB. Must not exceed the topic's
+    /// `max_record_bytes` (default 8 MiB) or the broker refuses it.
+    pub batch_bytes: usize,
+    /// Compression of each batch's records. Default none.
+    pub compression: Compression,
+    /// Requests sent and not yet answered, at most. Default 8.
+    pub max_in_flight: usize,
+    /// Times a batch is sent again after a retriable error. Default 5.
+    pub retries: u32,
+    /// Wait before sending a failed batch again. Default 100 ms.
+    pub retry_backoff: Duration,
+    /// Longest wait for a request's answer before the connection is taken
+    /// for dead and its requests retried. Default 30 s.
+    pub request_timeout: Duration,
+    /// Record bytes held (batching, in flight) before `send` waits for room:
+    /// the producer's memory bound. Default 64 MiB.
+    pub buffer_bytes: usize,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            acks: Acks::All,
+            linger: Duration::from_millis(5),
+            batch_bytes: 1 << 20,
+            compression: Compression::None,
+            max_in_flight: 8,
+            retries: 5,
+            retry_backoff: Duration::from_millis(100),
+            request_timeout: Duration::from_secs(30),
+            buffer_bytes: 64 << 20,
+        }
+    }
+}
+
+/// A record to send.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProducerRecord {
+    /// Topic to write to.
+    pub topic: String,
+    /// Partition; `None` lets the partitioner choose: murmur2 of the key for
+    /// keyed records, a sticky partition for unkeyed ones (all unkeyed
+    /// records go to one partition until its batch closes, then the next).
+    pub partition: Option<u32>,
+    /// Optional key.
+    pub key: Option<Bytes>,
+    /// The payload.
+    pub value: Bytes,
+    /// Headers, in order; names may repeat.
+    pub headers: Vec<(String, Bytes)>,
+    /// Create time in ms since the Unix epoch; the producer's clock when `None`.
+    pub timestamp: Option<i64>,
+}
+
+impl ProducerRecord {
+    /// An unkeyed record for `topic`.
+    pub fn new(topic: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        ProducerRecord {
+            topic: topic.into(),
+            value: value.into(),
+            ..ProducerRecord::default()
+        }
+    }
+
+    /// Sets the key.
+    pub fn key(mut self, key: impl Into<Bytes>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Sets the partition.
+    pub fn partition(mut self, partition: u32) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// State shared by the producer handles and the sender task.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) accumulator: Mutex<Accumulator>,
+    /// Wakes the sender: a batch was created or filled, a flush or close began.
+    pub(crate) wake: Notify,
+    /// Free bytes of the producer buffer.
+    pub(crate) buffer: Semaphore,
+    /// No more records are accepted; the sender drains and stops.
+    pub(crate) closed: AtomicBool,
+    pub(crate) config: ProducerConfig,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Accumulator> {
+        self.accumulator
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Sends records in batches; see the [module docs](self) for delivery
+/// guarantees.
+///
+/// Cheap to clone; clones share the batches and the connection, so many
+/// tasks can send through one producer. Dropping the last clone lets the
+/// background sender deliver what was sent and stop; call
+/// [`Producer::close`] to wait for that.
+#[derive(Clone, Debug)]
+pub struct Producer {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    client: Client,
+    shared: Arc<Shared>,
+    sender: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.wake.notify_one();
+    }
+}
+
+/// Largest buffer the semaphore can count (its permits are `u32` per call).
+const MAX_BUFFER_BYTES: usize = u32::MAX as usize;
+
+impl Producer {
+    /// A producer sending through `client`'s connection.
+    ///
+    /// Starts the background sender task on the current tokio runtime.
+    pub async fn new(client: &Client, config: ProducerConfig) -> Result<Producer> {
+        if config.batch_bytes == 0 || config.max_in_flight == 0 || config.buffer_bytes == 0 {
+            return Err(Error::InvalidArgument(
+                "batch_bytes, max_in_flight and buffer_bytes must be at least 1".into(),
+            ));
+        }
+        let mut config = config;
+        config.buffer_bytes = config.buffer_bytes.min(MAX_BUFFER_BYTES);
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let shared = Arc::new(Shared {
+            accumulator: Mutex::new(Accumulator::new(
+                config.linger,
+                config.batch_bytes,
+                config.compression,
+                seed,
+            )),
+            wake: Notify::new(),
+            buffer: Semaphore::new(config.buffer_bytes),
+            closed: AtomicBool::new(false),
+            config,
+        });
+        let task = tokio::spawn(sender::run(client.clone(), shared.clone()));
+        Ok(Producer {
+            inner: Arc::new(Inner {
+                client: client.clone(),
+                shared,
+                sender: Mutex::new(Some(task)),
+            }),
+        })
+    }
+
+    /// Adds `record` to its partition's batch and returns a future for its
+    /// delivery.
+    ///
+    /// Waits only when the producer buffer is full (backpressure) or, the
+    /// first time a topic is used, for its metadata. Fails at once for an
+    /// unknown topic (`UNKNOWN_TOPIC`) or partition (`UNKNOWN_PARTITION`).
+    pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture> {
+        let shared = &self.inner.shared;
+        if shared.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let known = shared.lock().partitions(&record.topic).is_some();
+        if !known {
+            self.load_metadata(&record.topic).await?;
+        }
+        let size = record_size(&record).min(shared.config.buffer_bytes);
+        acquire(&shared.buffer, size).await?;
+        let timestamp = record.timestamp.unwrap_or_else(now_ms);
+        let header_refs: Vec<(&str, &[u8])> = record
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_ref()))
+            .collect();
+        let append = Append {
+            partition: record.partition,
+            key: record.key.as_deref(),
+            value: &record.value,
+            headers: &header_refs,
+            timestamp,
+            size,
+        };
+        let result = shared.lock().append(&record.topic, append, Instant::now());
+        match result {
+            Ok(appended) => {
+                if appended.wake_sender {
+                    shared.wake.notify_one();
+                }
+                Ok(DeliveryFuture::new(
+                    appended.completion,
+                    appended.index,
+                    timestamp,
+                ))
+            }
+            Err(e) => {
+                shared.buffer.add_permits(size);
+                Err(e)
+            }
+        }
+    }
+
+    /// Fetches and caches `topic`'s partition count.
+    async fn load_metadata(&self, topic: &str) -> Result<()> {
+        let description =
+            self.inner
+                .client
+                .describe_topic(topic)
+                .await
+                .map_err(|e| match e.reason() {
+                    Some(ErrorReason::UnknownTopic) => Error::local(
+                        ErrorReason::UnknownTopic,
+                        format!("topic \"{topic}\" does not exist"),
+                    ),
+                    _ => e,
+                })?;
+        let partitions = u32::try_from(description.partitions.len()).unwrap_or(u32::MAX);
+        if partitions == 0 {
+            return Err(Error::Protocol(format!(
+                "the broker describes topic \"{topic}\" with no partitions"
+            )));
+        }
+        self.inner.shared.lock().set_partitions(topic, partitions);
+        Ok(())
+    }
+
+    /// Sends every open batch now and waits until every record sent before
+    /// this call is acknowledged or failed. Individual failures are reported
+    /// by the records' futures, not here.
+    pub async fn flush(&self) -> Result<()> {
+        let pending = self.inner.shared.lock().close_all();
+        self.inner.shared.wake.notify_one();
+        for batch in pending {
+            batch.wait().await;
+        }
+        Ok(())
+    }
+
+    /// Flushes, then stops the sender task. Other clones of this producer
+    /// fail their later sends with [`Error::Closed`].
+    pub async fn close(self) -> Result<()> {
+        self.flush().await?;
+        let shared = &self.inner.shared;
+        shared.closed.store(true, Ordering::Release);
+        shared.wake.notify_one();
+        let task = self
+            .inner
+            .sender
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            task.await
+                .map_err(|e| Error::Protocol(format!("the producer's sender task failed: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// Takes `size` bytes from the buffer, waiting for room if needed. The
+/// permits are returned by the sender when the record's batch completes.
+async fn acquire(buffer: &Semaphore, size: usize) -> Result<()> {
+    let n = u32::try_from(size).unwrap_or(u32::MAX);
+    match buffer.try_acquire_many(n) {
+        Ok(permit) => permit.forget(),
+        Err(_) => buffer
+            .acquire_many(n)
+            .await
+            .map_err(|_| Error::Closed)?
+            .forget(),
+    }
+    Ok(())
+}
+
+/// A record's share of the producer buffer: its encoded size, roughly.
+fn record_size(record: &ProducerRecord) -> usize {
+    let headers: usize = record
+        .headers
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 4)
+        .sum();
+    record.key.as_ref().map_or(0, Bytes::len) + record.value.len() + headers + 16
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_parse_and_print() {
+        let cases = [
+            ("0", Acks::None),
+            ("1", Acks::Leader),
+            ("all", Acks::All),
+            ("ALL", Acks::All),
+        ];
+        for (i, (text, acks)) in cases.iter().enumerate() {
+            assert_eq!(text.parse::<Acks>().unwrap(), *acks, "case {i}");
+        }
+        assert!("2".parse::<Acks>().is_err());
+        assert_eq!(Acks::None.to_string(), "0");
+        assert_eq!(Acks::All.to_string(), "all");
+    }
+}
