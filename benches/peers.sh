@@ -195,9 +195,34 @@ record() {
   local load
   load=$(awk '{print $1}' /proc/loadavg)
   jq -c --argjson run "$1" --arg load_before "$LOAD_BEFORE" --arg load_after "$load" \
-    --arg dd "${DD_WARM:-}" '. + {run: $run, load_before: $load_before, load_after: $load_after, dd_mb_per_sec: $dd}' \
+    --arg dd "${DD_WARM:-}" --argjson scpu "$(awk -v a="$CPU_BEFORE" -v b="$(server_cpu)" 'BEGIN { printf "%.2f", b - a }')" \
+    --argjson ccpu "$CLIENT_CPU" \
+    '. + {run: $run, load_before: $load_before, load_after: $load_after, dd_mb_per_sec: $dd, server_cpu_s: $scpu, client_cpu_s: $ccpu}' \
     <<<"$2" >>"$RESULTS"
-  jq -r '"    \(.system) \(.mode) \(.record_size) B: \(.msgs_per_sec | floor) msg/s, \(.mb_per_sec * 10 | floor / 10) MB/s, p99 \(.latency_us.p99) us"' <<<"$2" | tee -a "$OUT/run.log" >&2
+  tail -1 "$RESULTS" | jq -r '"    \(.system) \(.mode) \(.record_size) B: \(.msgs_per_sec | floor) msg/s, \(.mb_per_sec * 10 | floor / 10) MB/s, p99 \(.latency_us.p99) us, CPU s server \(.server_cpu_s) client \(.client_cpu_s) in \(.elapsed_s * 100 | floor / 100) s"' | tee -a "$OUT/run.log" >&2
+}
+
+# CPU seconds (user + system) used so far by the server's processes.
+SERVER_PIDS=""
+server_cpu() {
+  local pid t=0 v
+  for pid in $SERVER_PIDS; do
+    v=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+    t=$((t + v))
+  done
+  awk -v t="$t" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / hz }'
+}
+
+# timed OUTFILE CMD...: runs CMD with stdout to OUTFILE, stderr to the
+# system's log; sets CLIENT_CPU to its CPU seconds (user + system).
+timed() {
+  local outfile=$1 tf rc=0
+  shift
+  tf=$(mktemp "$OUT/time.XXXXXX")
+  /usr/bin/time -f '%U %S' -o "$tf" "$@" >"$outfile" || rc=$?
+  CLIENT_CPU=$(awk 'END { printf "%.2f", $1 + $2 }' "$tf")
+  rm -f "$tf"
+  return $rc
 }
 
 window_for() { echo $((WINDOW_BYTES / $1)); }
@@ -211,8 +236,10 @@ run_peer_cases() { # run_peer_cases RUN SYSTEM DRIVER-ARGS...
     for mode in produce consume; do
       LOAD_BEFORE=$(awk '{print $1}' /proc/loadavg)
       log "run $run $system $mode ${size} B x $n, window $w (load $LOAD_BEFORE)"
-      if json=$("$DRIVER" "$system" "$@" "$mode" --stream "bench-$size" --messages "$n" \
-          --record-size "$size" --window "$w" 2>>"$OUT/$system-driver.log"); then
+      CPU_BEFORE=$(server_cpu)
+      if timed "$OUT/case.json" "$DRIVER" "$system" "$@" "$mode" --stream "bench-$size" --messages "$n" \
+          --record-size "$size" --window "$w" 2>>"$OUT/$system-driver.log"; then
+        json=$(cat "$OUT/case.json")
         record "$run" "$json"
       else
         log "FAILED: $system $mode $size (see $OUT/$system-driver.log)"
@@ -228,6 +255,7 @@ bench_nats() {
   nats-server -js -sd "$dir" -a 127.0.0.1 -p "$port" >"$OUT/nats-$run.log" 2>&1 &
   pid=$!; PIDS+=("$pid")
   wait_port "$port" "$pid" nats-server || return 1
+  SERVER_PIDS=$pid
   run_peer_cases "$run" nats --server "127.0.0.1:$port" $NATS_ARGS
   stop_all
   rm -rf "$dir"
@@ -264,6 +292,7 @@ EOF
     sleep 0.5
   done
   wait_port "$sport" "$pid" "rabbitmq stream listener" || return 1
+  SERVER_PIDS="$pid $(pgrep -P "$pid" | tr '\n' ' ')"
   run_peer_cases "$run" rabbitmq --host 127.0.0.1 --port "$sport" $RABBITMQ_ARGS
   stop_all
   unset HOME ERL_EPMD_PORT ERL_EPMD_ADDRESS RABBITMQ_NODENAME RABBITMQ_NODE_IP_ADDRESS \
@@ -286,6 +315,7 @@ bench_runnel() {
     [ $SECONDS -lt $deadline ] || { log "runnel broker not ready after 60 s"; return 1; }
     sleep 0.1
   done
+  SERVER_PIDS=$pid
   for size in 1024 100; do
     n=$(count_for $size); w=$(window_for $size)
     for mode in produce consume; do
@@ -295,9 +325,11 @@ bench_runnel() {
         extra=(--batch-bytes $((WINDOW_BYTES / 8)))
       fi
       log "run $run runnel $mode ${size} B x $n ${extra[*]} $RUNNEL_ARGS (load $LOAD_BEFORE)"
-      if json=$(RUNNEL_BOOTSTRAP=$addr "$RUNNEL" bench "$mode" --topic "bench-$size" --partitions 1 \
-          --messages "$n" --record-size "$size" --acks 1 "${extra[@]}" $RUNNEL_ARGS --output json \
-          2>>"$OUT/runnel-bench.log"); then
+      CPU_BEFORE=$(server_cpu)
+      if timed "$OUT/case.json" env RUNNEL_BOOTSTRAP="$addr" "$RUNNEL" bench "$mode" --topic "bench-$size" \
+          --partitions 1 --messages "$n" --record-size "$size" --acks 1 "${extra[@]}" $RUNNEL_ARGS \
+          --output json 2>>"$OUT/runnel-bench.log"; then
+        json=$(cat "$OUT/case.json")
         record "$run" "$(jq -c --argjson w "$w" '. + {system: "runnel", window: $w}' <<<"$json")"
       else
         log "FAILED: runnel $mode $size (see $OUT/runnel-bench.log)"
@@ -350,6 +382,21 @@ for size in (1024, 100):
 out.append("")
 out.append("p99 latency (us, median of runs): " + "; ".join(
     f"{k[0]} {k[1]} B {k[2]} {v[2]}" for k, v in sorted(med.items())))
+out.append("")
+out.append("| system | case | elapsed s | server CPU s | client CPU s | cores busy (server + client) |")
+out.append("|---|---|---|---|---|---|")
+for sysname in ("runnel", "nats-jetstream", "rabbitmq-stream"):
+    for size in (1024, 100):
+        for mode in ("produce", "consume"):
+            rs = [r for r in rows if r["system"] == sysname and r["record_size"] == size and r["mode"] == mode]
+            if not rs or "server_cpu_s" not in rs[0]:
+                continue
+            el = statistics.median(r["elapsed_s"] for r in rs)
+            sc = statistics.median(r["server_cpu_s"] for r in rs)
+            cc = statistics.median(r["client_cpu_s"] for r in rs)
+            busy = statistics.median((r["server_cpu_s"] + r["client_cpu_s"]) / r["elapsed_s"] for r in rs)
+            out.append(f"| {sysname} | {'1 KiB' if size == 1024 else '100 B'} {mode} | {el:.1f} | {sc:.1f} | {cc:.1f} | {busy:.2f} |")
+out.append("")
 out.append("runs per cell: " + ", ".join(sorted({str(v[3]) for v in med.values()})))
 if dds:
     out.append("dd #2 (divisor, MB/s) per run: " + ", ".join("%.0f" % d for d in dds) + "; median %.0f" % statistics.median(dds))
