@@ -1,0 +1,728 @@
+//! Bad input: each case gets a clear error, and the broker keeps serving
+//! other clients afterwards.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use prost::Message;
+use runnel_batch::{BatchBuilder, CRC_START, Compression, HEADER_LEN, NewRecord};
+use runnel_proto::v1::{
+    Acks, CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, ErrorReason,
+    ListOffsetsRequest, OffsetQuery, OffsetSpec, ProduceRequest, ProduceStreamRequest,
+    ProduceStreamResponse, Record, SubscribeRequest, TopicConfig,
+};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+use crate::support::grpc::{
+    Clients, assert_failed_with, assert_partition_error, batch_for, fetch_request, record,
+    records_for,
+};
+use crate::support::{Broker, BrokerOptions, run_cli, with_deadline};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// A new client creates a topic, produces and reads back: the broker still
+/// serves everyone else.
+async fn assert_still_serves(broker: &Broker, tag: &str) {
+    let mut c = Clients::connect(broker.grpc_addr()).await;
+    let topic = format!("still-serving-{tag}");
+    c.create_topic(&topic, 1).await;
+    let base = c
+        .produce_ok(&topic, 0, vec![record(Some("k"), "alive", &[])])
+        .await;
+    let got = c.fetch_decoded(&topic, 0, base).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].value.as_ref(), b"alive");
+}
+
+fn produce_request(
+    topic: &str,
+    partitions: Vec<runnel_proto::v1::PartitionRecords>,
+) -> ProduceRequest {
+    ProduceRequest {
+        topic: topic.into(),
+        partitions,
+        acks: Acks::All as i32,
+        timeout_ms: 0,
+    }
+}
+
+#[tokio::test]
+async fn unknown_topic_fails_with_not_found_and_unknown_topic_reason() {
+    with_deadline(LIMIT, async {
+        let broker = Broker::start(BrokerOptions::flush("never"));
+        let mut c = Clients::connect(broker.grpc_addr()).await;
+
+        // Every RPC that names a topic: NOT_FOUND + UNKNOWN_TOPIC.
+        let latest = OffsetQuery {
+            partition: 0,
+            spec: OffsetSpec::Latest as i32,
+            timestamp_ms: 0,
+        };
+        let name = || "nope".to_string();
+        let calls: [(&str, Result<(), tonic::Status>); 5] = [
+            (
+                "Produce",
+                c.produce_to("nope", 0, vec![record(None, "v", &[])])
+                    .await
+                    .map(drop),
+            ),
+            (
+                "Fetch",
+                c.fetch
+                    .fetch(fetch_request("nope", 0, 0, true))
+                    .await
+                    .map(drop),
+            ),
+            (
+                "DescribeTopic",
+                c.admin
+                    .describe_topic(DescribeTopicRequest { name: name() })
+                    .await
+                    .map(drop),
+            ),
+            (
+                "DeleteTopic",
+                c.admin
+                    .delete_topic(DeleteTopicRequest { name: name() })
+                    .await
+                    .map(drop),
+            ),
+            (
+                "ListOffsets",
+                c.fetch
+                    .list_offsets(ListOffsetsRequest {
+                        topic: name(),
+                        queries: vec![latest],
+                    })
+                    .await
+                    .map(drop),
+            ),
+        ];
+        for (rpc, result) in calls {
+            let s = assert_failed_with(result, ErrorReason::UnknownTopic);
+            assert_eq!(s.code(), Code::NotFound, "{rpc}: {s:?}");
+            assert!(
+                s.message().contains("nope"),
+                "{rpc}: the message names the topic: {s:?}"
+            );
+        }
+
+        // A partition the topic does not have: UNKNOWN_PARTITION, as a call
+        // error or as that partition's error.
+        c.create_topic("one", 1).await;
+        match c.produce_to("one", 7, vec![record(None, "v", &[])]).await {
+            Ok(resp) => assert_partition_error(
+                resp.results.first().and_then(|r| r.error.as_ref()),
+                ErrorReason::UnknownPartition,
+            ),
+            Err(s) => {
+                assert_failed_with::<()>(Err(s), ErrorReason::UnknownPartition);
+            }
+        }
+        assert_eq!(c.high_watermark("one", 0).await, 0, "nothing stored");
+
+        // The CLI says which topic is missing and exits non-zero.
+        let out = broker.cli(&["produce", "nope"], "hello\n");
+        assert!(
+            !out.status.success(),
+            "produce to a missing topic succeeded: {out}"
+        );
+        assert!(
+            out.stderr.contains("nope"),
+            "the error names the topic: {out}"
+        );
+
+        assert_still_serves(&broker, "unknown-topic").await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn invalid_topic_names_are_refused_with_invalid_name() {
+    with_deadline(LIMIT, async {
+        let broker = Broker::start(BrokerOptions::flush("never"));
+        let mut c = Clients::connect(broker.grpc_addr()).await;
+        let too_long = "a".repeat(250);
+        let cases: [(u32, &str); 8] = [
+            (1, "bad name!"),
+            (2, ""),
+            (3, "."),
+            (4, ".."),
+            (5, "a/b"),
+            (6, &too_long),
+            (7, "caf\u{e9}"),
+            (8, "tab\there"),
+        ];
+        for (case, name) in cases {
+            let result = c
+                .admin
+                .create_topic(CreateTopicRequest {
+                    name: name.into(),
+                    config: None,
+                })
+                .await;
+            let s = assert_failed_with(result, ErrorReason::InvalidName);
+            assert_eq!(
+                s.code(),
+                Code::InvalidArgument,
+                "case {case} ({name:?}): {s:?}"
+            );
+        }
+        // The edges that are valid.
+        for name in ["a".repeat(249).as_str(), "A.b_c-9", "..."] {
+            c.create_topic(name, 1).await;
+        }
+        let s = assert_failed_with(
+            c.admin
+                .create_topic(CreateTopicRequest {
+                    name: "A.b_c-9".into(),
+                    config: None,
+                })
+                .await,
+            ErrorReason::TopicAlreadyExists,
+        );
+        assert_eq!(s.code(), Code::AlreadyExists);
+        // Out-of-range settings: INVALID_ARGUMENT, nothing created.
+        for (case, config) in [
+            (
+                1,
+                TopicConfig {
+                    partitions: Some(0),
+                    ..Default::default()
+                },
+            ),
+            (
+                2,
+                TopicConfig {
+                    max_record_bytes: Some(100),
+                    ..Default::default()
+                },
+            ),
+        ] {
+            let s = assert_failed_with(
+                c.admin
+                    .create_topic(CreateTopicRequest {
+                        name: format!("bad-config-{case}"),
+                        config: Some(config),
+                    })
+                    .await,
+                ErrorReason::InvalidArgument,
+            );
+            assert_eq!(s.code(), Code::InvalidArgument, "config case {case}");
+        }
+
+        let out = broker.cli(&["topic", "create", "bad name!"], "");
+        assert!(!out.status.success(), "invalid name accepted: {out}");
+        assert!(
+            out.stderr.contains("bad name!") && out.stderr.to_lowercase().contains("name"),
+            "the error names the topic and says what is wrong: {out}"
+        );
+        let listed = broker.cli_ok(&["topic", "list"], "");
+        assert!(
+            !listed.contains("bad"),
+            "a refused topic was listed:\n{listed}"
+        );
+
+        assert_still_serves(&broker, "invalid-name").await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn oversized_records_are_refused_and_nothing_is_stored() {
+    with_deadline(LIMIT, async {
+        let broker = Broker::start(BrokerOptions::flush("never"));
+        let mut c = Clients::connect(broker.grpc_addr()).await;
+        c.create_topic_with(
+            "small",
+            TopicConfig {
+                partitions: Some(1),
+                max_record_bytes: Some(1024),
+                ..Default::default()
+            },
+        )
+        .await;
+        let big = "x".repeat(2000);
+        assert_failed_with(
+            c.produce_to("small", 0, vec![record(None, &big, &[])])
+                .await,
+            ErrorReason::RecordTooLarge,
+        );
+        // Many small records that add up past the limit in one batch.
+        let many: Vec<Record> = (0..20)
+            .map(|_| record(None, &"y".repeat(100), &[]))
+            .collect();
+        assert_failed_with(
+            c.produce_to("small", 0, many).await,
+            ErrorReason::RecordTooLarge,
+        );
+        // A pre-encoded batch past the limit.
+        let mut b = BatchBuilder::new(Compression::None);
+        b.push(NewRecord {
+            key: None,
+            value: big.as_bytes(),
+            headers: &[],
+            timestamp: 1,
+        });
+        let batch = b.finish().unwrap_or_else(|e| panic!("batch: {e}"));
+        assert_failed_with(
+            c.produce
+                .produce(produce_request("small", vec![batch_for(0, batch)]))
+                .await,
+            ErrorReason::RecordTooLarge,
+        );
+        assert_eq!(c.high_watermark("small", 0).await, 0, "nothing stored");
+        let off = c
+            .produce_ok("small", 0, vec![record(None, &"z".repeat(100), &[])])
+            .await;
+        assert_eq!(off, 0);
+
+        let out = broker.cli(&["produce", "small"], &format!("{big}\n"));
+        assert!(
+            !out.status.success(),
+            "an oversized line was accepted: {out}"
+        );
+        assert!(!out.stderr.trim().is_empty(), "no error message: {out}");
+        assert_eq!(c.high_watermark("small", 0).await, 1, "nothing more stored");
+
+        assert_still_serves(&broker, "oversized").await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn fetch_outside_the_log_is_offset_out_of_range() {
+    with_deadline(LIMIT, async {
+        let broker = Broker::start(BrokerOptions::flush("never"));
+        let mut c = Clients::connect(broker.grpc_addr()).await;
+        c.create_topic("five", 1).await;
+        let records: Vec<Record> = (0..5)
+            .map(|i| record(None, &format!("v{i}"), &[]))
+            .collect();
+        c.produce_ok("five", 0, records).await;
+
+        for decode in [true, false] {
+            match c.fetch.fetch(fetch_request("five", 0, 100, decode)).await {
+                Ok(resp) => {
+                    let resp = resp.into_inner();
+                    assert_eq!(resp.partitions.len(), 1, "{resp:?}");
+                    let p = &resp.partitions[0];
+                    assert_partition_error(p.error.as_ref(), ErrorReason::OffsetOutOfRange);
+                    assert!(p.records.is_empty() && p.batches.is_empty(), "{p:?}");
+                }
+                Err(s) => {
+                    assert_failed_with::<()>(Err(s), ErrorReason::OffsetOutOfRange);
+                }
+            }
+        }
+        // At the high watermark is not out of range: nothing yet, no error.
+        let resp = c
+            .fetch
+            .fetch(fetch_request("five", 0, 5, true))
+            .await
+            .unwrap_or_else(|s| panic!("fetch at the high watermark: {s:?}"))
+            .into_inner();
+        let p = &resp.partitions[0];
+        assert!(p.error.is_none(), "{p:?}");
+        assert!(p.records.is_empty());
+        assert_eq!(p.next_offset, 5);
+
+        // The CLI reports it too instead of hanging or printing nothing.
+        let out = broker.cli(
+            &[
+                "consume",
+                "five",
+                "--partition",
+                "0",
+                "--offset",
+                "100",
+                "--timeout-ms",
+                "2000",
+            ],
+            "",
+        );
+        assert!(
+            !out.status.success()
+                && (out.stderr.to_lowercase().contains("range")
+                    || out.stderr.to_lowercase().contains("offset")),
+            "consume --offset past the end should fail with an out-of-range error: {out}"
+        );
+
+        assert_still_serves(&broker, "out-of-range").await;
+    })
+    .await;
+}
+
+fn good_batch(values: &[&str]) -> Bytes {
+    let mut b = BatchBuilder::new(Compression::None);
+    for v in values {
+        b.push(NewRecord {
+            key: Some(b"k"),
+            value: v.as_bytes(),
+            headers: &[("h", b"v")],
+            timestamp: 1_700_000_000_000,
+        });
+    }
+    b.finish().unwrap_or_else(|e| panic!("batch: {e}"))
+}
+
+#[tokio::test]
+async fn corrupt_pre_encoded_batches_are_refused_and_nothing_is_stored() {
+    with_deadline(LIMIT, async {
+        let broker = Broker::start(BrokerOptions::flush("never"));
+        let mut c = Clients::connect(broker.grpc_addr()).await;
+        c.create_topic("batches", 1).await;
+        let good = good_batch(&["one", "two", "three"]);
+        let flip = |at: usize| -> Bytes {
+            let mut b = BytesMut::from(&good[..]);
+            b[at] ^= 0x01;
+            b.freeze()
+        };
+        let cases: Vec<(u32, &str, Bytes)> = vec![
+            (1, "flipped record byte", flip(good.len() - 3)),
+            (2, "flipped crc", flip(CRC_START - 1)),
+            (3, "flipped header byte under the CRC", flip(CRC_START + 10)),
+            (4, "truncated", good.slice(..good.len() - 5)),
+            (5, "header only", good.slice(..HEADER_LEN)),
+            (6, "not a batch", Bytes::from_static(b"hello, broker")),
+        ];
+        for (case, what, bytes) in cases {
+            let result = c
+                .produce
+                .produce(produce_request("batches", vec![batch_for(0, bytes)]))
+                .await;
+            let status = match result {
+                Ok(r) => panic!("case {case} ({what}) was accepted: {r:?}"),
+                Err(s) => s,
+            };
+            assert_failed_with::<()>(Err(status), ErrorReason::CorruptBatch);
+            assert_eq!(
+                c.high_watermark("batches", 0).await,
+                0,
+                "case {case} ({what}) stored something"
+            );
+        }
+
+        // The good batch is stored as received: every byte the CRC covers
+        // comes back unchanged.
+        let resp = c
+            .produce
+            .produce(produce_request("batches", vec![batch_for(0, good.clone())]))
+            .await
+            .unwrap_or_else(|s| panic!("good batch: {s:?}"))
+            .into_inner();
+        assert_eq!(resp.results[0].base_offset, Some(0), "{resp:?}");
+        let data = c
+            .fetch
+            .fetch(fetch_request("batches", 0, 0, false))
+            .await
+            .unwrap_or_else(|s| panic!("fetch: {s:?}"))
+            .into_inner();
+        let stored = &data.partitions[0].batches;
+        assert_eq!(stored.len(), good.len(), "one batch, same length");
+        assert_eq!(
+            &stored[CRC_START..],
+            &good[CRC_START..],
+            "stored as received"
+        );
+
+        assert_still_serves(&broker, "corrupt-batch").await;
+    })
+    .await;
+}
+
+/// Reads from a raw connection until the peer closes it (EOF or reset);
+/// returns what it read, or panics if it stays open past `limit`.
+fn read_until_closed(mut s: TcpStream, limit: Duration) -> Vec<u8> {
+    s.set_read_timeout(Some(limit)).expect("set a read timeout");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                return got;
+            }
+            Err(e) => {
+                panic!("the broker kept a garbage connection open ({e}); read so far {got:?}")
+            }
+        }
+    }
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+#[tokio::test]
+async fn garbage_bytes_on_the_grpc_port_do_not_disturb_other_clients() {
+    with_deadline(LIMIT, async {
+        let broker = Broker::start(BrokerOptions::flush("never"));
+        let addr: SocketAddr = broker.grpc_addr();
+        // A client that connects and says nothing stays connected meanwhile.
+        let idle = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect: {e}"));
+
+        let mut noise = vec![0u8; 64 << 10];
+        let mut x: u32 = 0x9e37_79b9;
+        for b in noise.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            *b = x as u8;
+        }
+        let mut preface_then_junk = H2_PREFACE.to_vec();
+        preface_then_junk.extend_from_slice(&[0xff; 64]);
+        let mut half_settings = H2_PREFACE.to_vec();
+        // A SETTINGS frame header announcing 12 bytes, followed by only 3.
+        half_settings.extend_from_slice(&[0, 0, 12, 4, 0, 0, 0, 0, 0, 0, 3, 0]);
+        let cases: [(u32, &str, Vec<u8>, bool); 4] = [
+            (1, "random bytes", noise, true),
+            (
+                2,
+                "HTTP/1.1 request",
+                b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+                true,
+            ),
+            (
+                3,
+                "HTTP/2 preface then junk frames",
+                preface_then_junk,
+                true,
+            ),
+            (
+                4,
+                "half a SETTINGS frame, then hang up",
+                half_settings,
+                false,
+            ),
+        ];
+        for (case, what, bytes, wait_for_close) in cases {
+            let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect: {e}"));
+            // The broker may close while we write: that is a fine answer.
+            s.write_all(&bytes).ok();
+            if wait_for_close {
+                read_until_closed(s, Duration::from_secs(20));
+            } else {
+                drop(s);
+            }
+            let mut c = Clients::connect(addr).await;
+            let listed = c
+                .admin
+                .list_topics(runnel_proto::v1::ListTopicsRequest {})
+                .await;
+            assert!(
+                listed.is_ok(),
+                "case {case} ({what}): broker stopped serving: {listed:?}"
+            );
+        }
+        assert_still_serves(&broker, "garbage").await;
+        drop(idle);
+    })
+    .await;
+}
+
+/// A gRPC message frame: compressed flag, big-endian length, message.
+fn grpc_frame(msg: &[u8], claimed_len: usize) -> Bytes {
+    let mut f = Vec::with_capacity(5 + msg.len());
+    f.push(0);
+    f.extend_from_slice(&(claimed_len as u32).to_be_bytes());
+    f.extend_from_slice(msg);
+    Bytes::from(f)
+}
+
+fn stream_request(seq: u64, partition: u32) -> Vec<u8> {
+    ProduceStreamRequest {
+        sequence: seq,
+        request: Some(produce_request(
+            "midstream",
+            vec![records_for(
+                Some(partition),
+                vec![record(None, "a", &[]), record(None, "b", &[])],
+            )],
+        )),
+    }
+    .encode_to_vec()
+}
+
+/// Opens a raw HTTP/2 connection and a ProduceStream call on it.
+async fn raw_produce_stream(
+    addr: SocketAddr,
+) -> (
+    h2::SendStream<Bytes>,
+    h2::client::ResponseFuture,
+    h2::PingPong,
+    tokio::task::JoinHandle<()>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let (send, mut conn) = h2::client::handshake(tcp)
+        .await
+        .unwrap_or_else(|e| panic!("h2 handshake: {e}"));
+    let ping = conn.ping_pong().expect("ping_pong is taken once");
+    let driver = tokio::spawn(async move {
+        // Ends with an error when we hang up: expected.
+        conn.await.ok();
+    });
+    let mut send = send
+        .ready()
+        .await
+        .unwrap_or_else(|e| panic!("h2 not ready: {e}"));
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{addr}/runnel.v1.ProduceService/ProduceStream"
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("a valid request");
+    let (resp, stream) = send
+        .send_request(req, false)
+        .unwrap_or_else(|e| panic!("send_request: {e}"));
+    (stream, resp, ping, driver)
+}
+
+/// Waits until the server has read everything sent before (PING is answered
+/// in order after the frames preceding it).
+async fn round_trip(ping: &mut h2::PingPong) {
+    ping.ping(h2::Ping::opaque())
+        .await
+        .unwrap_or_else(|e| panic!("ping: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_disconnect_mid_stream_leave_the_broker_serving_and_the_log_sound() {
+    with_deadline(LIMIT, async {
+        let mut broker = Broker::start(BrokerOptions::flush("always"));
+        let addr = broker.grpc_addr();
+        let mut c = Clients::connect(addr).await;
+        c.create_topic("midstream", 3).await;
+
+        // 1. A complete request (acknowledged), then half of the next one,
+        //    then the TCP connection goes away.
+        let (mut stream, resp, mut ping, driver) = raw_produce_stream(addr).await;
+        let whole = stream_request(1, 1);
+        stream
+            .send_data(grpc_frame(&whole, whole.len()), false)
+            .unwrap_or_else(|e| panic!("send: {e}"));
+        let resp = resp
+            .await
+            .unwrap_or_else(|e| panic!("response headers: {e}"));
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let mut got = BytesMut::new();
+        while got.len() < 5
+            || got.len() < 5 + u32::from_be_bytes([got[1], got[2], got[3], got[4]]) as usize
+        {
+            let chunk = body
+                .data()
+                .await
+                .unwrap_or_else(|| panic!("stream ended before the first response"))
+                .unwrap_or_else(|e| panic!("response body: {e}"));
+            body.flow_control().release_capacity(chunk.len()).ok();
+            got.extend_from_slice(&chunk);
+        }
+        let first = ProduceStreamResponse::decode(&got[5..])
+            .unwrap_or_else(|e| panic!("not a ProduceStreamResponse: {e}"));
+        assert_eq!(first.sequence, 1);
+        assert!(first.error.is_none(), "{first:?}");
+        let half = stream_request(2, 0);
+        stream
+            .send_data(grpc_frame(&half[..half.len() / 2], half.len()), false)
+            .unwrap_or_else(|e| panic!("send: {e}"));
+        round_trip(&mut ping).await;
+        driver.abort();
+        drop((stream, body, ping));
+
+        // 2. Half a request, then the call is cancelled (RST_STREAM) on a
+        //    connection that stays up.
+        let (mut stream, _resp, mut ping, driver) = raw_produce_stream(addr).await;
+        let half = stream_request(3, 0);
+        stream
+            .send_data(grpc_frame(&half[..half.len() / 2], half.len()), false)
+            .unwrap_or_else(|e| panic!("send: {e}"));
+        round_trip(&mut ping).await;
+        stream.send_reset(h2::Reason::CANCEL);
+        round_trip(&mut ping).await;
+
+        // 3. A tonic client sends three whole requests and drops the call
+        //    without reading a response.
+        {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            let mut client = c.produce.clone();
+            for seq in 0..3 {
+                tx.send(ProduceStreamRequest {
+                    sequence: seq,
+                    request: Some(produce_request(
+                        "midstream",
+                        vec![records_for(
+                            Some(2),
+                            vec![record(None, "c", &[]), record(None, "d", &[])],
+                        )],
+                    )),
+                })
+                .await
+                .unwrap_or_else(|_| panic!("queue a request"));
+            }
+            let call = client.produce_stream(ReceiverStream::new(rx)).await;
+            drop(call);
+        }
+
+        // 4. A subscriber that reads one message and goes away.
+        {
+            let mut sub = c
+                .fetch
+                .subscribe(SubscribeRequest {
+                    topic: "midstream".into(),
+                    partition: 1,
+                    offset: 0,
+                    max_bytes: 0,
+                    decode: true,
+                })
+                .await
+                .unwrap_or_else(|s| panic!("subscribe: {s:?}"))
+                .into_inner();
+            let msg = sub
+                .message()
+                .await
+                .unwrap_or_else(|s| panic!("subscribe stream: {s:?}"));
+            let msg = msg.unwrap_or_else(|| panic!("subscribe ended without data"));
+            assert_eq!(msg.records.len(), 2, "{msg:?}");
+        }
+
+        assert_eq!(
+            c.high_watermark("midstream", 0).await,
+            0,
+            "half requests stored nothing"
+        );
+        assert_eq!(
+            c.high_watermark("midstream", 1).await,
+            2,
+            "the whole request was stored"
+        );
+        let p2 = c.high_watermark("midstream", 2).await;
+        assert!(p2 % 2 == 0 && p2 <= 6, "whole requests only: {p2}");
+        driver.abort();
+        assert_still_serves(&broker, "midstream").await;
+        drop(c);
+
+        broker.terminate_ok();
+        let dirs = broker.partition_dirs();
+        assert!(dirs.len() >= 3, "partition directories: {dirs:?}");
+        for dir in dirs {
+            let dir = dir.to_string_lossy().into_owned();
+            let out = run_cli(&["log", "verify", &dir], "");
+            assert!(out.status.success(), "runnel log verify {dir}: {out}");
+        }
+    })
+    .await;
+}

@@ -1,0 +1,366 @@
+//! The CLI contract of issue 4 that scripts depend on: help, produce exit
+//! status, consume stopping rules and output, topic admin commands.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::cli::run_cli_timeout;
+use crate::support::grpc::Clients;
+use crate::support::{Broker, BrokerOptions, run_cli, with_deadline};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+#[test]
+fn every_command_help_exits_0_and_names_its_flags() {
+    let cases: [(u32, &[&str], &[&str]); 10] = [
+        (
+            1,
+            &["--help"],
+            &["broker", "topic", "produce", "consume", "bench", "log"],
+        ),
+        (
+            2,
+            &["broker", "--help"],
+            &[
+                "--id",
+                "--listen",
+                "--advertise",
+                "--data-dir",
+                "--flush",
+                "--metrics-listen",
+                "--config",
+                "--log-format",
+            ],
+        ),
+        (
+            3,
+            &["topic", "--help"],
+            &["create", "list", "describe", "delete"],
+        ),
+        (
+            4,
+            &["topic", "create", "--help"],
+            &[
+                "--partitions",
+                "--replication-factor",
+                "--retention-ms",
+                "--retention-bytes",
+                "--bootstrap",
+                "--output",
+            ],
+        ),
+        (
+            5,
+            &["topic", "list", "--help"],
+            &["--bootstrap", "--output"],
+        ),
+        (
+            6,
+            &["topic", "describe", "--help"],
+            &["--bootstrap", "--output"],
+        ),
+        (
+            7,
+            &["produce", "--help"],
+            &[
+                "--partition",
+                "--key-separator",
+                "--acks",
+                "--header",
+                "--bootstrap",
+            ],
+        ),
+        (
+            8,
+            &["consume", "--help"],
+            &[
+                "--partition",
+                "--from-beginning",
+                "--offset",
+                "--from-time",
+                "--max-messages",
+                "--timeout-ms",
+                "--format",
+                "--bootstrap",
+            ],
+        ),
+        (9, &["bench", "--help"], &["produce", "consume", "e2e"]),
+        (
+            10,
+            &["bench", "produce", "--help"],
+            &[
+                "--topic",
+                "--partitions",
+                "--messages",
+                "--duration",
+                "--record-size",
+                "--batch-bytes",
+                "--producers",
+                "--acks",
+                "--keys",
+                "--output",
+            ],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (case, args, flags) in cases {
+        let out = run_cli(args, "");
+        if !out.status.success() {
+            failures.push(format!(
+                "case {case}: runnel {args:?} exited {}",
+                out.status
+            ));
+            continue;
+        }
+        let missing: Vec<&&str> = flags.iter().filter(|f| !out.stdout.contains(**f)).collect();
+        if !missing.is_empty() {
+            failures.push(format!(
+                "case {case}: runnel {args:?} does not mention {missing:?}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[tokio::test]
+async fn consume_stops_after_idle_timeout_or_max_messages_and_prints_values_one_per_line() {
+    with_deadline(LIMIT, async {
+        let broker = Broker::start(BrokerOptions::flush("never"));
+        broker.cli_ok(&["topic", "create", "lines"], "");
+        broker.cli_ok(&["topic", "create", "empty"], "");
+        broker.cli_ok(&["produce", "lines"], "v0\nv1\nv2\nv3\nv4\n");
+
+        // Idle timeout: everything, then exit 0 after 500 ms without data.
+        let out = broker.cli(
+            &[
+                "consume",
+                "lines",
+                "--from-beginning",
+                "--timeout-ms",
+                "500",
+            ],
+            "",
+        );
+        assert!(out.status.success(), "{out}");
+        assert_eq!(out.lines(), vec!["v0", "v1", "v2", "v3", "v4"], "{out}");
+        assert!(
+            out.elapsed >= Duration::from_millis(500),
+            "left before the idle timeout: {out}"
+        );
+        let out = broker.cli(
+            &[
+                "consume",
+                "empty",
+                "--from-beginning",
+                "--timeout-ms",
+                "500",
+            ],
+            "",
+        );
+        assert!(out.status.success(), "{out}");
+        assert_eq!(out.stdout, "", "{out}");
+        assert!(
+            out.elapsed < Duration::from_secs(15),
+            "idle timeout not honoured: {out}"
+        );
+
+        // --max-messages stops by itself (no timeout given).
+        let out = broker.cli(
+            &[
+                "consume",
+                "lines",
+                "--from-beginning",
+                "--max-messages",
+                "3",
+            ],
+            "",
+        );
+        assert!(out.status.success(), "{out}");
+        assert_eq!(out.lines(), vec!["v0", "v1", "v2"], "{out}");
+
+        // A consumer waiting for more gets records produced after it started.
+        let addr = broker.grpc_addr().to_string();
+        let waiting = std::thread::spawn(move || {
+            run_cli_timeout(
+                &[
+                    "consume",
+                    "lines",
+                    "--from-beginning",
+                    "--max-messages",
+                    "7",
+                    "--bootstrap",
+                    &addr,
+                ],
+                "",
+                &[],
+                Duration::from_secs(60),
+            )
+        });
+        broker.cli_ok(&["produce", "lines"], "v5\nv6\n");
+        let out = waiting
+            .join()
+            .unwrap_or_else(|_| panic!("consumer thread panicked"));
+        assert!(out.status.success(), "{out}");
+        assert_eq!(
+            out.lines(),
+            vec!["v0", "v1", "v2", "v3", "v4", "v5", "v6"],
+            "{out}"
+        );
+
+        // --bootstrap wins over RUNNEL_BOOTSTRAP.
+        let dead = dead_address();
+        let real = broker.grpc_addr().to_string();
+        let out = run_cli_timeout(
+            &[
+                "consume",
+                "lines",
+                "--from-beginning",
+                "--max-messages",
+                "1",
+                "--bootstrap",
+                &real,
+            ],
+            "",
+            &[("RUNNEL_BOOTSTRAP", dead.as_str())],
+            Duration::from_secs(60),
+        );
+        assert!(out.status.success(), "{out}");
+        assert_eq!(out.lines(), vec!["v0"]);
+    })
+    .await;
+}
+
+/// An address nobody listens on.
+fn dead_address() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+    let addr = l.local_addr().unwrap_or_else(|e| panic!("local_addr: {e}"));
+    drop(l);
+    addr.to_string()
+}
+
+#[tokio::test]
+async fn produce_exits_0_only_after_every_record_is_acknowledged() {
+    with_deadline(LIMIT, async {
+        let broker = Broker::start(BrokerOptions::flush("always"));
+        broker.cli_ok(&["topic", "create", "acked", "--partitions", "2"], "");
+        let mut c = Clients::connect(broker.grpc_addr()).await;
+
+        let input: String = (0..500).map(|i| format!("line-{i}\n")).collect();
+        broker.cli_ok(&["produce", "acked", "--partition", "1"], &input);
+        // Exit 0 means acknowledged: visible at once, all in partition 1.
+        assert_eq!(c.high_watermark("acked", 1).await, 500);
+        assert_eq!(c.high_watermark("acked", 0).await, 0);
+        let got = c.fetch_decoded("acked", 1, 0).await;
+        let values: Vec<String> = got
+            .iter()
+            .map(|r| String::from_utf8_lossy(&r.value).into_owned())
+            .collect();
+        let want: Vec<String> = (0..500).map(|i| format!("line-{i}")).collect();
+        assert_eq!(values, want);
+
+        broker.cli_ok(
+            &["produce", "acked", "--partition", "0", "--acks", "1"],
+            "x\ny\n",
+        );
+        assert_eq!(c.high_watermark("acked", 0).await, 2, "--acks 1");
+
+        // No broker: non-zero exit with a message, not a hang or a silent 0.
+        let dead = dead_address();
+        let out = run_cli_timeout(
+            &["produce", "acked", "--bootstrap", &dead],
+            "lost\n",
+            &[],
+            Duration::from_secs(90),
+        );
+        assert!(
+            !out.status.success(),
+            "produce without a broker exited 0: {out}"
+        );
+        assert!(!out.stderr.trim().is_empty(), "no error message: {out}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn topic_commands_create_list_describe_delete_in_text_and_json() {
+    with_deadline(LIMIT, async {
+        let broker = Broker::start(BrokerOptions::flush("never"));
+        let out = broker.cli_ok(
+            &[
+                "topic",
+                "create",
+                "events",
+                "--partitions",
+                "4",
+                "--replication-factor",
+                "1",
+                "--retention-ms",
+                "60000",
+                "--retention-bytes",
+                "1048576",
+            ],
+            "",
+        );
+        assert!(out.contains("events"), "create says what it created: {out}");
+        broker.cli_ok(&["topic", "create", "audit"], "");
+
+        let mut c = Clients::connect(broker.grpc_addr()).await;
+        let d = c.describe("events").await;
+        let cfg = d.config.unwrap_or_default();
+        assert_eq!(cfg.partitions, Some(4));
+        assert_eq!(cfg.replication_factor, Some(1));
+        assert_eq!(cfg.retention_ms, Some(60_000));
+        assert_eq!(cfg.retention_bytes, Some(1_048_576));
+
+        let text = broker.cli_ok(&["topic", "list"], "");
+        assert!(text.contains("events") && text.contains("audit"), "{text}");
+        let json = broker.cli_ok(&["topic", "list", "--output", "json"], "");
+        let v: Value = serde_json::from_str(&json)
+            .unwrap_or_else(|e| panic!("topic list --output json is not JSON ({e}): {json}"));
+        let names: Vec<String> = find_names(&v);
+        assert_eq!(
+            names,
+            vec!["audit".to_string(), "events".to_string()],
+            "{json}"
+        );
+
+        let text = broker.cli_ok(&["topic", "describe", "events"], "");
+        assert!(text.contains("events"), "{text}");
+        let json = broker.cli_ok(&["topic", "describe", "events", "--output", "json"], "");
+        let v: Value = serde_json::from_str(&json)
+            .unwrap_or_else(|e| panic!("describe --output json is not JSON ({e}): {json}"));
+        assert_eq!(v["partitions"].as_array().map(Vec::len), Some(4), "{json}");
+
+        broker.cli_ok(&["topic", "delete", "audit"], "");
+        let out = broker.cli(&["topic", "describe", "audit"], "");
+        assert!(
+            !out.status.success(),
+            "a deleted topic is still described: {out}"
+        );
+        assert!(
+            out.stderr.contains("audit"),
+            "the error names the topic: {out}"
+        );
+        let text = broker.cli_ok(&["topic", "list"], "");
+        assert!(!text.contains("audit"), "{text}");
+    })
+    .await;
+}
+
+/// Topic names in `topic list --output json`: an array of objects with
+/// `name`, or an object holding such an array.
+fn find_names(v: &Value) -> Vec<String> {
+    let list = match v {
+        Value::Array(a) => a.clone(),
+        Value::Object(o) => o
+            .values()
+            .find_map(|x| x.as_array().cloned())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    list.iter()
+        .filter_map(|t| t["name"].as_str().map(str::to_string))
+        .collect()
+}

@@ -1,0 +1,113 @@
+//! GET /metrics: Prometheus text whose figures move with the traffic.
+
+use std::time::Duration;
+
+use runnel_proto::v1::Record;
+
+use crate::support::grpc::{Clients, record};
+use crate::support::metrics::{Sample, parse, scrape, sum};
+use crate::support::{Broker, BrokerOptions, with_deadline};
+
+// Metric names as the broker registers them (crates/runnel-broker).
+const HIGH_WATERMARK: &str = "runnel_partition_high_watermark";
+const LOG_END_OFFSET: &str = "runnel_partition_log_end_offset";
+const LOG_START_OFFSET: &str = "runnel_partition_log_start_offset";
+const RECORDS_IN: &str = "runnel_records_in_total";
+const BYTES_IN: &str = "runnel_bytes_in_total";
+const RECORDS_OUT: &str = "runnel_records_out_total";
+const BYTES_OUT: &str = "runnel_bytes_out_total";
+const REQUEST_LATENCY_COUNT: &str = "runnel_request_duration_seconds_count";
+const RPC_LABEL: &str = "rpc";
+
+fn samples(broker: &Broker) -> Vec<Sample> {
+    let (code, content_type, body) = scrape(broker.metrics_addr());
+    assert_eq!(code, 200, "GET {}: {body}", broker.metrics_url());
+    assert!(
+        content_type.starts_with("text/plain")
+            || content_type.starts_with("application/openmetrics-text"),
+        "content type {content_type:?}"
+    );
+    parse(&body)
+}
+
+fn value(s: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    sum(s, name, labels).unwrap_or_else(|| {
+        let names: std::collections::BTreeSet<&str> = s.iter().map(|x| x.name.as_str()).collect();
+        panic!("no sample {name}{labels:?}; the broker exports: {names:?}")
+    })
+}
+
+#[tokio::test]
+async fn metrics_move_with_produce_and_fetch() {
+    with_deadline(Duration::from_secs(120), async {
+        let broker = Broker::start(BrokerOptions::flush("never"));
+        let mut c = Clients::connect(broker.grpc_addr()).await;
+        c.create_topic("metered", 2).await;
+        let topic = [("topic", "metered")];
+        let p0 = [("topic", "metered"), ("partition", "0")];
+        let produce_rpc = [(RPC_LABEL, "Produce")];
+        let fetch_rpc = [(RPC_LABEL, "Fetch")];
+
+        let before = samples(&broker);
+        assert_eq!(value(&before, HIGH_WATERMARK, &p0), 0.0);
+        let records_in = sum(&before, RECORDS_IN, &topic).unwrap_or(0.0);
+        let bytes_in = sum(&before, BYTES_IN, &topic).unwrap_or(0.0);
+        let produce_calls = sum(&before, REQUEST_LATENCY_COUNT, &produce_rpc).unwrap_or(0.0);
+
+        let records: Vec<Record> = (0..50)
+            .map(|i| record(None, &format!("{i:0100}"), &[]))
+            .collect();
+        c.produce_ok("metered", 0, records).await;
+        c.produce_ok("metered", 0, vec![record(None, "one more", &[])])
+            .await;
+
+        let mid = samples(&broker);
+        assert_eq!(value(&mid, HIGH_WATERMARK, &p0), 51.0);
+        assert_eq!(value(&mid, LOG_END_OFFSET, &p0), 51.0);
+        assert_eq!(value(&mid, LOG_START_OFFSET, &p0), 0.0);
+        assert_eq!(
+            value(
+                &mid,
+                HIGH_WATERMARK,
+                &[("topic", "metered"), ("partition", "1")]
+            ),
+            0.0
+        );
+        assert_eq!(
+            value(&mid, RECORDS_IN, &topic) - records_in,
+            51.0,
+            "records in"
+        );
+        let grew = value(&mid, BYTES_IN, &topic) - bytes_in;
+        assert!(
+            grew >= 50.0 * 100.0,
+            "bytes in grew by {grew}, want >= 5000"
+        );
+        assert_eq!(
+            value(&mid, REQUEST_LATENCY_COUNT, &produce_rpc) - produce_calls,
+            2.0,
+            "produce latency histogram counts each call"
+        );
+        let records_out = sum(&mid, RECORDS_OUT, &topic).unwrap_or(0.0);
+        let bytes_out = sum(&mid, BYTES_OUT, &topic).unwrap_or(0.0);
+        let fetch_calls = sum(&mid, REQUEST_LATENCY_COUNT, &fetch_rpc).unwrap_or(0.0);
+
+        let got = c.fetch_raw("metered", 0, 0).await;
+        assert_eq!(got.len(), 51);
+
+        let after = samples(&broker);
+        assert!(
+            value(&after, RECORDS_OUT, &topic) - records_out >= 51.0,
+            "records out"
+        );
+        assert!(
+            value(&after, BYTES_OUT, &topic) - bytes_out >= 5000.0,
+            "bytes out"
+        );
+        assert!(
+            value(&after, REQUEST_LATENCY_COUNT, &fetch_rpc) - fetch_calls >= 1.0,
+            "fetch latency histogram"
+        );
+    })
+    .await;
+}

@@ -1,0 +1,404 @@
+//! Produce/consume round trips across partitions, and replay from an offset
+//! or a timestamp.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use runnel_batch::partitioner::partition_for_key;
+use runnel_proto::v1::{ListOffsetsRequest, OffsetQuery, OffsetSpec, PartitionOffset, Record};
+use serde_json::Value;
+
+use crate::support::grpc::{Clients, OwnedRecord, record};
+use crate::support::{Broker, BrokerOptions, with_deadline};
+
+const PARTITIONS: u32 = 3;
+
+/// One line of `--format '%p %o %k %v %h'`.
+#[derive(Debug)]
+struct Line {
+    partition: u32,
+    offset: u64,
+    key: String,
+    value: String,
+    headers: String,
+}
+
+fn parse_line(line: &str) -> Line {
+    let f: Vec<&str> = line.split(' ').collect();
+    assert_eq!(f.len(), 5, "want '%p %o %k %v %h', got {line:?}");
+    Line {
+        partition: f[0]
+            .parse()
+            .unwrap_or_else(|_| panic!("bad %p in {line:?}")),
+        offset: f[1]
+            .parse()
+            .unwrap_or_else(|_| panic!("bad %o in {line:?}")),
+        key: f[2].into(),
+        value: f[3].into(),
+        headers: f[4].into(),
+    }
+}
+
+#[tokio::test]
+async fn keyed_records_with_headers_round_trip_across_partitions() {
+    with_deadline(Duration::from_secs(180), async {
+        let broker = Broker::start(BrokerOptions::default());
+        let topic = "orders";
+        broker.cli_ok(
+            &[
+                "topic",
+                "create",
+                topic,
+                "--partitions",
+                &PARTITIONS.to_string(),
+            ],
+            "",
+        );
+
+        // 40 records over 7 keys, produced by the CLI with two headers each.
+        let sent: Vec<(String, String)> = (0..40)
+            .map(|i| (format!("user-{}", i % 7), format!("v{i:03}")))
+            .collect();
+        let input: String = sent.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
+        broker.cli_ok(
+            &[
+                "produce",
+                topic,
+                "--key-separator",
+                ":",
+                "--header",
+                "a=b",
+                "--header",
+                "trace=t-1",
+            ],
+            &input,
+        );
+
+        // Expected placement: the documented partitioner, in send order.
+        let mut expected: BTreeMap<u32, Vec<(String, String)>> = BTreeMap::new();
+        for (k, v) in &sent {
+            expected
+                .entry(partition_for_key(k.as_bytes(), PARTITIONS))
+                .or_default()
+                .push((k.clone(), v.clone()));
+        }
+        assert!(
+            expected.len() > 1,
+            "7 keys should spread over several partitions"
+        );
+
+        // The CLI consumer.
+        let out = broker.cli_ok(
+            &[
+                "consume",
+                topic,
+                "--from-beginning",
+                "--format",
+                "%p %o %k %v %h",
+                "--max-messages",
+                "40",
+                "--timeout-ms",
+                "20000",
+            ],
+            "",
+        );
+        let lines: Vec<Line> = out.lines().map(parse_line).collect();
+        assert_eq!(lines.len(), 40, "consume printed:\n{out}");
+        let mut consumed: BTreeMap<u32, Vec<&Line>> = BTreeMap::new();
+        for l in &lines {
+            assert_eq!(
+                l.partition,
+                partition_for_key(l.key.as_bytes(), PARTITIONS),
+                "key {} landed in the wrong partition",
+                l.key
+            );
+            assert_eq!(l.headers, "a=b,trace=t-1", "headers of {l:?}");
+            consumed.entry(l.partition).or_default().push(l);
+        }
+        for (p, want) in &expected {
+            let mut got = consumed.remove(p).unwrap_or_default();
+            got.sort_by_key(|l| l.offset);
+            let kv: Vec<(String, String)> = got
+                .iter()
+                .map(|l| (l.key.clone(), l.value.clone()))
+                .collect();
+            assert_eq!(&kv, want, "partition {p}: records out of order or missing");
+            for pair in got.windows(2) {
+                assert_eq!(
+                    pair[1].offset,
+                    pair[0].offset + 1,
+                    "offsets dense in partition {p}"
+                );
+            }
+        }
+        assert!(
+            consumed.is_empty(),
+            "records in unexpected partitions: {consumed:?}"
+        );
+
+        // The same data through gRPC: decoded and raw fetches agree, headers intact.
+        let mut c = Clients::connect(broker.grpc_addr()).await;
+        let parts = c.partitions(topic).await;
+        assert_eq!(parts.len(), PARTITIONS as usize);
+        for p in 0..PARTITIONS {
+            let want = expected.get(&p).cloned().unwrap_or_default();
+            let decoded: Vec<OwnedRecord> = c
+                .fetch_decoded(topic, p, 0)
+                .await
+                .iter()
+                .map(OwnedRecord::from)
+                .collect();
+            let raw = c.fetch_raw(topic, p, 0).await;
+            assert_eq!(
+                decoded, raw,
+                "partition {p}: decode=true and raw batches differ"
+            );
+            let kv: Vec<(String, String)> = decoded
+                .iter()
+                .map(|r| {
+                    let key = r
+                        .key
+                        .as_ref()
+                        .map(|k| String::from_utf8_lossy(k).into_owned());
+                    (
+                        key.unwrap_or_default(),
+                        String::from_utf8_lossy(&r.value).into_owned(),
+                    )
+                })
+                .collect();
+            assert_eq!(kv, want, "partition {p} through gRPC");
+            for r in &decoded {
+                assert_eq!(
+                    r.headers,
+                    vec![
+                        ("a".to_string(), Bytes::from_static(b"b")),
+                        ("trace".to_string(), Bytes::from_static(b"t-1"))
+                    ],
+                    "headers of offset {} in partition {p}",
+                    r.offset
+                );
+            }
+            let hwm = parts[p as usize].high_watermark;
+            if let Some(last) = decoded.last() {
+                assert_eq!(
+                    hwm,
+                    last.offset + 1,
+                    "partition {p}: high watermark after the last record"
+                );
+            }
+        }
+
+        // `topic describe --output json` shows the same offsets.
+        let json = broker.cli_ok(&["topic", "describe", topic, "--output", "json"], "");
+        let v: Value = serde_json::from_str(&json)
+            .unwrap_or_else(|e| panic!("describe --output json is not JSON ({e}): {json}"));
+        assert_eq!(v["name"], topic);
+        let jparts = v["partitions"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no partitions: {v}"));
+        assert_eq!(jparts.len(), PARTITIONS as usize);
+        for (i, jp) in jparts.iter().enumerate() {
+            assert_eq!(jp["id"], i as u64, "{jp}");
+            assert_eq!(jp["leader"], 1, "{jp}");
+            assert_eq!(jp["replicas"], serde_json::json!([1]), "{jp}");
+            assert_eq!(jp["isr"], serde_json::json!([1]), "{jp}");
+            assert_eq!(jp["log_start_offset"], parts[i].log_start_offset, "{jp}");
+            assert_eq!(jp["high_watermark"], parts[i].high_watermark, "{jp}");
+        }
+
+        // The broker's own partitioner (no partition in the request) places
+        // keyed records like the client's, and one unkeyed request lands
+        // whole in one partition (sticky).
+        let keyed: Vec<Record> = (0..12)
+            .map(|i| record(Some(&format!("k{i}")), &format!("g{i}"), &[]))
+            .collect();
+        let resp = c.produce_placed(topic, keyed).await;
+        let total: u32 = resp.results.iter().map(|r| r.record_count).sum();
+        assert_eq!(total, 12, "{resp:?}");
+        for p in 0..PARTITIONS {
+            let got: Vec<String> = c
+                .fetch_decoded(topic, p, 0)
+                .await
+                .iter()
+                .filter(|r| r.value.starts_with(b"g"))
+                .map(|r| String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned())
+                .collect();
+            let want: Vec<String> = (0..12)
+                .map(|i| format!("k{i}"))
+                .filter(|k| partition_for_key(k.as_bytes(), PARTITIONS) == p)
+                .collect();
+            assert_eq!(got, want, "broker-side partitioner, partition {p}");
+        }
+        let unkeyed: Vec<Record> = (0..5)
+            .map(|i| record(None, &format!("u{i}"), &[]))
+            .collect();
+        let resp = c.produce_placed(topic, unkeyed).await;
+        assert_eq!(
+            resp.results.len(),
+            1,
+            "unkeyed records of one request go to one partition: {resp:?}"
+        );
+        assert_eq!(resp.results[0].record_count, 5);
+    })
+    .await;
+}
+
+/// Record `i` of the replay partition has timestamp `T0 + i * 1000`.
+const T0: i64 = 1_700_000_000_000; // 2023-11-14T22:13:20Z
+
+async fn list_offset(c: &mut Clients, topic: &str, query: OffsetQuery) -> PartitionOffset {
+    let resp = c
+        .fetch
+        .list_offsets(ListOffsetsRequest {
+            topic: topic.into(),
+            queries: vec![query],
+        })
+        .await
+        .unwrap_or_else(|s| panic!("ListOffsets {query:?}: {s:?}"))
+        .into_inner();
+    assert_eq!(resp.offsets.len(), 1, "{resp:?}");
+    let o = resp.offsets[0].clone();
+    assert!(o.error.is_none(), "ListOffsets {query:?}: {o:?}");
+    assert_eq!(o.partition, query.partition);
+    o
+}
+
+fn spec(partition: u32, spec: OffsetSpec) -> OffsetQuery {
+    OffsetQuery {
+        partition,
+        spec: spec as i32,
+        timestamp_ms: 0,
+    }
+}
+
+fn at_time(partition: u32, timestamp_ms: i64) -> OffsetQuery {
+    OffsetQuery {
+        partition,
+        spec: OffsetSpec::Unspecified as i32,
+        timestamp_ms,
+    }
+}
+
+#[tokio::test]
+async fn replay_from_offset_and_from_timestamp() {
+    with_deadline(Duration::from_secs(180), async {
+        let broker = Broker::start(BrokerOptions::flush("never"));
+        let topic = "replay";
+        let mut c = Clients::connect(broker.grpc_addr()).await;
+        c.create_topic(topic, 2).await;
+
+        // Partition 1: ten records, one request (one batch) each, with
+        // timestamps one second apart.
+        let mut base = None;
+        for i in 0..10i64 {
+            let mut r = record(None, &format!("r{i}"), &[]);
+            r.timestamp_ms = Some(T0 + i * 1000);
+            let off = c.produce_ok(topic, 1, vec![r]).await;
+            let first = *base.get_or_insert(off);
+            assert_eq!(off, first + i as u64, "offsets dense in partition 1");
+        }
+        let b = base.unwrap_or_default();
+        // Partition 0: one batch of five records (for mid-batch fetches).
+        let p0: Vec<Record> = (0..5)
+            .map(|i| record(None, &format!("z{i}"), &[]))
+            .collect();
+        let p0_base = c.produce_ok(topic, 0, p0).await;
+
+        // ListOffsets.
+        assert_eq!(
+            list_offset(&mut c, topic, spec(1, OffsetSpec::Earliest))
+                .await
+                .offset,
+            0
+        );
+        assert_eq!(
+            list_offset(&mut c, topic, spec(1, OffsetSpec::Latest))
+                .await
+                .offset,
+            b + 10
+        );
+        assert_eq!(
+            list_offset(&mut c, topic, spec(0, OffsetSpec::Latest))
+                .await
+                .offset,
+            p0_base + 5
+        );
+        let found = list_offset(&mut c, topic, at_time(1, T0 + 4500)).await;
+        assert_eq!(found.offset, b + 5, "first record at or after T0+4.5s");
+        assert_eq!(found.timestamp_ms, Some(T0 + 5000), "{found:?}");
+        let exact = list_offset(&mut c, topic, at_time(1, T0 + 3000)).await;
+        assert_eq!(exact.offset, b + 3, "a record exactly at the timestamp");
+        assert_eq!(
+            list_offset(&mut c, topic, at_time(1, T0 - 1)).await.offset,
+            b
+        );
+        let after = list_offset(&mut c, topic, at_time(1, T0 + 60_000)).await;
+        assert_eq!(
+            after.offset,
+            b + 10,
+            "a timestamp after every record gives the high watermark"
+        );
+
+        // Mid-batch fetch: the batch comes back whole, decoded records skip
+        // what lies below the requested offset.
+        let decoded = c.fetch_decoded(topic, 0, p0_base + 2).await;
+        let vals: Vec<&[u8]> = decoded.iter().map(|r| r.value.as_ref()).collect();
+        assert_eq!(vals, vec![&b"z2"[..], b"z3", b"z4"]);
+        assert_eq!(decoded[0].offset, p0_base + 2);
+        let raw = c.fetch_raw(topic, 0, p0_base + 2).await;
+        assert_eq!(raw.len(), 3, "{raw:?}");
+
+        // The CLI: --offset, --from-time epoch-ms and RFC 3339.
+        let values = |from: &[&str]| -> Vec<String> {
+            let mut args = vec!["consume", topic, "--partition", "1", "--timeout-ms", "1000"];
+            args.extend_from_slice(from);
+            broker
+                .cli_ok(&args, "")
+                .lines()
+                .map(str::to_string)
+                .collect()
+        };
+        let range = |a: i64| -> Vec<String> { (a..10).map(|i| format!("r{i}")).collect() };
+        let offset3 = (b + 3).to_string();
+        assert_eq!(values(&["--offset", &offset3]), range(3), "--offset");
+        let t5 = (T0 + 5000).to_string();
+        assert_eq!(
+            values(&["--from-time", &t5]),
+            range(5),
+            "--from-time epoch-ms"
+        );
+        assert_eq!(
+            values(&["--from-time", "2023-11-14T22:13:25Z"]),
+            range(5),
+            "--from-time RFC 3339 (UTC)"
+        );
+        assert_eq!(
+            values(&["--from-time", "2023-11-14T23:13:24.500+01:00"]),
+            range(5),
+            "--from-time RFC 3339 with an offset and fraction"
+        );
+        assert_eq!(values(&["--from-beginning"]), range(0), "--from-beginning");
+
+        // %T prints the record timestamps (ms).
+        let out = broker.cli_ok(
+            &[
+                "consume",
+                topic,
+                "--partition",
+                "1",
+                "--from-beginning",
+                "--format",
+                "%o %T %v",
+                "--max-messages",
+                "10",
+            ],
+            "",
+        );
+        let want: Vec<String> = (0..10i64)
+            .map(|i| format!("{} {} r{i}", b + i as u64, T0 + i * 1000))
+            .collect();
+        assert_eq!(out.lines().collect::<Vec<_>>(), want);
+    })
+    .await;
+}
