@@ -1,0 +1,317 @@
+//! Assembling and running a node: recovery, the tonic server, the metrics
+//! endpoint, the maintenance ticker and graceful shutdown.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::gauge::Gauge;
+use runnel_proto::v1::admin_service_server::AdminServiceServer;
+use runnel_proto::v1::fetch_service_server::FetchServiceServer;
+use runnel_proto::v1::produce_service_server::ProduceServiceServer;
+use runnel_storage::FlushPolicy;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic_health::ServingStatus;
+
+use crate::config::BrokerConfig;
+use crate::error::{BrokerError, Result};
+use crate::metrics::{Metrics, serve_metrics};
+use crate::registry::TopicRegistry;
+use crate::service::admin::AdminSvc;
+use crate::service::fetch::FetchSvc;
+use crate::service::produce::ProduceSvc;
+use crate::service::{NodeContext, ShutdownSignal, now_ms};
+
+/// HTTP/2 initial stream and connection windows (measured: see the issue).
+pub const WINDOW_BYTES: u32 = 16 << 20;
+/// HTTP/2 max frame size.
+pub const MAX_FRAME_BYTES: u32 = 1 << 20;
+/// Largest gRPC message decoded or encoded: a request may carry a 64 MiB
+/// batch per partition, a fetch response one 64 MiB batch past its budget.
+pub const MAX_MESSAGE_BYTES: usize = 160 << 20;
+
+/// Serves a node on `listener` (and `GET /metrics` on `metrics`, if given)
+/// until `shutdown` resolves, then shuts down gracefully and returns.
+///
+/// Recovers every partition before serving. Bind port 0 to let the OS
+/// choose (tests do). Same as [`Broker::open`] then [`Broker::serve`].
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    config: BrokerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    Broker::open(config)
+        .await?
+        .serve(listener, metrics, shutdown)
+        .await
+}
+
+/// A node whose data directory is open and every partition recovered,
+/// ready to serve.
+pub struct Broker {
+    config: BrokerConfig,
+    metrics: Arc<Metrics>,
+    topics: Arc<TopicRegistry>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// Opens the data directory (refusing one that belongs to another node
+    /// id), resolves interrupted creates and deletes, and recovers every
+    /// partition. Must run inside a tokio runtime.
+    pub async fn open(config: BrokerConfig) -> Result<Broker> {
+        config.validate()?;
+        let metrics = Arc::new(Metrics::new());
+        let topics = Arc::new(TopicRegistry::open(&config, metrics.clone()).await?);
+        Ok(Broker {
+            config,
+            metrics,
+            topics,
+        })
+    }
+
+    /// Number of topics recovered.
+    pub fn topic_count(&self) -> usize {
+        self.topics.list().len()
+    }
+
+    /// Serves until `shutdown` resolves; then stops accepting, lets
+    /// in-flight requests finish, ends long polls and streams, and flushes
+    /// and closes every log.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        metrics_listener: Option<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<()> {
+        let Broker {
+            config,
+            metrics,
+            topics,
+        } = self;
+        let (stop_tx, stop) = ShutdownSignal::new();
+        let ctx = Arc::new(NodeContext {
+            topics: topics.clone(),
+            metrics: metrics.clone(),
+            shutdown: stop.clone(),
+        });
+
+        let ticker = tokio::spawn(run_ticker(topics.clone(), config.clone(), stop.clone()));
+        let metrics_server = metrics_listener.map(|l| {
+            let stop = stop.clone();
+            tokio::spawn(serve_metrics(
+                l,
+                metrics.clone(),
+                topics.clone(),
+                async move { stop.wait().await },
+            ))
+        });
+
+        let (health, health_svc) = tonic_health::server::health_reporter();
+        health.set_serving::<AdminServiceServer<AdminSvc>>().await;
+        health
+            .set_serving::<ProduceServiceServer<ProduceSvc>>()
+            .await;
+        health.set_serving::<FetchServiceServer<FetchSvc>>().await;
+        health.set_service_status("", ServingStatus::Serving).await;
+
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(runnel_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_err =
+            |e: tonic_reflection::server::Error| BrokerError::Internal(format!("reflection: {e}"));
+        let reflection_v1 = reflection().build_v1().map_err(reflection_err)?;
+        let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_err)?;
+
+        let admin = AdminServiceServer::new(AdminSvc(ctx.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let produce = ProduceServiceServer::new(ProduceSvc(ctx.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let fetch = FetchServiceServer::new(FetchSvc(ctx.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+
+        let gauge = metrics.connections.clone();
+        let incoming = TcpListenerStream::new(listener).map(move |conn| {
+            conn.map(|io| {
+                if let Err(e) = io.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+                CountedConn::new(io, gauge.clone())
+            })
+        });
+
+        let health_on_stop = health.clone();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            health_on_stop
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            let _ = stop_tx.send(true);
+        };
+        let served = Server::builder()
+            .initial_stream_window_size(WINDOW_BYTES)
+            .initial_connection_window_size(WINDOW_BYTES)
+            .max_frame_size(MAX_FRAME_BYTES)
+            .tcp_nodelay(true)
+            .add_service(health_svc)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(admin)
+            .add_service(produce)
+            .add_service(fetch)
+            .serve_with_incoming_shutdown(incoming, signal)
+            .await;
+        // Whatever ended the server, stop everything else: the shutdown
+        // sender lived in the signal future; if the server failed before
+        // shutdown, that future is dropped and the receivers see the
+        // channel closed, which `ShutdownSignal::wait` treats as shutdown.
+        drop(ctx);
+        if let Err(e) = &served {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+        if let Err(e) = ticker.await {
+            tracing::error!(error = %e, "maintenance ticker failed");
+        }
+        let closed = topics.close_all().await;
+        if let Some(server) = metrics_server {
+            match server.await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "metrics endpoint failed"),
+                Err(e) => tracing::warn!(error = %e, "metrics endpoint task failed"),
+                Ok(Ok(())) => {}
+            }
+        }
+        served?;
+        closed?;
+        tracing::info!("all partitions flushed and closed");
+        Ok(())
+    }
+}
+
+/// Runs interval flushes and retention on the blocking pool.
+async fn run_ticker(topics: Arc<TopicRegistry>, config: BrokerConfig, stop: ShutdownSignal) {
+    let period = match config.flush {
+        FlushPolicy::IntervalMs(ms) => config.tick_interval.min(Duration::from_millis(ms.max(1))),
+        _ => config.retention_interval,
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let start = Instant::now();
+    let mut last_retention = Instant::now();
+    let interval_flush = matches!(config.flush, FlushPolicy::IntervalMs(_));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.wait() => return,
+        }
+        let retention = last_retention.elapsed() >= config.retention_interval;
+        if !retention && !interval_flush {
+            continue;
+        }
+        if retention {
+            last_retention = Instant::now();
+        }
+        let list = topics.list();
+        let mono = i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX);
+        let wall = now_ms();
+        let work = tokio::task::spawn_blocking(move || {
+            for topic in list {
+                for (id, replica) in topic.partitions.iter().enumerate() {
+                    if let Err(e) = replica.maintain(mono, wall, retention) {
+                        tracing::warn!(topic = %topic.name, partition = id, error = %e, "partition maintenance failed");
+                    }
+                }
+            }
+        });
+        if let Err(e) = work.await {
+            tracing::error!(error = %e, "maintenance task panicked");
+        }
+    }
+}
+
+/// An accepted connection, counted in `runnel_active_connections` while open.
+struct CountedConn {
+    io: TcpStream,
+    gauge: Gauge,
+}
+
+impl CountedConn {
+    fn new(io: TcpStream, gauge: Gauge) -> Self {
+        gauge.inc();
+        CountedConn { io, gauge }
+    }
+}
+
+impl Drop for CountedConn {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+impl Connected for CountedConn {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl AsyncRead for CountedConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CountedConn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
