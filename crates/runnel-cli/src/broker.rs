@@ -1,12 +1,417 @@
-//! `runnel broker` (placeholder until its implementation lands).
+//! `runnel broker`: runs a node.
+//!
+//! Settings come from flags, then `RUNNEL_*` environment variables, then a
+//! TOML file (`--config`), then defaults, in that order of precedence; they
+//! are resolved into a [`BrokerSettings`] before anything starts.
 
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::{Context, bail};
+use clap::ValueEnum;
+use runnel_broker::{Broker, BrokerConfig, FlushPolicy};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+
+const ABOUT: &str = "\
+Run a broker node.
+
+With no flags, starts a durable single node: data in ./data, gRPC on
+127.0.0.1:9740, Prometheus metrics on http://127.0.0.1:9741/metrics, every
+produce acknowledged only once on disk (--flush always). When it is ready
+(listening, every partition recovered) it prints one line to stdout:
+
+  runnel broker <id> listening on <addr> (gRPC), metrics on http://<addr>/metrics, data in <dir>
+
+Logs go to stderr (filter with RUST_LOG, e.g. RUST_LOG=runnel_broker=debug).
+SIGTERM or SIGINT shuts down gracefully: in-flight requests finish, every
+log is flushed and closed, exit status 0.
+
+Each setting is taken from its flag, else its RUNNEL_* environment variable,
+else the --config TOML file (same names in snake_case: id, listen,
+advertise, data_dir, flush, metrics_listen, log_format), else its default.";
+
+const EXAMPLES: &str = "\
+Examples:
+  # a durable node with the defaults
+  runnel broker
+
+  # fastest: acknowledge once in the page cache, fsync only when segments roll
+  runnel broker --flush never --data-dir /var/lib/runnel
+
+  # any free ports (the ready line shows which), no metrics
+  runnel broker --listen 127.0.0.1:0 --metrics-listen off
+
+  # reachable from other hosts
+  runnel broker --listen 0.0.0.0:9740 --advertise broker1.example.com:9740
+
+  # from a file; flags and RUNNEL_* variables still win
+  runnel broker --config /etc/runnel/broker.toml
+
+A config file:
+  id = 1
+  listen = \"0.0.0.0:9740\"
+  advertise = \"broker1.example.com:9740\"
+  data_dir = \"/var/lib/runnel\"
+  flush = \"always\"          # or \"never\", or a number of milliseconds: 100
+  metrics_listen = \"0.0.0.0:9741\"   # or \"off\"
+  log_format = \"json\"";
+
+/// Default `--listen`.
+const DEFAULT_LISTEN: &str = "127.0.0.1:9740";
+/// Default `--metrics-listen`.
+const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9741";
+/// Default `--data-dir`.
+const DEFAULT_DATA_DIR: &str = "./data";
+
+/// How logs are written to stderr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// Arguments of `runnel broker`.
-#[derive(Debug, clap::Args)]
-pub(crate) struct BrokerArgs {}
+#[derive(Debug, Default, clap::Args)]
+#[command(long_about = ABOUT, after_help = EXAMPLES)]
+pub(crate) struct BrokerArgs {
+    /// Node id, at least 1 [default: 1]. The data directory remembers it.
+    #[arg(long, value_name = "N", env = "RUNNEL_ID")]
+    id: Option<u32>,
+
+    /// Address for gRPC clients [default: 127.0.0.1:9740]; port 0 picks a free one.
+    #[arg(long, value_name = "HOST:PORT", env = "RUNNEL_LISTEN")]
+    listen: Option<String>,
+
+    /// Address clients are told to use [default: the address actually bound].
+    #[arg(long, value_name = "HOST:PORT", env = "RUNNEL_ADVERTISE")]
+    advertise: Option<String>,
+
+    /// Directory for the node's data [default: ./data].
+    #[arg(long, value_name = "DIR", env = "RUNNEL_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// When appends reach the disk: always (acknowledge after fsync), never
+    /// (page cache), or every <ms> milliseconds [default: always].
+    #[arg(long, value_name = "always|never|MS", env = "RUNNEL_FLUSH", value_parser = parse_flush)]
+    flush: Option<FlushPolicy>,
+
+    /// Address of the Prometheus endpoint (GET /metrics), or "off" [default: 127.0.0.1:9741].
+    #[arg(long, value_name = "HOST:PORT|off", env = "RUNNEL_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
+
+    /// TOML file with any of the settings above (snake_case names).
+    #[arg(long, value_name = "FILE", env = "RUNNEL_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// Log format on stderr [default: text].
+    #[arg(long, value_enum, value_name = "FORMAT", env = "RUNNEL_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+}
+
+fn parse_flush(s: &str) -> Result<FlushPolicy, String> {
+    s.parse()
+}
+
+/// `flush` in the TOML file: a word or a number of milliseconds.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+enum FileFlush {
+    Ms(u64),
+    Word(String),
+}
+
+/// The `--config` file. Unknown keys are an error.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    id: Option<u32>,
+    listen: Option<String>,
+    advertise: Option<String>,
+    data_dir: Option<PathBuf>,
+    flush: Option<FileFlush>,
+    metrics_listen: Option<String>,
+    log_format: Option<LogFormat>,
+}
+
+impl FileConfig {
+    fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!("cannot read the config file {} (--config)", path.display())
+        })?;
+        Self::parse(&text)
+            .with_context(|| format!("invalid config file {} (--config)", path.display()))
+    }
+
+    fn parse(text: &str) -> anyhow::Result<Self> {
+        // toml's message names the key and line, including unknown keys.
+        Ok(toml::from_str(text)?)
+    }
+}
+
+/// Every setting of the node, resolved and checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct BrokerSettings {
+    id: u32,
+    listen: String,
+    advertise: Option<String>,
+    data_dir: PathBuf,
+    flush: FlushPolicy,
+    /// `None`: metrics off.
+    metrics_listen: Option<String>,
+    log_format: LogFormat,
+}
+
+impl BrokerSettings {
+    /// Flags and environment (already merged by clap) over the file over defaults.
+    fn resolve(args: BrokerArgs, file: FileConfig) -> anyhow::Result<Self> {
+        let flush = match (args.flush, file.flush) {
+            (Some(f), _) => f,
+            (None, Some(FileFlush::Ms(ms))) => ms
+                .to_string()
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("flush in the config file: {e}"))?,
+            (None, Some(FileFlush::Word(w))) => w
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("flush in the config file: {e}"))?,
+            (None, None) => FlushPolicy::Always,
+        };
+        let metrics_listen = args
+            .metrics_listen
+            .or(file.metrics_listen)
+            .unwrap_or_else(|| DEFAULT_METRICS_LISTEN.to_string());
+        let id = args.id.or(file.id).unwrap_or(1);
+        if id == 0 {
+            bail!("--id must be at least 1");
+        }
+        Ok(BrokerSettings {
+            id,
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.to_string()),
+            advertise: args.advertise.or(file.advertise),
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            flush,
+            metrics_listen: (!metrics_listen.eq_ignore_ascii_case("off")).then_some(metrics_listen),
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+        })
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second init (tests) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+async fn bind(addr: &str, flag: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr}: choose another address with {flag} HOST:PORT (port 0 picks a free one)")
+    })?;
+    let local = listener
+        .local_addr()
+        .with_context(|| format!("cannot read the address bound for {flag}"))?;
+    Ok((listener, local))
+}
+
+/// Creates the data directory and checks that it is writable, naming the
+/// flag in the error.
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    let hint = "choose another directory with --data-dir DIR";
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the data directory {}: {hint}", dir.display()))?;
+    let probe = dir.join(".write-test~");
+    std::fs::write(&probe, b"").with_context(|| {
+        format!(
+            "the data directory {} is not writable: {hint}",
+            dir.display()
+        )
+    })?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()))
+}
+
+/// Resolves SIGTERM or SIGINT.
+async fn termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the broker");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The line printed on stdout once the node is ready.
+fn ready_line(id: u32, grpc: SocketAddr, metrics: Option<SocketAddr>, data_dir: &Path) -> String {
+    let metrics = match metrics {
+        Some(addr) => format!("metrics on http://{addr}/metrics"),
+        None => "metrics off".to_string(),
+    };
+    format!(
+        "runnel broker {id} listening on {grpc} (gRPC), {metrics}, data in {}",
+        data_dir.display()
+    )
+}
 
 /// Runs `runnel broker`.
-pub(crate) async fn run(_args: BrokerArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`runnel broker` is not built yet")
+pub(crate) async fn run(args: BrokerArgs) -> anyhow::Result<ExitCode> {
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let settings = BrokerSettings::resolve(args, file)?;
+    init_logging(settings.log_format);
+
+    let data_dir = prepare_data_dir(&settings.data_dir)?;
+    let (listener, grpc_addr) = bind(&settings.listen, "--listen").await?;
+    let metrics = match &settings.metrics_listen {
+        Some(addr) => Some(bind(addr, "--metrics-listen").await?),
+        None => None,
+    };
+    let mut config = BrokerConfig::new(
+        &data_dir,
+        settings
+            .advertise
+            .clone()
+            .unwrap_or_else(|| grpc_addr.to_string()),
+    );
+    config.node_id = settings.id;
+    config.flush = settings.flush;
+    tracing::info!(id = settings.id, flush = ?settings.flush, data_dir = %data_dir.display(), "opening the data directory");
+    let broker = Broker::open(config).await.with_context(|| {
+        format!(
+            "cannot open the data directory {} (--data-dir)",
+            data_dir.display()
+        )
+    })?;
+    tracing::info!(topics = broker.topic_count(), "every partition recovered");
+
+    let line = ready_line(
+        settings.id,
+        grpc_addr,
+        metrics.as_ref().map(|m| m.1),
+        &data_dir,
+    );
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}").context("cannot write to stdout")?;
+        out.flush().context("cannot write to stdout")?;
+    }
+    broker
+        .serve(listener, metrics.map(|m| m.0), termination())
+        .await
+        .context("the broker failed")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let s = BrokerSettings::resolve(BrokerArgs::default(), FileConfig::default()).unwrap();
+        assert_eq!(
+            s,
+            BrokerSettings {
+                id: 1,
+                listen: "127.0.0.1:9740".into(),
+                advertise: None,
+                data_dir: PathBuf::from("./data"),
+                flush: FlushPolicy::Always,
+                metrics_listen: Some("127.0.0.1:9741".into()),
+                log_format: LogFormat::Text,
+            }
+        );
+    }
+
+    #[test]
+    fn flags_win_over_the_file_which_wins_over_defaults() {
+        let file = FileConfig::parse(
+            "id = 3\nlisten = \"0.0.0.0:1\"\ndata_dir = \"/d\"\nflush = 250\nmetrics_listen = \"off\"\nlog_format = \"json\"\n",
+        )
+        .unwrap();
+        let args = BrokerArgs {
+            id: Some(7),
+            flush: Some(FlushPolicy::Never),
+            ..Default::default()
+        };
+        let s = BrokerSettings::resolve(args, file).unwrap();
+        assert_eq!(s.id, 7);
+        assert_eq!(s.flush, FlushPolicy::Never);
+        assert_eq!(s.listen, "0.0.0.0:1");
+        assert_eq!(s.data_dir, PathBuf::from("/d"));
+        assert_eq!(s.metrics_listen, None);
+        assert_eq!(s.log_format, LogFormat::Json);
+
+        let file = FileConfig::parse("flush = \"always\"").unwrap();
+        let s = BrokerSettings::resolve(BrokerArgs::default(), file).unwrap();
+        assert_eq!(s.flush, FlushPolicy::Always);
+        let file = FileConfig::parse("flush = 100").unwrap();
+        let s = BrokerSettings::resolve(BrokerArgs::default(), file).unwrap();
+        assert_eq!(s.flush, FlushPolicy::IntervalMs(100));
+    }
+
+    #[test]
+    fn bad_files_are_refused() {
+        let cases = [
+            "colour = 1",
+            "id = \"one\"",
+            "flush = \"sometimes\"",
+            "flush = 0",
+            "id = 0",
+        ];
+        for (i, text) in cases.iter().enumerate() {
+            let res = FileConfig::parse(text)
+                .and_then(|f| BrokerSettings::resolve(BrokerArgs::default(), f));
+            assert!(res.is_err(), "case {i}: {text}");
+        }
+        let e = FileConfig::parse("colour = 1").unwrap_err();
+        assert!(format!("{e:#}").contains("colour"), "{e:#}");
+    }
+
+    #[test]
+    fn ready_line_is_exact() {
+        let grpc: SocketAddr = "127.0.0.1:9740".parse().unwrap();
+        let metrics: SocketAddr = "127.0.0.1:9741".parse().unwrap();
+        assert_eq!(
+            ready_line(1, grpc, Some(metrics), Path::new("/d")),
+            "runnel broker 1 listening on 127.0.0.1:9740 (gRPC), metrics on http://127.0.0.1:9741/metrics, data in /d"
+        );
+        assert_eq!(
+            ready_line(2, grpc, None, Path::new("/d")),
+            "runnel broker 2 listening on 127.0.0.1:9740 (gRPC), metrics off, data in /d"
+        );
+    }
 }
