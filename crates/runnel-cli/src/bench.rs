@@ -1,12 +1,687 @@
-//! `runnel bench` (placeholder until its implementation lands).
+//! `runnel bench`: throughput and latency of a running cluster, measured
+//! through runnel-client exactly as an application would use it.
+//!
+//! - `produce`: producers send records as fast as the window allows (or at
+//!   `--rate`); latency is `send()` to acknowledgement, per record.
+//! - `consume`: a consumer reads what the topic holds from the earliest
+//!   offset; latency is per fetch call.
+//! - `e2e`: a consumer follows the topic's end while producers send;
+//!   latency is from the producer's `send()` to the consumer's receipt, per
+//!   record (the send time travels in the first 8 bytes of each value).
+//!
+//! Figures: msgs/s and MB/s (10^6 bytes of record values per second), and
+//! latency percentiles from an HDR histogram (microsecond resolution).
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::{BufMut, Bytes, BytesMut};
+use clap::ValueEnum;
+use hdrhistogram::Histogram;
+use runnel_client::{
+    Acks, Client, Compression, Consumer, ConsumerConfig, DeliveryFuture, ErrorReason, Producer,
+    ProducerConfig, ProducerRecord, StartPosition, TopicConfig,
+};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::output::OutputFormat;
+
+const ABOUT: &str = "\
+Measure throughput and latency of a running cluster.
+
+The benchmark uses runnel-client exactly as an application would: producers
+batch records (--batch-bytes, --linger-ms) and keep --max-in-flight requests
+on the wire; consumers fetch with long polls. It creates the topic when it
+does not exist (with --partitions).
+
+Modes:
+  produce  send --messages records (or for --duration) as fast as acks
+           allow, or at --rate; latency = send() to acknowledgement
+  consume  read the topic from its earliest offset (what a previous
+           `bench produce` stored); latency = one fetch call
+  e2e      a consumer follows the topic's end while producers send;
+           latency = producer send() to consumer receipt (use --rate to
+           measure latency below saturation)
+
+While it runs, progress goes to stderr. At the end it prints msgs/s, MB/s
+(10^6 bytes of record values per second) and latency p50/p99/p99.9/max.";
+
+const EXAMPLES: &str = "\
+Examples:
+  # 1 KiB records, leader acks, 8 partitions
+  runnel bench produce --topic bench --partitions 8 --messages 2000000 --acks 1
+
+  # read them back
+  runnel bench consume --topic bench
+
+  # 100-byte records over 10,000 keys (smaller batches per partition)
+  runnel bench produce --topic keyed --partitions 8 --record-size 100 --keys 10000
+
+  # produce-to-consume latency at 200,000 records/s for 20 s, as JSON
+  runnel bench e2e --topic lat --rate 200000 --duration 20 --output json
+
+JSON output (--output json), one object:
+  {\"mode\":..,\"topic\":..,\"partitions\":N,\"record_size\":B,\"batch_bytes\":B,
+   \"acks\":\"0|1|all\",\"producers\":N,\"keys\":N|null,\"messages\":N,\"bytes\":N,
+   \"elapsed_s\":F,\"msgs_per_sec\":F,\"mb_per_sec\":F,
+   \"latency_us\":{\"p50\":N,\"p99\":N,\"p999\":N,\"max\":N}}";
+
+/// What `runnel bench` measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Mode {
+    /// Producer throughput and send-to-ack latency.
+    Produce,
+    /// Consumer throughput over stored data.
+    Consume,
+    /// Produce-to-consume latency (and throughput) with both running.
+    E2e,
+}
 
 /// Arguments of `runnel bench`.
 #[derive(Debug, clap::Args)]
-pub(crate) struct BenchArgs {}
+#[command(long_about = ABOUT, after_help = EXAMPLES)]
+pub(crate) struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum)]
+    mode: Mode,
+    /// Brokers to connect to, HOST:PORT[,HOST:PORT...].
+    #[arg(long, env = "RUNNEL_BOOTSTRAP", default_value = "127.0.0.1:9740")]
+    bootstrap: String,
+    /// Output format of the final figures.
+    #[arg(long, value_enum, env = "RUNNEL_OUTPUT", default_value = "text")]
+    output: OutputFormat,
+    /// Topic to use (created with --partitions when missing).
+    #[arg(long)]
+    topic: String,
+    /// Partitions of the topic when the bench creates it.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    partitions: u32,
+    /// Records to send (produce, e2e) or to read (consume; default: all
+    /// stored when it starts).
+    #[arg(long, conflicts_with = "duration")]
+    messages: Option<u64>,
+    /// Run for this many seconds instead of a record count.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Bytes of each record's value.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(8..=64 << 20))]
+    record_size: u32,
+    /// Producer batch size in bytes (records per request per partition).
+    #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(1024..=64 << 20))]
+    batch_bytes: u32,
+    /// How long a producer batch waits for more records, in ms.
+    #[arg(long, default_value_t = 5)]
+    linger_ms: u64,
+    /// Concurrent producers, each with its own connection.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    producers: u32,
+    /// Acknowledgement level: 0, 1 or all.
+    #[arg(long, default_value = "all", value_parser = parse_acks)]
+    acks: Acks,
+    /// Keyed records over this many distinct keys (default: no keys; the
+    /// sticky partitioner then fills one partition's batch at a time).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    keys: Option<u64>,
+    /// Batch compression: none, lz4 or zstd.
+    #[arg(long, default_value = "none", value_parser = parse_compression)]
+    compression: Compression,
+    /// Produce requests in flight per producer.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    max_in_flight: u32,
+    /// Target total send rate in records/s (default: as fast as possible).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    rate: Option<u64>,
+}
+
+fn parse_acks(s: &str) -> Result<Acks, String> {
+    s.parse()
+}
+
+fn parse_compression(s: &str) -> Result<Compression, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "none" => Ok(Compression::None),
+        "lz4" => Ok(Compression::Lz4),
+        "zstd" => Ok(Compression::Zstd),
+        other => Err(format!(
+            "compression must be none, lz4 or zstd, not {other:?}"
+        )),
+    }
+}
+
+/// The figures of one run (`--output json` prints exactly this).
+#[derive(Debug, Serialize)]
+struct Report {
+    mode: Mode,
+    topic: String,
+    partitions: u32,
+    record_size: u32,
+    batch_bytes: u32,
+    acks: String,
+    producers: u32,
+    keys: Option<u64>,
+    messages: u64,
+    bytes: u64,
+    elapsed_s: f64,
+    msgs_per_sec: f64,
+    mb_per_sec: f64,
+    latency_us: Latency,
+}
+
+#[derive(Debug, Serialize)]
+struct Latency {
+    p50: u64,
+    p99: u64,
+    p999: u64,
+    max: u64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Latency {
+        Latency {
+            p50: h.value_at_quantile(0.50),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
+}
+
+/// Latencies in µs, 1 µs to 10 min, 3 significant digits.
+fn histogram() -> Histogram<u64> {
+    // The bounds are constants that hdrhistogram accepts.
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("constant histogram bounds are valid")
+}
+
+/// How much to do: a count, or a deadline.
+#[derive(Clone, Copy, Debug)]
+enum Amount {
+    Messages(u64),
+    Duration(Duration),
+}
 
 /// Runs `runnel bench`.
-pub(crate) async fn run(_args: BenchArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`runnel bench` is not built yet")
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::connect(&args.bootstrap)
+        .await
+        .with_context(|| format!("cannot reach a broker at {}", args.bootstrap))?;
+    let amount = match (args.messages, args.duration) {
+        (_, Some(s)) if !(s > 0.0 && s.is_finite()) => {
+            bail!("--duration must be a positive number of seconds")
+        }
+        (_, Some(s)) => Amount::Duration(Duration::from_secs_f64(s)),
+        (Some(0), None) => bail!("--messages must be at least 1"),
+        (Some(n), None) => Amount::Messages(n),
+        (None, None) if args.mode == Mode::Consume => Amount::Messages(u64::MAX),
+        (None, None) => Amount::Messages(1_000_000),
+    };
+    let partitions = match args.mode {
+        Mode::Consume => existing_partitions(&client, &args.topic).await?,
+        Mode::Produce | Mode::E2e => ensure_topic(&client, &args).await?,
+    };
+    let progress = Progress::start(args.mode, args.output == OutputFormat::Text);
+    let outcome = match args.mode {
+        Mode::Produce => produce(&args, amount, Instant::now(), &progress, None).await,
+        Mode::Consume => consume(&client, &args, amount, &progress).await,
+        Mode::E2e => e2e(&client, &args, amount, &progress).await,
+    };
+    progress.finish();
+    let (messages, elapsed, latency) = outcome?;
+    let bytes = messages * u64::from(args.record_size);
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    let report = Report {
+        mode: args.mode,
+        topic: args.topic.clone(),
+        partitions,
+        record_size: args.record_size,
+        batch_bytes: args.batch_bytes,
+        acks: args.acks.to_string(),
+        producers: args.producers,
+        keys: args.keys,
+        messages,
+        bytes,
+        elapsed_s: secs,
+        msgs_per_sec: messages as f64 / secs,
+        mb_per_sec: bytes as f64 / secs / 1e6,
+        latency_us: Latency::of(&latency),
+    };
+    match args.output {
+        OutputFormat::Json => println!("{}", serde_json::to_string(&report)?),
+        OutputFormat::Text => print_text(&report),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_text(r: &Report) {
+    let keys = r
+        .keys
+        .map_or_else(|| "no keys".to_owned(), |k| format!("{k} keys"));
+    println!(
+        "{:?} {} records x {} B, topic {} ({} partitions), acks={}, batch {} B, {} producer(s), {}",
+        r.mode,
+        r.messages,
+        r.record_size,
+        r.topic,
+        r.partitions,
+        r.acks,
+        r.batch_bytes,
+        r.producers,
+        keys
+    );
+    println!(
+        "  {:.0} msgs/s  {:.1} MB/s  in {:.2} s",
+        r.msgs_per_sec, r.mb_per_sec, r.elapsed_s
+    );
+    let ms = |us: u64| us as f64 / 1000.0;
+    println!(
+        "  latency ms: p50 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+        ms(r.latency_us.p50),
+        ms(r.latency_us.p99),
+        ms(r.latency_us.p999),
+        ms(r.latency_us.max)
+    );
+}
+
+async fn existing_partitions(client: &Client, topic: &str) -> anyhow::Result<u32> {
+    let description = client.describe_topic(topic).await.with_context(|| {
+        format!(
+            "cannot describe topic {topic:?} (run `runnel bench produce --topic {topic}` first)"
+        )
+    })?;
+    Ok(description.partitions.len() as u32)
+}
+
+/// Creates the topic when missing; returns its partition count.
+async fn ensure_topic(client: &Client, args: &BenchArgs) -> anyhow::Result<u32> {
+    match client.describe_topic(&args.topic).await {
+        Ok(description) => {
+            let n = description.partitions.len() as u32;
+            if n != args.partitions {
+                eprintln!(
+                    "note: topic {:?} exists with {n} partitions; using them (--partitions {} ignored)",
+                    args.topic, args.partitions
+                );
+            }
+            Ok(n)
+        }
+        Err(e) if e.reason() == Some(ErrorReason::UnknownTopic) => {
+            let config = TopicConfig {
+                partitions: Some(args.partitions),
+                max_record_bytes: Some(
+                    args.batch_bytes
+                        .max(8 << 20)
+                        .saturating_add(1 << 20)
+                        .min(64 << 20),
+                ),
+                ..TopicConfig::default()
+            };
+            client
+                .create_topic(&args.topic, config)
+                .await
+                .with_context(|| format!("cannot create topic {:?}", args.topic))?;
+            Ok(args.partitions)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot describe topic {:?}", args.topic)),
+    }
+}
+
+/// Values for records: slices of one buffer of noise, so a record costs no
+/// allocation (incompressible, like real payloads after compression).
+struct Payloads {
+    pool: Bytes,
+    size: usize,
+}
+
+impl Payloads {
+    fn new(size: usize) -> Payloads {
+        let len = (16 << 20).max(size * 2);
+        let mut pool = BytesMut::with_capacity(len);
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        while pool.len() + 8 <= len {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            pool.put_u64_le(x);
+        }
+        pool.resize(len, 0);
+        Payloads {
+            pool: pool.freeze(),
+            size,
+        }
+    }
+
+    fn value(&self, i: u64) -> Bytes {
+        let slots = (self.pool.len() - self.size) as u64;
+        let start = ((i.wrapping_mul(4099)) % slots) as usize;
+        self.pool.slice(start..start + self.size)
+    }
+
+    /// A value whose first 8 bytes are `stamp` (ns since the bench began).
+    fn stamped(&self, i: u64, stamp: u64) -> Bytes {
+        let mut v = BytesMut::from(&self.value(i)[..]);
+        v[..8].copy_from_slice(&stamp.to_le_bytes());
+        v.freeze()
+    }
+}
+
+/// Sent, acknowledged and received counts for the progress line.
+struct Progress {
+    done: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Progress {
+    fn start(mode: Mode, show: bool) -> Progress {
+        let done = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = show.then(|| {
+            let done = done.clone();
+            let stop = stop.clone();
+            let tty = std::io::stderr().is_terminal();
+            tokio::spawn(async move {
+                let start = Instant::now();
+                let every = if tty {
+                    Duration::from_millis(250)
+                } else {
+                    Duration::from_secs(5)
+                };
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                let mut last = (0u64, start);
+                while !stop.load(Ordering::Relaxed) {
+                    tick.tick().await;
+                    let n = done.load(Ordering::Relaxed);
+                    let now = Instant::now();
+                    let rate =
+                        (n - last.0) as f64 / now.duration_since(last.1).as_secs_f64().max(1e-9);
+                    last = (n, now);
+                    let verb = match mode {
+                        Mode::Produce => "acknowledged",
+                        Mode::Consume | Mode::E2e => "received",
+                    };
+                    let line = format!(
+                        "{:6.1} s  {n} records {verb}  ({rate:.0} records/s)",
+                        start.elapsed().as_secs_f64()
+                    );
+                    if tty {
+                        eprint!("\r\x1b[2K{line}");
+                    } else {
+                        eprintln!("{line}");
+                    }
+                }
+                if tty {
+                    eprintln!();
+                }
+            })
+        });
+        Progress { done, stop, task }
+    }
+
+    fn add(&self, n: u64) {
+        self.done.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn finish(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(task) = self.task {
+            task.abort();
+            if std::io::stderr().is_terminal() {
+                eprintln!();
+            }
+        }
+    }
+}
+
+/// Records a producer has in flight: (delivery, send time), in chunks.
+type Pending = Vec<(DeliveryFuture, Instant)>;
+
+/// Runs the producers; returns (records acknowledged, elapsed, latency).
+/// With `stamp_base`, each value carries its send time (for e2e).
+async fn produce(
+    args: &BenchArgs,
+    amount: Amount,
+    start: Instant,
+    progress: &Progress,
+    stamp_base: Option<Instant>,
+) -> anyhow::Result<(u64, Duration, Histogram<u64>)> {
+    let payloads = Arc::new(Payloads::new(args.record_size as usize));
+    let keys: Arc<Vec<Bytes>> = Arc::new(
+        (0..args.keys.unwrap_or(0).min(10_000_000))
+            .map(|k| Bytes::from(format!("key-{k}")))
+            .collect(),
+    );
+    let config = ProducerConfig {
+        acks: args.acks,
+        linger: Duration::from_millis(args.linger_ms),
+        batch_bytes: args.batch_bytes as usize,
+        compression: args.compression,
+        max_in_flight: args.max_in_flight as usize,
+        ..ProducerConfig::default()
+    };
+    let producers = u64::from(args.producers);
+    let mut tasks = JoinSet::new();
+    for p in 0..producers {
+        let share = match amount {
+            Amount::Messages(n) => Amount::Messages(n / producers + u64::from(p < n % producers)),
+            other => other,
+        };
+        let client = Client::connect(&args.bootstrap)
+            .await
+            .with_context(|| format!("cannot reach a broker at {}", args.bootstrap))?;
+        let producer = Producer::new(&client, config.clone()).await?;
+        let topic = args.topic.clone();
+        let payloads = payloads.clone();
+        let keys = keys.clone();
+        let rate = args.rate.map(|r| (r as f64 / producers as f64).max(1e-3));
+        let done = progress.done.clone();
+        tasks.spawn(async move {
+            // Latency is taken by a collector that awaits deliveries in send
+            // order, so each is measured when its batch is acknowledged.
+            let (tx, mut rx) = mpsc::channel::<Pending>(1024);
+            let collector = tokio::spawn(async move {
+                let mut latency = histogram();
+                let mut acked = 0u64;
+                let mut last_ack = Instant::now();
+                while let Some(chunk) = rx.recv().await {
+                    let n = chunk.len() as u64;
+                    for (delivery, sent) in chunk {
+                        delivery.await?;
+                        last_ack = Instant::now();
+                        latency.saturating_record(sent.elapsed().as_micros() as u64);
+                    }
+                    acked += n;
+                    done.fetch_add(n, Ordering::Relaxed);
+                }
+                anyhow::Ok((acked, last_ack, latency))
+            });
+            let mut chunk: Pending = Vec::with_capacity(256);
+            let mut i = 0u64;
+            loop {
+                match share {
+                    Amount::Messages(n) if i >= n => break,
+                    Amount::Duration(d) if i % 256 == 0 && start.elapsed() >= d => break,
+                    _ => {}
+                }
+                if let Some(rate) = rate
+                    && i % 64 == 0
+                {
+                    let due = start + Duration::from_secs_f64(i as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let sent = Instant::now();
+                let value = match stamp_base {
+                    Some(base) => {
+                        payloads.stamped(i + p, sent.duration_since(base).as_nanos() as u64)
+                    }
+                    None => payloads.value(i + p * 7919),
+                };
+                let mut record = ProducerRecord::new(topic.clone(), value);
+                if !keys.is_empty() {
+                    record = record
+                        .key(keys[((i * producers + p) % keys.len() as u64) as usize].clone());
+                }
+                chunk.push((producer.send(record).await?, sent));
+                if chunk.len() == 256 {
+                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(256));
+                    if tx.send(full).await.is_err() {
+                        break; // the collector failed: its error is returned below
+                    }
+                }
+                i += 1;
+            }
+            if !chunk.is_empty() {
+                let _ = tx.send(chunk).await;
+            }
+            drop(tx);
+            let flushed = producer.close().await;
+            let collected = collector.await.context("the latency collector stopped")??;
+            flushed?;
+            anyhow::Ok(collected)
+        });
+    }
+    let mut total = 0u64;
+    let mut end = start;
+    let mut latency = histogram();
+    while let Some(result) = tasks.join_next().await {
+        let (acked, last_ack, h) = result.context("a producer task stopped")??;
+        total += acked;
+        end = end.max(last_ack);
+        latency.add(&h).ok();
+    }
+    let _ = progress;
+    Ok((total, end.duration_since(start), latency))
+}
+
+/// Reads the topic from the earliest offset; returns (records, elapsed,
+/// latency per fetch).
+async fn consume(
+    client: &Client,
+    args: &BenchArgs,
+    amount: Amount,
+    progress: &Progress,
+) -> anyhow::Result<(u64, Duration, Histogram<u64>)> {
+    let mut consumer = Consumer::new(
+        client,
+        &args.topic,
+        None,
+        StartPosition::Earliest,
+        ConsumerConfig::default(),
+    )
+    .await?;
+    // What is stored now: read up to it (or --messages / --duration).
+    let mut stored = 0u64;
+    for p in consumer.partitions() {
+        let earliest = client
+            .list_offsets(&args.topic, p, runnel_client::OffsetSpec::Earliest)
+            .await?;
+        let latest = client
+            .list_offsets(&args.topic, p, runnel_client::OffsetSpec::Latest)
+            .await?;
+        stored += latest - earliest;
+    }
+    let target = match amount {
+        Amount::Messages(n) => n.min(stored),
+        Amount::Duration(_) => stored,
+    };
+    if target == 0 {
+        bail!(
+            "topic {:?} holds no records: run `runnel bench produce --topic {}` first",
+            args.topic,
+            args.topic
+        );
+    }
+    let mut latency = histogram();
+    let start = Instant::now();
+    let mut received = 0u64;
+    while received < target {
+        if let Amount::Duration(d) = amount
+            && start.elapsed() >= d
+        {
+            break;
+        }
+        let t = Instant::now();
+        let records = consumer.poll().await?;
+        latency.saturating_record(t.elapsed().as_micros() as u64);
+        received += records.len() as u64;
+        progress.add(records.len() as u64);
+    }
+    Ok((received.min(target), start.elapsed(), latency))
+}
+
+/// Producers and a consumer at once; latency is send to receipt.
+async fn e2e(
+    client: &Client,
+    args: &BenchArgs,
+    amount: Amount,
+    progress: &Progress,
+) -> anyhow::Result<(u64, Duration, Histogram<u64>)> {
+    let mut consumer = Consumer::new(
+        client,
+        &args.topic,
+        None,
+        StartPosition::Latest,
+        ConsumerConfig {
+            max_wait: Duration::from_millis(100),
+            ..ConsumerConfig::default()
+        },
+    )
+    .await?;
+    let base = Instant::now();
+    let produced_all = Arc::new(AtomicU64::new(u64::MAX));
+    let reader = {
+        let produced_all = produced_all.clone();
+        let done = progress.done.clone();
+        tokio::spawn(async move {
+            let mut latency = histogram();
+            let mut received = 0u64;
+            let mut idle_since = Instant::now();
+            loop {
+                if received >= produced_all.load(Ordering::Acquire) {
+                    break;
+                }
+                let records = consumer.poll().await?;
+                let now = base.elapsed().as_nanos() as u64;
+                if records.is_empty() {
+                    if idle_since.elapsed() > Duration::from_secs(30) {
+                        bail!("no record arrived for 30 s ({received} received)");
+                    }
+                    continue;
+                }
+                idle_since = Instant::now();
+                for r in &records {
+                    let stamp = r
+                        .value
+                        .get(..8)
+                        .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
+                    latency.saturating_record(now.saturating_sub(stamp) / 1000);
+                }
+                received += records.len() as u64;
+                done.fetch_add(records.len() as u64, Ordering::Relaxed);
+            }
+            anyhow::Ok((received, base.elapsed(), latency))
+        })
+    };
+    let quiet = Progress {
+        done: Arc::new(AtomicU64::new(0)),
+        stop: Arc::new(AtomicBool::new(true)),
+        task: None,
+    };
+    let produced = produce(args, amount, base, &quiet, Some(base)).await;
+    let (sent, _, _) = match produced {
+        Ok(figures) => figures,
+        Err(e) => {
+            reader.abort();
+            return Err(e);
+        }
+    };
+    produced_all.store(sent, Ordering::Release);
+    let (received, elapsed, latency) = reader.await.context("the consumer task stopped")??;
+    Ok((received, elapsed, latency))
 }
