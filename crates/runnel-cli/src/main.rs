@@ -17,6 +17,7 @@
 
 mod bench;
 mod broker;
+mod connect;
 mod consume;
 mod log;
 mod output;

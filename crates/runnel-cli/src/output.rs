@@ -82,6 +82,35 @@ impl Shown {
     }
 }
 
+/// Lays out `rows` under `headers` in columns two spaces apart, each as wide
+/// as its widest cell; the last column is not padded.
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let header_row: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header_row).chain(rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let pad = widths.get(i).copied().unwrap_or(0);
+                let _infallible = write!(line, "{cell:<pad$}  ");
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +129,19 @@ mod tests {
             assert_eq!(Shown::for_terminal(bytes).quoted(), *terminal, "case {i}");
             assert_eq!(Shown::for_json(bytes).quoted(), *json, "case {i}");
         }
+    }
+
+    #[test]
+    fn tables_align_columns() {
+        let rows = vec![
+            vec!["orders".to_string(), "12".to_string(), "3".to_string()],
+            vec!["a".to_string(), "1".to_string(), "1".to_string()],
+        ];
+        let text = table(&["NAME", "PARTITIONS", "REPLICATION"], &rows);
+        assert_eq!(
+            text,
+            "NAME    PARTITIONS  REPLICATION\norders  12          3\na       1           1\n"
+        );
+        assert_eq!(table(&["A", "B"], &[]), "A  B\n");
     }
 }

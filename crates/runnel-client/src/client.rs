@@ -118,15 +118,12 @@ impl Client {
                         }),
                     });
                 }
-                Err(message) => failures.push(format!("{address}: {message}")),
+                Err(message) => failures.push(format!("{address} ({message})")),
             }
         }
         Err(Error::Connect {
             addresses: addresses.join(","),
-            message: format!(
-                "{} (is a broker running there? start one with `runnel broker`)",
-                failures.join("; ")
-            ),
+            message: failures.join("; "),
         })
     }
 
@@ -324,10 +321,13 @@ pub(crate) fn endpoint(address: &str, config: &ClientConfig) -> Result<Endpoint>
 
 async fn connect_one(address: &str, config: &ClientConfig) -> std::result::Result<Channel, String> {
     let endpoint = endpoint(address, config).map_err(|e| e.to_string())?;
-    endpoint
-        .connect()
-        .await
-        .map_err(|e| with_sources(e.to_string(), &e))
+    endpoint.connect().await.map_err(|e| {
+        // The error itself only says "transport error": its causes say what.
+        match std::error::Error::source(&e) {
+            Some(cause) => with_sources(cause.to_string(), cause),
+            None => e.to_string(),
+        }
+    })
 }
 
 #[cfg(test)]

@@ -36,11 +36,11 @@ pub enum Error {
         status: Option<Arc<tonic::Status>>,
     },
     /// No bootstrap address could be reached.
-    #[error("cannot connect to {addresses}: {message}")]
+    #[error("cannot connect to a broker: {message}")]
     Connect {
         /// The addresses tried, as given.
         addresses: String,
-        /// What went wrong with each.
+        /// Each address with what went wrong there.
         message: String,
     },
     /// The connection failed or broke, or the call failed below Runnel (an
