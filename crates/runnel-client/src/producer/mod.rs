@@ -404,7 +404,7 @@ fn now_ms() -> i64 {
 }
 
 #[cfg(test)]
-mod tests {
+mod acks_tests {
     use super::*;
 
     #[test]
@@ -423,3 +423,6 @@ mod tests {
         assert_eq!(Acks::All.to_string(), "all");
     }
 }
+
+#[cfg(test)]
+mod tests;
