@@ -275,10 +275,6 @@ impl Producer {
         if shared.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        let known = shared.lock().partitions(&record.topic).is_some();
-        if !known {
-            self.load_metadata(&record.topic).await?;
-        }
         let size = record_size(&record).min(shared.config.buffer_bytes);
         acquire(&shared.buffer, size).await?;
         let timestamp = record.timestamp.unwrap_or_else(now_ms);
@@ -295,7 +291,20 @@ impl Producer {
             timestamp,
             size,
         };
-        let result = shared.lock().append(&record.topic, append, Instant::now());
+        // One lock per record when the topic is known (the common case).
+        let appended = {
+            let mut accumulator = shared.lock();
+            accumulator
+                .partitions(&record.topic)
+                .map(|_| accumulator.append(&record.topic, append, Instant::now()))
+        };
+        let result = match appended {
+            Some(result) => result,
+            None => match self.load_metadata(&record.topic).await {
+                Ok(()) => shared.lock().append(&record.topic, append, Instant::now()),
+                Err(e) => Err(e),
+            },
+        };
         match result {
             Ok(appended) => {
                 if appended.wake_sender {

@@ -437,3 +437,20 @@ async fn a_full_buffer_waits_for_acknowledgements() {
     assert_eq!(broker.stored.lock().unwrap()[&0].len(), 100);
     producer.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn handles_and_futures_cross_tasks() {
+    fn assert_send<T: Send + 'static>(_: &T) {}
+    let (client, _broker) = broker(1, |_| Reply::Store).await;
+    let producer = Producer::new(&client, config()).await.unwrap();
+    let p = producer.clone();
+    let send = async move { p.send(ProducerRecord::new("t", "x")).await };
+    assert_send(&send);
+    let delivery = tokio::spawn(send).await.unwrap().unwrap();
+    assert_send(&delivery);
+    assert_eq!(
+        tokio::spawn(delivery).await.unwrap().unwrap().offset,
+        Some(0)
+    );
+    producer.close().await.unwrap();
+}
