@@ -715,7 +715,7 @@ async fn clients_that_disconnect_mid_stream_leave_the_broker_serving_and_the_log
         assert_still_serves(&broker, "midstream").await;
         drop(c);
 
-        broker.terminate_ok();
+        broker.terminate_ok().await;
         let dirs = broker.partition_dirs();
         assert!(dirs.len() >= 3, "partition directories: {dirs:?}");
         for dir in dirs {

@@ -2,6 +2,7 @@
 //! loses nothing that was acknowledged.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -117,7 +118,7 @@ async fn restart_after_sigterm_keeps_topics_offsets_and_records() {
         assert_eq!(before.described["beta"].1[0].len(), 23);
         drop(c);
 
-        broker.terminate_ok();
+        broker.terminate_ok().await;
         broker.restart();
         let mut c = Clients::connect(broker.grpc_addr()).await;
         let after = snapshot(&mut c).await;
@@ -131,7 +132,7 @@ async fn restart_after_sigterm_keeps_topics_offsets_and_records() {
         assert_eq!(off, hwm, "first offset after restart");
         drop(c);
 
-        broker.terminate_ok();
+        broker.terminate_ok().await;
         let dirs = broker.partition_dirs();
         assert_eq!(dirs.len(), 4, "3 + 1 partition directories: {dirs:?}");
         for dir in dirs {
@@ -177,12 +178,19 @@ fn plain_records(values: &[Bytes]) -> Vec<Record> {
         .collect()
 }
 
-/// Sequence number a value was written with.
-fn seq_of(v: &[u8]) -> u64 {
+/// Sequence number and record index a value was written with.
+fn seq_of(v: &[u8]) -> (u64, u64) {
     let s = String::from_utf8_lossy(v);
-    s.get(1..7)
-        .and_then(|d| d.parse().ok())
-        .unwrap_or_else(|| panic!("a record this test did not write: {s:?}"))
+    let field = |prefix: char, i: usize| {
+        s.split('-')
+            .nth(i)
+            .and_then(|f| f.strip_prefix(prefix))
+            .and_then(|d| d.parse().ok())
+    };
+    match (field('s', 0), field('r', 2)) {
+        (Some(seq), Some(i)) => (seq, i),
+        _ => panic!("a record this test did not write: {s:?}"),
+    }
 }
 
 /// Streams requests over ProduceStream with a window of [`WINDOW`] until the
@@ -352,12 +360,12 @@ async fn kill_9_mid_stream_with_flush_always_loses_no_acknowledged_record() {
             let log = logs.entry(p).or_default();
             let mut last_seq = None;
             for r in records {
-                // Appended in the order sent: sequence numbers never go back,
-                // and no value appears twice.
+                // Appended in the order sent: (sequence, index) only grows,
+                // so nothing is reordered or stored twice.
                 let s = seq_of(&r.value);
                 assert!(
                     last_seq.is_none_or(|l| s > l),
-                    "partition {p}: sequence {s} after {last_seq:?} (out of order or duplicated)"
+                    "partition {p}: record {s:?} after {last_seq:?} (out of order or duplicated)"
                 );
                 last_seq = Some(s);
                 log.insert(r.offset, r.value);
@@ -381,6 +389,45 @@ async fn kill_9_mid_stream_with_flush_always_loses_no_acknowledged_record() {
             let acked_here = per_partition.get(&p).copied().unwrap_or(0);
             assert!(acked_here > 0, "partition {p}: nothing was acknowledged before the kill");
         }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sigterm_exits_0_and_keeps_data_even_while_a_client_is_unresponsive() {
+    with_deadline(Duration::from_secs(120), async {
+        // flush=never: the data survives only if shutdown really flushes.
+        let mut broker = Broker::start(BrokerOptions::flush("never"));
+        let addr = broker.grpc_addr();
+        let mut c = Clients::connect(addr).await;
+        c.create_topic("frozen", 1).await;
+        c.produce_ok("frozen", 0, vec![record(None, "kept", &[])])
+            .await;
+
+        // A client that completes the HTTP/2 handshake and then stops
+        // reading and answering (a frozen or stopped process).
+        let mut frozen =
+            std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect: {e}"));
+        frozen
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .unwrap_or_else(|e| panic!("handshake: {e}"));
+        frozen
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap_or_else(|e| panic!("timeout: {e}"));
+        let mut settings = [0u8; 9];
+        frozen
+            .read_exact(&mut settings)
+            .unwrap_or_else(|e| panic!("the broker did not answer the handshake: {e}"));
+        assert_eq!(settings[3], 4, "the broker's first frame is SETTINGS");
+        drop(c);
+
+        broker.terminate_ok().await;
+        drop(frozen);
+        broker.restart();
+        let mut c = Clients::connect(broker.grpc_addr()).await;
+        let got = c.fetch_decoded("frozen", 0, 0).await;
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].value.as_ref(), b"kept");
     })
     .await;
 }

@@ -33,6 +33,26 @@ def expect(cond, what):
         raise AssertionError(what)
 
 
+def fetch_all(fetch, topic, partition):
+    """Every committed record of a partition: fetch until the high watermark."""
+    out, offset = [], 0
+    while True:
+        data = fetch.Fetch(
+            fetch_pb2.FetchRequest(
+                topic=topic,
+                partitions=[fetch_pb2.PartitionFetch(partition=partition, offset=offset)],
+                decode=True,
+            ),
+            timeout=TIMEOUT,
+        ).partitions[0]
+        expect(not data.HasField("error"), f"fetch error: {data}")
+        out.extend(data.records)
+        if data.next_offset >= data.high_watermark:
+            return out
+        expect(data.next_offset > offset, f"fetch did not advance from {offset}: {data}")
+        offset = data.next_offset
+
+
 def main():
     addr, topic = sys.argv[1], sys.argv[2]
     channel = grpc.insecure_channel(addr)
@@ -108,13 +128,7 @@ def main():
     expect(sum(r.record_count for r in resp.results) == 20, f"{resp}")
     placed = {}
     for p in (0, 1):
-        data = fetch.Fetch(
-            fetch_pb2.FetchRequest(
-                topic=topic, partitions=[fetch_pb2.PartitionFetch(partition=p, offset=0)], decode=True
-            ),
-            timeout=TIMEOUT,
-        ).partitions[0]
-        for r in data.records:
+        for r in fetch_all(fetch, topic, p):
             if r.key.startswith(b"user-"):
                 placed[r.key.decode()] = p
     expect(len(placed) == 20, f"keyed records found: {placed}")

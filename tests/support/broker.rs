@@ -18,8 +18,8 @@ use super::runnel_bin;
 
 /// How long a broker may take from spawn to its ready line.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a broker may take to exit after SIGTERM.
-const TERM_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a broker may take to exit after SIGTERM (drain included).
+const TERM_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// Brokers that may run at once in one test binary. Tests start at most one
 /// broker each, so this caps concurrent broker tests (2 cores on CI).
@@ -153,6 +153,7 @@ impl Broker {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
+        cmd.env("NO_COLOR", "1");
         // SAFETY: prctl is async-signal-safe; it only sets a flag of the child.
         unsafe {
             cmd.pre_exec(|| {
@@ -222,7 +223,10 @@ impl Broker {
     }
 
     /// Sends SIGTERM and waits (bounded) for the exit status.
-    pub fn terminate(&mut self) -> ExitStatus {
+    ///
+    /// Async so that the test's own runtime keeps running meanwhile: clients
+    /// of the test answer the broker's GOAWAY while it drains.
+    pub async fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("terminate() on a stopped broker");
         signal(&child, libc::SIGTERM);
         let deadline = Instant::now() + TERM_TIMEOUT;
@@ -230,7 +234,7 @@ impl Broker {
             match child.try_wait() {
                 Ok(Some(status)) => return status,
                 Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10));
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 Ok(None) => {
                     signal(&child, libc::SIGKILL);
@@ -246,8 +250,8 @@ impl Broker {
     }
 
     /// SIGTERM, then asserts exit status 0.
-    pub fn terminate_ok(&mut self) {
-        let status = self.terminate();
+    pub async fn terminate_ok(&mut self) {
+        let status = self.terminate().await;
         assert!(
             status.success(),
             "broker exited with {status} after SIGTERM (want 0)\nstderr:\n{}",
