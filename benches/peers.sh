@@ -17,8 +17,8 @@
 #
 # Options: --runs R (3), --messages N (the count for both sizes),
 # --messages-1k N, --messages-100 N, --window-bytes B (1 MiB: W = B / record
-# size records unacknowledged; runnel gets --batch-bytes B/8, as its client
-# keeps 8 requests in flight), --only nats|rabbitmq|runnel (repeatable),
+# size records unacknowledged; runnel gets --batch-bytes B/8 --max-in-flight
+# 8, its producer's default number of requests in flight), --only nats|rabbitmq|runnel (repeatable),
 # --build-runnel (cargo build --release -p runnel-cli first), --no-dd,
 # --no-install, --nats-args / --rabbitmq-args / --runnel-args "..." (extra
 # options for the driver or `runnel bench`, e.g. "--fetch-batch 1000" or "--credit 1 --publish-batch 100";
@@ -323,6 +323,7 @@ bench_runnel() {
       extra=()
       if [ "$mode" = produce ] && grep -q -- '--batch-bytes' "$OUT/runnel-bench-help.txt"; then
         extra=(--batch-bytes $((WINDOW_BYTES / 8)))
+        if grep -q -- '--max-in-flight' "$OUT/runnel-bench-help.txt"; then extra+=(--max-in-flight 8); fi
       fi
       log "run $run runnel $mode ${size} B x $n ${extra[*]} $RUNNEL_ARGS (load $LOAD_BEFORE)"
       CPU_BEFORE=$(server_cpu)
