@@ -30,6 +30,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::connect::AdminArgs;
 use crate::output::OutputFormat;
 
 const ABOUT: &str = "\
@@ -91,12 +92,8 @@ pub(crate) struct BenchArgs {
     /// What to measure.
     #[arg(value_enum)]
     mode: Mode,
-    /// Brokers to connect to, HOST:PORT[,HOST:PORT...].
-    #[arg(long, env = "RUNNEL_BOOTSTRAP", default_value = "127.0.0.1:9740")]
-    bootstrap: String,
-    /// Output format of the final figures.
-    #[arg(long, value_enum, env = "RUNNEL_OUTPUT", default_value = "text")]
-    output: OutputFormat,
+    #[command(flatten)]
+    admin: AdminArgs,
     /// Topic to use (created with --partitions when missing).
     #[arg(long)]
     topic: String,
@@ -208,9 +205,7 @@ enum Amount {
 
 /// Runs `runnel bench`.
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::connect(&args.bootstrap)
-        .await
-        .with_context(|| format!("cannot reach a broker at {}", args.bootstrap))?;
+    let client = args.admin.connect.connect().await?;
     let amount = match (args.messages, args.duration) {
         (_, Some(s)) if !(s > 0.0 && s.is_finite()) => {
             bail!("--duration must be a positive number of seconds")
@@ -225,7 +220,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Mode::Consume => existing_partitions(&client, &args.topic).await?,
         Mode::Produce | Mode::E2e => ensure_topic(&client, &args).await?,
     };
-    let progress = Progress::start(args.mode, args.output == OutputFormat::Text);
+    let progress = Progress::start(args.mode, args.admin.output == OutputFormat::Text);
     let outcome = match args.mode {
         Mode::Produce => produce(&args, amount, Instant::now(), &progress, None).await,
         Mode::Consume => consume(&client, &args, amount, &progress).await,
@@ -251,7 +246,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         mb_per_sec: bytes as f64 / secs / 1e6,
         latency_us: Latency::of(&latency),
     };
-    match args.output {
+    match args.admin.output {
         OutputFormat::Json => println!("{}", serde_json::to_string(&report)?),
         OutputFormat::Text => print_text(&report),
     }
@@ -472,9 +467,7 @@ async fn produce(
             Amount::Messages(n) => Amount::Messages(n / producers + u64::from(p < n % producers)),
             other => other,
         };
-        let client = Client::connect(&args.bootstrap)
-            .await
-            .with_context(|| format!("cannot reach a broker at {}", args.bootstrap))?;
+        let client = args.admin.connect.connect().await?;
         let producer = Producer::new(&client, config.clone()).await?;
         let topic = args.topic.clone();
         let payloads = payloads.clone();
