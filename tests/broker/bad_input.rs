@@ -726,3 +726,99 @@ async fn clients_that_disconnect_mid_stream_leave_the_broker_serving_and_the_log
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_failed_request_on_a_produce_stream_is_answered_and_the_stream_goes_on() {
+    with_deadline(LIMIT, async {
+        let broker = Broker::start(BrokerOptions::flush("never"));
+        let mut c = Clients::connect(broker.grpc_addr()).await;
+        c.create_topic("midstream", 1).await;
+        let two = || {
+            vec![records_for(
+                Some(0),
+                vec![record(None, "a", &[]), record(None, "b", &[])],
+            )]
+        };
+        let mut corrupt = BytesMut::from(&good_batch(&["x"])[..]);
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 0xff;
+        let requests = vec![
+            (1, produce_request("midstream", two())),
+            (2, produce_request("no-such-topic", two())),
+            (3, produce_request("midstream", two())),
+            (
+                4,
+                produce_request("midstream", vec![batch_for(0, corrupt.freeze())]),
+            ),
+            (5, produce_request("midstream", two())),
+        ];
+        let stream = tokio_stream::iter(requests.into_iter().map(|(sequence, request)| {
+            ProduceStreamRequest {
+                sequence,
+                request: Some(request),
+            }
+        }));
+        let mut responses = c
+            .produce
+            .produce_stream(stream)
+            .await
+            .unwrap_or_else(|s| panic!("ProduceStream: {s:?}"))
+            .into_inner();
+        let mut by_seq = std::collections::BTreeMap::new();
+        while by_seq.len() < 5 {
+            let resp = responses
+                .message()
+                .await
+                .unwrap_or_else(|s| panic!("the stream failed after {by_seq:?}: {s:?}"))
+                .unwrap_or_else(|| panic!("the stream ended after {by_seq:?}"));
+            assert!(
+                by_seq.insert(resp.sequence, resp.clone()).is_none(),
+                "two responses for {}",
+                resp.sequence
+            );
+        }
+        let base = |seq: u64| {
+            let r = &by_seq[&seq];
+            assert!(r.error.is_none(), "request {seq}: {r:?}");
+            r.response
+                .as_ref()
+                .and_then(|x| x.results.first())
+                .and_then(|x| x.base_offset)
+                .unwrap_or_else(|| panic!("request {seq} has no base offset: {r:?}"))
+        };
+        assert_eq!(
+            (base(1), base(3), base(5)),
+            (0, 2, 4),
+            "appended in order sent"
+        );
+        assert_partition_error(by_seq[&2].error.as_ref(), ErrorReason::UnknownTopic);
+        assert_partition_error(by_seq[&4].error.as_ref(), ErrorReason::CorruptBatch);
+        assert!(by_seq[&2].response.is_none() && by_seq[&4].response.is_none());
+        assert_eq!(c.high_watermark("midstream", 0).await, 6);
+
+        // acks=none: answered without offsets, appended all the same.
+        let resp = c
+            .produce
+            .produce(ProduceRequest {
+                acks: Acks::None as i32,
+                ..produce_request("midstream", two())
+            })
+            .await
+            .unwrap_or_else(|s| panic!("acks=none: {s:?}"))
+            .into_inner();
+        assert!(
+            resp.results.iter().all(|r| r.base_offset.is_none()),
+            "acks=none returns no offsets: {resp:?}"
+        );
+        let mut probe = c.clone();
+        crate::support::eventually(Duration::from_secs(10), "the acks=none records", || {
+            let mut probe = probe.clone();
+            async move { (probe.high_watermark("midstream", 0).await == 8).then_some(()) }
+        })
+        .await;
+        probe
+            .produce_ok("midstream", 0, vec![record(None, "c", &[])])
+            .await;
+    })
+    .await;
+}

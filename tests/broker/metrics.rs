@@ -17,6 +17,9 @@ const BYTES_IN: &str = "runnel_bytes_in_total";
 const RECORDS_OUT: &str = "runnel_records_out_total";
 const BYTES_OUT: &str = "runnel_bytes_out_total";
 const REQUEST_LATENCY_COUNT: &str = "runnel_request_duration_seconds_count";
+const REQUEST_LATENCY_BUCKET: &str = "runnel_request_duration_seconds_bucket";
+const FSYNC_COUNT: &str = "runnel_fsync_duration_seconds_count";
+const ACTIVE_CONNECTIONS: &str = "runnel_active_connections";
 const RPC_LABEL: &str = "rpc";
 
 fn samples(broker: &Broker) -> Vec<Sample> {
@@ -40,7 +43,8 @@ fn value(s: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
 #[tokio::test]
 async fn metrics_move_with_produce_and_fetch() {
     with_deadline(Duration::from_secs(120), async {
-        let broker = Broker::start(BrokerOptions::flush("never"));
+        // flush=always, so that every acknowledged produce is an fsync.
+        let broker = Broker::start(BrokerOptions::flush("always"));
         let mut c = Clients::connect(broker.grpc_addr()).await;
         c.create_topic("metered", 2).await;
         let topic = [("topic", "metered")];
@@ -53,6 +57,11 @@ async fn metrics_move_with_produce_and_fetch() {
         let records_in = sum(&before, RECORDS_IN, &topic).unwrap_or(0.0);
         let bytes_in = sum(&before, BYTES_IN, &topic).unwrap_or(0.0);
         let produce_calls = sum(&before, REQUEST_LATENCY_COUNT, &produce_rpc).unwrap_or(0.0);
+        let fsyncs = sum(&before, FSYNC_COUNT, &[]).unwrap_or(0.0);
+        assert!(
+            value(&before, ACTIVE_CONNECTIONS, &[]) >= 1.0,
+            "our gRPC connection is open"
+        );
 
         let records: Vec<Record> = (0..50)
             .map(|i| record(None, &format!("{i:0100}"), &[]))
@@ -87,6 +96,16 @@ async fn metrics_move_with_produce_and_fetch() {
             value(&mid, REQUEST_LATENCY_COUNT, &produce_rpc) - produce_calls,
             2.0,
             "produce latency histogram counts each call"
+        );
+        assert!(
+            value(&mid, FSYNC_COUNT, &[]) - fsyncs >= 1.0,
+            "flush=always produces fsync"
+        );
+        let inf = [(RPC_LABEL, "Produce"), ("le", "+Inf")];
+        assert_eq!(
+            value(&mid, REQUEST_LATENCY_BUCKET, &inf),
+            value(&mid, REQUEST_LATENCY_COUNT, &produce_rpc),
+            "the +Inf bucket holds every observation"
         );
         let records_out = sum(&mid, RECORDS_OUT, &topic).unwrap_or(0.0);
         let bytes_out = sum(&mid, BYTES_OUT, &topic).unwrap_or(0.0);
