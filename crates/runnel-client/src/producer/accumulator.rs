@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use runnel_batch::{BatchBuilder, Compression, NewRecord};
 use runnel_proto::v1::ErrorReason;
@@ -54,7 +54,8 @@ pub(crate) struct Append<'a> {
     pub(crate) key: Option<&'a [u8]>,
     pub(crate) value: &'a [u8],
     pub(crate) headers: &'a [(&'a str, &'a [u8])],
-    pub(crate) timestamp: i64,
+    /// Create time; the accumulator's clock when `None`.
+    pub(crate) timestamp: Option<i64>,
     /// The record's share of the producer buffer, in bytes.
     pub(crate) size: usize,
 }
@@ -64,6 +65,8 @@ pub(crate) struct Append<'a> {
 pub(crate) struct Appended {
     pub(crate) completion: Arc<BatchCompletion>,
     pub(crate) index: u32,
+    /// The record's timestamp as stored.
+    pub(crate) timestamp: i64,
     /// A batch was created or closed: the sender should look again.
     pub(crate) wake_sender: bool,
 }
@@ -82,6 +85,11 @@ pub(crate) struct Accumulator {
     next_id: u64,
     /// Seed for the first sticky partition of each topic.
     sticky_seed: u32,
+    /// Wall clock (ms) read at `clock_instant`: record timestamps are
+    /// derived from the monotonic `now` the caller passes, saving a second
+    /// clock read per record.
+    clock_ms: i64,
+    clock_instant: Instant,
 }
 
 impl Accumulator {
@@ -100,6 +108,25 @@ impl Accumulator {
             outstanding: HashMap::new(),
             next_id: 0,
             sticky_seed,
+            clock_ms: wall_clock_ms(),
+            clock_instant: Instant::now(),
+        }
+    }
+
+    /// Milliseconds since the Unix epoch at `now`, re-read from the wall
+    /// clock at most every 100 ms (and whenever `now` is earlier than the
+    /// last reading).
+    fn wall_ms(&mut self, now: Instant) -> i64 {
+        let since = now.checked_duration_since(self.clock_instant);
+        match since {
+            Some(d) if d < Duration::from_millis(100) => {
+                self.clock_ms + i64::try_from(d.as_millis()).unwrap_or(0)
+            }
+            _ => {
+                self.clock_ms = wall_clock_ms();
+                self.clock_instant = now;
+                self.clock_ms
+            }
         }
     }
 
@@ -143,6 +170,10 @@ impl Accumulator {
         record: Append<'_>,
         now: Instant,
     ) -> Result<Appended> {
+        let timestamp = match record.timestamp {
+            Some(ts) => ts,
+            None => self.wall_ms(now),
+        };
         let Some(t) = self.topics.get_mut(topic) else {
             return Err(Error::local(
                 ErrorReason::UnknownTopic,
@@ -212,12 +243,13 @@ impl Accumulator {
             key: record.key,
             value: record.value,
             headers: record.headers,
-            timestamp: record.timestamp,
+            timestamp,
         });
         open.buffered += record.size;
         let appended = Appended {
             completion: open.completion.clone(),
             index,
+            timestamp,
             wake_sender,
         };
         if open.builder.estimated_len() >= self.batch_bytes {
@@ -292,6 +324,14 @@ impl Accumulator {
     }
 }
 
+/// Milliseconds since the Unix epoch, now.
+pub(crate) fn wall_clock_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 fn close(topic: &Arc<str>, partition: u32, open: OpenBatch) -> ClosedBatch {
     ClosedBatch {
         topic: topic.clone(),
@@ -317,7 +357,7 @@ mod tests {
             key,
             value,
             headers: &[],
-            timestamp: 1,
+            timestamp: Some(1),
             size: value.len() + 20,
         }
     }

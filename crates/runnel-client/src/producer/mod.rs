@@ -277,7 +277,6 @@ impl Producer {
         }
         let size = record_size(&record).min(shared.config.buffer_bytes);
         acquire(&shared.buffer, size).await?;
-        let timestamp = record.timestamp.unwrap_or_else(now_ms);
         let header_refs: Vec<(&str, &[u8])> = record
             .headers
             .iter()
@@ -288,15 +287,17 @@ impl Producer {
             key: record.key.as_deref(),
             value: &record.value,
             headers: &header_refs,
-            timestamp,
+            timestamp: record.timestamp,
             size,
         };
-        // One lock per record when the topic is known (the common case).
+        // One lock and one clock read per record when the topic is known
+        // (the common case).
+        let now = Instant::now();
         let appended = {
             let mut accumulator = shared.lock();
             accumulator
                 .partitions(&record.topic)
-                .map(|_| accumulator.append(&record.topic, append, Instant::now()))
+                .map(|_| accumulator.append(&record.topic, append, now))
         };
         let result = match appended {
             Some(result) => result,
@@ -310,10 +311,16 @@ impl Producer {
                 if appended.wake_sender {
                     shared.wake.notify_one();
                 }
+                // A task sending in a tight loop never waits, so the sender
+                // task it just woke (queued on this worker's LIFO slot, which
+                // other workers cannot steal) would not run until the buffer
+                // filled; giving way when the budget is spent keeps the
+                // pipeline moving.
+                tokio::task::coop::consume_budget().await;
                 Ok(DeliveryFuture::new(
                     appended.completion,
                     appended.index,
-                    timestamp,
+                    appended.timestamp,
                 ))
             }
             Err(e) => {
@@ -403,13 +410,6 @@ fn record_size(record: &ProducerRecord) -> usize {
         .map(|(k, v)| k.len() + v.len() + 4)
         .sum();
     record.key.as_ref().map_or(0, Bytes::len) + record.value.len() + headers + 16
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
