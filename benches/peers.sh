@@ -10,7 +10,7 @@
 # for the three systems. Servers are stopped by PID after each system (and
 # on any exit); `uptime` is noted before each case.
 #
-#   benches/peers.sh                    # 3 runs, 5,000,000 x 1 KiB and 10,000,000 x 100 B (~15 min)
+#   benches/peers.sh                    # 3 runs, 2,000,000 x 1 KiB and 5,000,000 x 100 B (~10 min idle)
 #   benches/peers.sh --quick            # 1 run, 100,000 x 1 KiB and 500,000 x 100 B
 #   benches/peers.sh --only nats --runs 1 --messages 200000
 #   benches/peers.sh --only runnel --build-runnel
@@ -37,8 +37,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 RUNS=3
-MSGS_1K=5000000
-MSGS_100=10000000
+MSGS_1K=2000000
+MSGS_100=5000000
 WINDOW_BYTES=$((1 << 20))
 RUNNEL_ARGS=""
 ONLY=""
