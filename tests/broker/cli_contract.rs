@@ -364,3 +364,112 @@ fn find_names(v: &Value) -> Vec<String> {
         .filter_map(|t| t["name"].as_str().map(str::to_string))
         .collect()
 }
+
+#[tokio::test]
+async fn broker_settings_come_from_flags_over_env_over_the_config_file() {
+    with_deadline(LIMIT, async {
+        let config = r#"
+id = 3
+listen = "127.0.0.1:0"
+metrics_listen = "off"
+data_dir = "{data_dir}"
+flush = "always"
+"#;
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let cases: [(u32, BrokerOptions, u32); 4] = [
+            (
+                1,
+                BrokerOptions {
+                    bare: true,
+                    config: Some(config.into()),
+                    ..Default::default()
+                },
+                3,
+            ),
+            (
+                2,
+                BrokerOptions {
+                    bare: true,
+                    config: Some(config.into()),
+                    env: env(&[("RUNNEL_ID", "7")]),
+                    ..Default::default()
+                },
+                7,
+            ),
+            (
+                3,
+                BrokerOptions {
+                    bare: true,
+                    config: Some(config.into()),
+                    env: env(&[("RUNNEL_ID", "7")]),
+                    extra_args: vec!["--id".into(), "9".into()],
+                    ..Default::default()
+                },
+                9,
+            ),
+            (
+                4,
+                BrokerOptions {
+                    bare: true,
+                    env: env(&[
+                        ("RUNNEL_ID", "5"),
+                        ("RUNNEL_LISTEN", "127.0.0.1:0"),
+                        ("RUNNEL_METRICS_LISTEN", "off"),
+                        ("RUNNEL_DATA_DIR", "{data_dir}"),
+                        ("RUNNEL_LOG_FORMAT", "json"),
+                    ]),
+                    ..Default::default()
+                },
+                5,
+            ),
+        ];
+        for (case, opts, want_id) in cases {
+            let json_logs = opts.env.iter().any(|(k, _)| k == "RUNNEL_LOG_FORMAT");
+            let mut broker = Broker::start(opts);
+            assert_eq!(
+                broker.id(),
+                want_id,
+                "case {case}: node id in the ready line"
+            );
+            assert_eq!(broker.metrics_addr_opt(), None, "case {case}: metrics off");
+            let mut c = Clients::connect(broker.grpc_addr()).await;
+            let cluster = c
+                .admin
+                .describe_cluster(runnel_proto::v1::DescribeClusterRequest {})
+                .await
+                .unwrap_or_else(|s| panic!("case {case}: DescribeCluster: {s:?}"))
+                .into_inner();
+            assert_eq!(cluster.answered_by, want_id, "case {case}: {cluster:?}");
+            assert_eq!(cluster.controller_id, want_id, "case {case}: {cluster:?}");
+            assert_eq!(cluster.nodes.len(), 1, "case {case}: {cluster:?}");
+            assert_eq!(cluster.version, env!("CARGO_PKG_VERSION"), "case {case}");
+            c.create_topic("configured", 1).await;
+            drop(c);
+            broker.terminate_ok().await;
+            assert!(
+                !broker.partition_dirs().is_empty(),
+                "case {case}: the topic is stored under the configured data dir"
+            );
+            if json_logs {
+                let stderr = broker.stderr();
+                let lines: Vec<&str> = stderr
+                    .lines()
+                    .filter(|l| !l.starts_with("--- start") && !l.trim().is_empty())
+                    .collect();
+                assert!(!lines.is_empty(), "case {case}: no log lines");
+                for line in lines {
+                    assert!(
+                        serde_json::from_str::<Value>(line).is_ok(),
+                        "case {case}: --log-format json wrote a non-JSON line: {line:?}"
+                    );
+                }
+            }
+        }
+    })
+    .await;
+}

@@ -524,3 +524,147 @@ async fn subscribe_pushes_stored_then_new_batches_and_fetch_long_polls() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn large_records_up_to_the_default_limit_round_trip() {
+    with_deadline(Duration::from_secs(180), async {
+        let broker = Broker::start(BrokerOptions::flush("never"));
+        let mut c = Clients::connect(broker.grpc_addr()).await;
+        c.create_topic("large", 1).await;
+        // 6 MiB: above gRPC's 4 MiB default message limit, below the
+        // topic's default max_record_bytes (8 MiB).
+        let big: String = (0..6 << 20)
+            .map(|i| (b'a' + (i % 26) as u8) as char)
+            .collect();
+        let base = c
+            .produce_ok("large", 0, vec![record(None, &big, &[])])
+            .await;
+        let got = c.fetch_decoded("large", 0, base).await;
+        assert_eq!(got.len(), 1);
+        assert!(
+            got[0].value == big.as_bytes(),
+            "6 MiB value came back changed"
+        );
+
+        // The CLI's producer and consumer handle it too.
+        broker.cli_ok(&["produce", "large"], &format!("{big}\n"));
+        let out = broker.cli_ok(
+            &[
+                "consume",
+                "large",
+                "--offset",
+                "1",
+                "--partition",
+                "0",
+                "--max-messages",
+                "1",
+            ],
+            "",
+        );
+        assert_eq!(out.len(), big.len() + 1, "one 6 MiB line");
+        assert!(
+            out.trim_end() == big,
+            "the CLI round trip changed the value"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_producers_to_one_partition_get_disjoint_dense_offsets() {
+    with_deadline(Duration::from_secs(120), async {
+        let broker = Broker::start(BrokerOptions::flush("always"));
+        let mut c = Clients::connect(broker.grpc_addr()).await;
+        c.create_topic("shared", 1).await;
+        let mut tasks = Vec::new();
+        for producer in 0..4 {
+            let mut c = Clients::connect(broker.grpc_addr()).await;
+            tasks.push(tokio::spawn(async move {
+                let mut ranges = Vec::new();
+                for call in 0..25 {
+                    let n = 1 + (call % 3);
+                    let records = (0..n)
+                        .map(|i| record(None, &format!("p{producer}-c{call}-{i}"), &[]))
+                        .collect();
+                    let base = c.produce_ok("shared", 0, records).await;
+                    ranges.push((base, n as u64, producer, call));
+                }
+                ranges
+            }));
+        }
+        let mut ranges = Vec::new();
+        for t in tasks {
+            ranges.extend(t.await.unwrap_or_else(|e| panic!("producer panicked: {e}")));
+        }
+        ranges.sort();
+        let mut next = 0;
+        for (base, n, _, _) in &ranges {
+            assert_eq!(
+                *base, next,
+                "offset ranges overlap or leave a gap: {ranges:?}"
+            );
+            next = base + n;
+        }
+        assert_eq!(c.high_watermark("shared", 0).await, next);
+        // Each range holds exactly the records of the call that got it.
+        let stored = c.fetch_decoded("shared", 0, 0).await;
+        for (base, n, producer, call) in &ranges {
+            for i in 0..*n {
+                let r = &stored[(base + i) as usize];
+                assert_eq!(r.offset, base + i);
+                assert_eq!(
+                    String::from_utf8_lossy(&r.value),
+                    format!("p{producer}-c{call}-{i}"),
+                    "offset {}",
+                    base + i
+                );
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_deleted_topic_stays_deleted_and_its_name_starts_empty() {
+    with_deadline(Duration::from_secs(120), async {
+        let mut broker = Broker::start(BrokerOptions::flush("never"));
+        let mut c = Clients::connect(broker.grpc_addr()).await;
+        c.create_topic("gone", 2).await;
+        c.create_topic("kept", 1).await;
+        c.produce_ok("gone", 1, vec![record(None, "old", &[])])
+            .await;
+        c.produce_ok("kept", 0, vec![record(None, "stays", &[])])
+            .await;
+        broker.cli_ok(&["topic", "delete", "gone"], "");
+
+        // Recreated under the same name: empty, new partition count.
+        c.create_topic("gone", 1).await;
+        assert_eq!(c.high_watermark("gone", 0).await, 0);
+        assert!(c.fetch_decoded("gone", 0, 0).await.is_empty());
+        c.produce_ok("gone", 0, vec![record(None, "new", &[])])
+            .await;
+        broker.cli_ok(&["topic", "delete", "gone"], "");
+        drop(c);
+
+        // A restart does not bring it back.
+        broker.terminate_ok().await;
+        broker.restart();
+        let mut c = Clients::connect(broker.grpc_addr()).await;
+        let listed = c
+            .admin
+            .list_topics(runnel_proto::v1::ListTopicsRequest {})
+            .await
+            .unwrap_or_else(|s| panic!("ListTopics: {s:?}"))
+            .into_inner();
+        let names: Vec<&str> = listed.topics.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names,
+            vec!["kept"],
+            "a deleted topic came back after restart"
+        );
+        assert_eq!(c.fetch_decoded("kept", 0, 0).await.len(), 1);
+        let dirs = broker.partition_dirs();
+        assert_eq!(dirs.len(), 1, "the deleted topic's files remain: {dirs:?}");
+    })
+    .await;
+}

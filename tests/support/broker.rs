@@ -59,6 +59,15 @@ pub struct BrokerOptions {
     pub flush: String,
     /// Extra arguments after the standard ones.
     pub extra_args: Vec<String>,
+    /// Pass none of the standard flags (id, listen, data dir, flush): the
+    /// test configures the broker through `extra_args`, `env` and `config`.
+    pub bare: bool,
+    /// Extra environment variables (RUNNEL_* from the outer environment
+    /// are always removed); `{data_dir}` in a value is replaced as in `config`.
+    pub env: Vec<(String, String)>,
+    /// A TOML config file passed with `--config`; `{data_dir}` in it is
+    /// replaced by [`Broker::data_dir`].
+    pub config: Option<String>,
 }
 
 impl Default for BrokerOptions {
@@ -66,6 +75,9 @@ impl Default for BrokerOptions {
         BrokerOptions {
             flush: "always".into(),
             extra_args: Vec::new(),
+            bare: false,
+            env: Vec::new(),
+            config: None,
         }
     }
 }
@@ -89,6 +101,8 @@ pub struct Broker {
     child: Option<Child>,
     grpc_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
+    /// Node id from the ready line.
+    id: u32,
     /// Number of starts so far (names the stderr file of each).
     starts: u32,
     _permit: Permit,
@@ -112,6 +126,7 @@ impl Broker {
             child: None,
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             metrics_addr: None,
+            id: 0,
             starts: 0,
             _permit: permit,
         };
@@ -136,12 +151,22 @@ impl Broker {
         let stderr = File::create(&stderr_path)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", stderr_path.display()));
         let mut cmd = Command::new(runnel_bin());
-        cmd.args(["broker", "--id", "1", "--listen", "127.0.0.1:0"])
-            .args(["--metrics-listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--flush", &self.opts.flush])
-            .args(&self.opts.extra_args)
+        cmd.arg("broker");
+        if !self.opts.bare {
+            cmd.args(["--id", "1", "--listen", "127.0.0.1:0"])
+                .args(["--metrics-listen", "127.0.0.1:0"])
+                .arg("--data-dir")
+                .arg(&data_dir)
+                .args(["--flush", &self.opts.flush]);
+        }
+        if let Some(toml) = &self.opts.config {
+            let path = self.work.path().join("broker.toml");
+            let text = toml.replace("{data_dir}", &data_dir.to_string_lossy());
+            std::fs::write(&path, text)
+                .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+            cmd.arg("--config").arg(path);
+        }
+        cmd.args(&self.opts.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr);
@@ -154,6 +179,13 @@ impl Broker {
             cmd.env("RUST_LOG", "info");
         }
         cmd.env("NO_COLOR", "1");
+        let data = data_dir.to_string_lossy();
+        cmd.envs(
+            self.opts
+                .env
+                .iter()
+                .map(|(k, v)| (k, v.replace("{data_dir}", &data))),
+        );
         // SAFETY: prctl is async-signal-safe; it only sets a flag of the child.
         unsafe {
             cmd.pre_exec(|| {
@@ -182,7 +214,8 @@ impl Broker {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
-                    if let Some((grpc, metrics)) = parse_ready_line(&line) {
+                    if let Some((id, grpc, metrics)) = parse_ready_line(&line) {
+                        self.id = id;
                         self.grpc_addr = grpc;
                         self.metrics_addr = metrics;
                         assert!(
@@ -267,6 +300,16 @@ impl Broker {
     /// `http://<grpc addr>`, for tonic endpoints.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.grpc_addr)
+    }
+
+    /// The node id from the ready line.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The metrics address from the ready line, if metrics are on.
+    pub fn metrics_addr_opt(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The metrics address from the ready line.
@@ -374,9 +417,10 @@ fn signal(child: &Child, sig: libc::c_int) {
 
 /// Parses `runnel broker <id> listening on <addr> (gRPC), metrics on
 /// http://<addr>/metrics, data in <dir>` (or `..., metrics off, ...`).
-pub fn parse_ready_line(line: &str) -> Option<(SocketAddr, Option<SocketAddr>)> {
+pub fn parse_ready_line(line: &str) -> Option<(u32, SocketAddr, Option<SocketAddr>)> {
     let rest = line.strip_prefix("runnel broker ")?;
-    let (_id, rest) = rest.split_once(" listening on ")?;
+    let (id, rest) = rest.split_once(" listening on ")?;
+    let id: u32 = id.parse().ok()?;
     let (grpc, rest) = rest.split_once(" (gRPC), ")?;
     let grpc: SocketAddr = grpc.parse().ok()?;
     let metrics = if rest.starts_with("metrics off, data in ") {
@@ -387,5 +431,5 @@ pub fn parse_ready_line(line: &str) -> Option<(SocketAddr, Option<SocketAddr>)> 
         rest.strip_prefix("data in ")?;
         Some(addr.parse().ok()?)
     };
-    Some((grpc, metrics))
+    Some((id, grpc, metrics))
 }
