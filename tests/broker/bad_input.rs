@@ -20,7 +20,7 @@ use crate::support::grpc::{
     Clients, assert_failed_with, assert_partition_error, batch_for, fetch_request, record,
     records_for,
 };
-use crate::support::{Broker, BrokerOptions, run_cli, with_deadline};
+use crate::support::{Broker, BrokerOptions, run_cli, start_with_topic, with_deadline};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -297,9 +297,7 @@ async fn oversized_records_are_refused_and_nothing_is_stored() {
 #[tokio::test]
 async fn fetch_outside_the_log_is_offset_out_of_range() {
     with_deadline(LIMIT, async {
-        let broker = Broker::start(BrokerOptions::flush("never"));
-        let mut c = Clients::connect(broker.grpc_addr()).await;
-        c.create_topic("five", 1).await;
+        let (broker, mut c) = start_with_topic(BrokerOptions::flush("never"), "five", 1).await;
         let records: Vec<Record> = (0..5)
             .map(|i| record(None, &format!("v{i}"), &[]))
             .collect();
@@ -373,9 +371,7 @@ fn good_batch(values: &[&str]) -> Bytes {
 #[tokio::test]
 async fn corrupt_pre_encoded_batches_are_refused_and_nothing_is_stored() {
     with_deadline(LIMIT, async {
-        let broker = Broker::start(BrokerOptions::flush("never"));
-        let mut c = Clients::connect(broker.grpc_addr()).await;
-        c.create_topic("batches", 1).await;
+        let (broker, mut c) = start_with_topic(BrokerOptions::flush("never"), "batches", 1).await;
         let good = good_batch(&["one", "two", "three"]);
         let flip = |at: usize| -> Bytes {
             let mut b = BytesMut::from(&good[..]);
@@ -730,9 +726,8 @@ async fn clients_that_disconnect_mid_stream_leave_the_broker_serving_and_the_log
 #[tokio::test]
 async fn a_failed_request_on_a_produce_stream_is_answered_and_the_stream_goes_on() {
     with_deadline(LIMIT, async {
-        let broker = Broker::start(BrokerOptions::flush("never"));
-        let mut c = Clients::connect(broker.grpc_addr()).await;
-        c.create_topic("midstream", 1).await;
+        let (_broker, mut c) =
+            start_with_topic(BrokerOptions::flush("never"), "midstream", 1).await;
         let two = || {
             vec![records_for(
                 Some(0),
@@ -819,6 +814,95 @@ async fn a_failed_request_on_a_produce_stream_is_answered_and_the_stream_goes_on
         probe
             .produce_ok("midstream", 0, vec![record(None, "c", &[])])
             .await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn malformed_requests_are_invalid_argument_and_change_nothing() {
+    with_deadline(LIMIT, async {
+        let (broker, mut c) = start_with_topic(BrokerOptions::flush("never"), "strict", 2).await;
+        let one = || vec![record(None, "v", &[])];
+        let unplaced_batch = runnel_proto::v1::PartitionRecords {
+            partition: None,
+            data: Some(runnel_proto::v1::partition_records::Data::Batch(
+                good_batch(&["x"]),
+            )),
+        };
+        let cases: Vec<(u32, &str, ProduceRequest)> = vec![
+            (1, "no partitions", produce_request("strict", vec![])),
+            (
+                2,
+                "a partition twice",
+                produce_request(
+                    "strict",
+                    vec![records_for(Some(0), one()), records_for(Some(0), one())],
+                ),
+            ),
+            (
+                3,
+                "empty record list",
+                produce_request("strict", vec![records_for(Some(0), vec![])]),
+            ),
+            (
+                4,
+                "a batch without a partition",
+                produce_request("strict", vec![unplaced_batch]),
+            ),
+            (
+                5,
+                "no data",
+                produce_request(
+                    "strict",
+                    vec![runnel_proto::v1::PartitionRecords {
+                        partition: Some(0),
+                        data: None,
+                    }],
+                ),
+            ),
+        ];
+        for (case, what, req) in cases {
+            let result = c.produce.produce(req).await;
+            let s = match result {
+                Ok(r) => panic!("case {case} ({what}) was accepted: {r:?}"),
+                Err(s) => s,
+            };
+            assert_failed_with::<()>(Err(s.clone()), ErrorReason::InvalidArgument);
+            assert_eq!(s.code(), Code::InvalidArgument, "case {case} ({what})");
+        }
+        for p in 0..2 {
+            assert_eq!(c.high_watermark("strict", p).await, 0, "nothing stored");
+        }
+
+        // A fetch naming a partition twice.
+        let mut twice = fetch_request("strict", 0, 0, true);
+        twice.partitions.push(twice.partitions[0]);
+        let s = assert_failed_with(c.fetch.fetch(twice).await, ErrorReason::InvalidArgument);
+        assert_eq!(s.code(), Code::InvalidArgument);
+
+        // max_bytes=1 still returns one whole batch.
+        c.produce_ok(
+            "strict",
+            0,
+            vec![record(None, "a", &[]), record(None, "b", &[])],
+        )
+        .await;
+        c.produce_ok("strict", 0, vec![record(None, "c", &[])])
+            .await;
+        let mut small = fetch_request("strict", 0, 0, false);
+        small.partitions[0].max_bytes = 1;
+        let resp = c
+            .fetch
+            .fetch(small)
+            .await
+            .unwrap_or_else(|s| panic!("fetch max_bytes=1: {s:?}"))
+            .into_inner();
+        let p = &resp.partitions[0];
+        let batches: Vec<_> = runnel_batch::BatchIter::new(&p.batches).collect();
+        assert_eq!(batches.len(), 1, "exactly one whole batch: {p:?}");
+        assert_eq!(p.next_offset, 2, "{p:?}");
+
+        assert_still_serves(&broker, "malformed").await;
     })
     .await;
 }

@@ -278,7 +278,10 @@ async fn produce_exits_0_only_after_every_record_is_acknowledged() {
             !out.status.success(),
             "produce without a broker exited 0: {out}"
         );
-        assert!(!out.stderr.trim().is_empty(), "no error message: {out}");
+        assert!(
+            out.stderr.contains(&dead),
+            "the message names the address it could not reach: {out}"
+        );
     })
     .await;
 }
@@ -470,6 +473,45 @@ flush = "always"
                 }
             }
         }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_fails_clearly_when_the_broker_dies_mid_run() {
+    with_deadline(LIMIT, async {
+        let mut broker = Broker::start(BrokerOptions::flush("always"));
+        broker.cli_ok(&["topic", "create", "doomed"], "");
+        let c = Clients::connect(broker.grpc_addr()).await;
+        let addr = broker.grpc_addr().to_string();
+        // Enough lines that the run is still going when the broker dies.
+        let input: String = (0..500_000).map(|i| format!("{i:08}\n")).collect();
+        let producer = std::thread::spawn(move || {
+            run_cli_timeout(
+                &["produce", "doomed", "--bootstrap", &addr],
+                &input,
+                &[],
+                Duration::from_secs(90),
+            )
+        });
+        crate::support::eventually(Duration::from_secs(60), "the first records", || {
+            let mut c = c.clone();
+            async move { (c.high_watermark("doomed", 0).await > 0).then_some(()) }
+        })
+        .await;
+        broker.kill9();
+        let out = tokio::task::spawn_blocking(move || producer.join())
+            .await
+            .unwrap_or_else(|e| panic!("join: {e}"))
+            .unwrap_or_else(|_| panic!("producer thread panicked"));
+        assert!(
+            !out.status.success(),
+            "produce exited 0 although the broker died before all records were acknowledged: {out}"
+        );
+        assert!(
+            out.stderr.contains("not acknowledged"),
+            "the message says records were not acknowledged: {out}"
+        );
     })
     .await;
 }

@@ -18,7 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use crate::support::grpc::{Clients, batch_for, channel, record, records_for};
-use crate::support::{Broker, BrokerOptions, eventually, run_cli, with_deadline};
+use crate::support::{Broker, BrokerOptions, eventually, run_cli, start_with_topic, with_deadline};
 
 /// Everything a client can observe about the broker's data.
 #[derive(Debug, PartialEq)]
@@ -318,9 +318,7 @@ async fn unary_producer(ch: Channel) -> Vec<Acked> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_with_flush_always_loses_no_acknowledged_record() {
     with_deadline(Duration::from_secs(240), async {
-        let mut broker = Broker::start(BrokerOptions::flush("always"));
-        let mut c = Clients::connect(broker.grpc_addr()).await;
-        c.create_topic("durable", 4).await;
+        let (mut broker, c) = start_with_topic(BrokerOptions::flush("always"), "durable", 4).await;
 
         let acked_count = Arc::new(AtomicU64::new(0));
         let stream = tokio::spawn(stream_producer(

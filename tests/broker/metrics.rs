@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use runnel_proto::v1::Record;
 
-use crate::support::grpc::{Clients, record};
+use crate::support::grpc::record;
 use crate::support::metrics::{Sample, parse, scrape, sum};
-use crate::support::{Broker, BrokerOptions, with_deadline};
+use crate::support::{Broker, BrokerOptions, start_with_topic, with_deadline};
 
 // Metric names as the broker registers them (crates/runnel-broker).
 const HIGH_WATERMARK: &str = "runnel_partition_high_watermark";
@@ -44,9 +44,7 @@ fn value(s: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
 async fn metrics_move_with_produce_and_fetch() {
     with_deadline(Duration::from_secs(120), async {
         // flush=always, so that every acknowledged produce is an fsync.
-        let broker = Broker::start(BrokerOptions::flush("always"));
-        let mut c = Clients::connect(broker.grpc_addr()).await;
-        c.create_topic("metered", 2).await;
+        let (broker, mut c) = start_with_topic(BrokerOptions::flush("always"), "metered", 2).await;
         let topic = [("topic", "metered")];
         let p0 = [("topic", "metered"), ("partition", "0")];
         let produce_rpc = [(RPC_LABEL, "Produce")];

@@ -12,7 +12,7 @@ use runnel_proto::v1::{
 use serde_json::Value;
 
 use crate::support::grpc::{Clients, OwnedRecord, record};
-use crate::support::{Broker, BrokerOptions, with_deadline};
+use crate::support::{Broker, BrokerOptions, start_with_topic, with_deadline};
 
 const PARTITIONS: u32 = 3;
 
@@ -408,9 +408,7 @@ async fn replay_from_offset_and_from_timestamp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_pushes_stored_then_new_batches_and_fetch_long_polls() {
     with_deadline(Duration::from_secs(120), async {
-        let broker = Broker::start(BrokerOptions::flush("never"));
-        let mut c = Clients::connect(broker.grpc_addr()).await;
-        c.create_topic("live", 1).await;
+        let (_broker, mut c) = start_with_topic(BrokerOptions::flush("never"), "live", 1).await;
         c.produce_ok(
             "live",
             0,
@@ -528,9 +526,7 @@ async fn subscribe_pushes_stored_then_new_batches_and_fetch_long_polls() {
 #[tokio::test]
 async fn large_records_up_to_the_default_limit_round_trip() {
     with_deadline(Duration::from_secs(180), async {
-        let broker = Broker::start(BrokerOptions::flush("never"));
-        let mut c = Clients::connect(broker.grpc_addr()).await;
-        c.create_topic("large", 1).await;
+        let (broker, mut c) = start_with_topic(BrokerOptions::flush("never"), "large", 1).await;
         // 6 MiB: above gRPC's 4 MiB default message limit, below the
         // topic's default max_record_bytes (8 MiB).
         let big: String = (0..6 << 20)
@@ -573,9 +569,7 @@ async fn large_records_up_to_the_default_limit_round_trip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_producers_to_one_partition_get_disjoint_dense_offsets() {
     with_deadline(Duration::from_secs(120), async {
-        let broker = Broker::start(BrokerOptions::flush("always"));
-        let mut c = Clients::connect(broker.grpc_addr()).await;
-        c.create_topic("shared", 1).await;
+        let (broker, mut c) = start_with_topic(BrokerOptions::flush("always"), "shared", 1).await;
         let mut tasks = Vec::new();
         for producer in 0..4 {
             let mut c = Clients::connect(broker.grpc_addr()).await;
@@ -627,9 +621,7 @@ async fn concurrent_producers_to_one_partition_get_disjoint_dense_offsets() {
 #[tokio::test]
 async fn a_deleted_topic_stays_deleted_and_its_name_starts_empty() {
     with_deadline(Duration::from_secs(120), async {
-        let mut broker = Broker::start(BrokerOptions::flush("never"));
-        let mut c = Clients::connect(broker.grpc_addr()).await;
-        c.create_topic("gone", 2).await;
+        let (mut broker, mut c) = start_with_topic(BrokerOptions::flush("never"), "gone", 2).await;
         c.create_topic("kept", 1).await;
         c.produce_ok("gone", 1, vec![record(None, "old", &[])])
             .await;

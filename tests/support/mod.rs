@@ -59,6 +59,19 @@ where
     }
 }
 
+/// Starts a broker, connects the gRPC clients and creates `topic` with
+/// `partitions` partitions: the opening of most broker tests.
+pub async fn start_with_topic(
+    opts: BrokerOptions,
+    topic: &str,
+    partitions: u32,
+) -> (Broker, grpc::Clients) {
+    let broker = Broker::start(opts);
+    let mut c = grpc::Clients::connect(broker.grpc_addr()).await;
+    c.create_topic(topic, partitions).await;
+    (broker, c)
+}
+
 /// A unique topic name for one test (brokers are per test, but names that
 /// say which test made them help when reading a broker's log).
 pub fn topic_name(test: &str) -> String {
