@@ -8,6 +8,7 @@ use bytes::Bytes;
 use runnel_batch::partitioner::partition_for_key;
 use runnel_proto::v1::{
     ListOffsetsRequest, OffsetQuery, OffsetSpec, PartitionOffset, Record, SubscribeRequest,
+    TopicConfig,
 };
 use serde_json::Value;
 
@@ -657,6 +658,102 @@ async fn a_deleted_topic_stays_deleted_and_its_name_starts_empty() {
         assert_eq!(c.fetch_decoded("kept", 0, 0).await.len(), 1);
         let dirs = broker.partition_dirs();
         assert_eq!(dirs.len(), 1, "the deleted topic's files remain: {dirs:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn retention_deletes_old_segments_and_reads_start_at_the_log_start() {
+    with_deadline(Duration::from_secs(120), async {
+        let broker = Broker::start(BrokerOptions::flush("never"));
+        let mut c = Clients::connect(broker.grpc_addr()).await;
+        let small_segments = |retention_ms: i64, retention_bytes: i64| TopicConfig {
+            partitions: Some(1),
+            segment_bytes: Some(1 << 20),
+            // The broker wants max_record_bytes <= segment_bytes.
+            max_record_bytes: Some(128 << 10),
+            retention_ms: Some(retention_ms),
+            retention_bytes: Some(retention_bytes),
+            ..Default::default()
+        };
+        // By size: keep about 1 MiB. By time: records from 2023, keep an hour.
+        c.create_topic_with("by-size", small_segments(-1, 1 << 20))
+            .await;
+        c.create_topic_with("by-time", small_segments(3_600_000, -1))
+            .await;
+        let value = "r".repeat(1000);
+        for topic in ["by-size", "by-time"] {
+            for batch in 0..56i64 {
+                let records: Vec<Record> = (0..64)
+                    .map(|_| {
+                        let mut r = record(None, &value, &[]);
+                        r.timestamp_ms = Some(T0 + batch);
+                        r
+                    })
+                    .collect();
+                c.produce_ok(topic, 0, records).await;
+            }
+        }
+        let total = 56 * 64;
+        for topic in ["by-size", "by-time"] {
+            let start = crate::support::eventually(
+                Duration::from_secs(60),
+                "retention to delete a segment",
+                || {
+                    let mut c = c.clone();
+                    async move {
+                        let p = c.partitions(topic).await.remove(0);
+                        (p.log_start_offset > 0).then_some(p.log_start_offset)
+                    }
+                },
+            )
+            .await;
+            let p = c.partitions(topic).await.remove(0);
+            assert_eq!(p.high_watermark, total, "{topic}: {p:?}");
+            assert!(start < total, "{topic}: the active segment stays: {p:?}");
+            let earliest = list_offset(&mut c, topic, spec(0, OffsetSpec::Earliest)).await;
+            assert_eq!(earliest.offset, start, "{topic}: ListOffsets earliest");
+            // Below the log start: out of range.
+            let resp = c
+                .fetch
+                .fetch(crate::support::grpc::fetch_request(topic, 0, 0, true))
+                .await;
+            match resp {
+                Ok(r) => crate::support::grpc::assert_partition_error(
+                    r.into_inner().partitions[0].error.as_ref(),
+                    runnel_proto::v1::ErrorReason::OffsetOutOfRange,
+                ),
+                Err(s) => {
+                    crate::support::grpc::assert_failed_with::<()>(
+                        Err(s),
+                        runnel_proto::v1::ErrorReason::OffsetOutOfRange,
+                    );
+                }
+            }
+            // What is left reads back whole, from the log start.
+            let rest = c.fetch_decoded(topic, 0, start).await;
+            assert_eq!(rest.len() as u64, total - start, "{topic}");
+            assert_eq!(rest[0].offset, start);
+            // The CLI's --from-beginning starts at the log start.
+            let out = broker.cli_ok(
+                &[
+                    "consume",
+                    topic,
+                    "--from-beginning",
+                    "--format",
+                    "%o",
+                    "--max-messages",
+                    "1",
+                ],
+                "",
+            );
+            assert_eq!(out.trim(), start.to_string(), "{topic}: --from-beginning");
+        }
+        let by_size = c.partitions("by-size").await.remove(0);
+        assert!(
+            by_size.size_bytes <= 3 << 20,
+            "retention_bytes=1 MiB keeps at most a segment or two: {by_size:?}"
+        );
     })
     .await;
 }
