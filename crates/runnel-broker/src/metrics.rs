@@ -201,7 +201,7 @@ impl Metrics {
                 set(&self.log_start, o.log_start);
                 set(&self.high_watermark, o.high_watermark);
                 set(&self.log_end, o.log_end);
-                set(&self.size_bytes, o.size_bytes);
+                set(&self.size_bytes, replica.size_bytes());
             }
         }
         let mut out = String::with_capacity(16 << 10);

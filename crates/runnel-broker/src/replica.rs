@@ -80,8 +80,6 @@ pub struct PartitionOffsets {
     pub high_watermark: u64,
     /// Offset after the last appended record.
     pub log_end: u64,
-    /// Bytes stored.
-    pub size_bytes: u64,
 }
 
 /// Why a replica operation failed.
@@ -153,8 +151,11 @@ pub trait Replica: Send + Sync + 'static {
         timestamp: i64,
     ) -> BoxFuture<Result<Option<(u64, i64)>, ReplicaError>>;
 
-    /// Current offsets and size.
+    /// Current offsets (cheap: no lock shared with appends).
     fn offsets(&self) -> PartitionOffsets;
+
+    /// Bytes stored (briefly takes the log's lock).
+    fn size_bytes(&self) -> u64;
 
     /// The node leading this partition, when known.
     fn leader(&self) -> Option<NodeRef>;
@@ -537,8 +538,11 @@ impl Replica for LocalReplica {
             log_start: self.shared.log_start.load(Ordering::Acquire),
             high_watermark: *self.shared.hwm.borrow(),
             log_end: self.shared.log_end.load(Ordering::Acquire),
-            size_bytes: self.shared.log.size_bytes().unwrap_or(0),
         }
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.shared.log.size_bytes().unwrap_or(0)
     }
 
     fn leader(&self) -> Option<NodeRef> {

@@ -48,6 +48,9 @@ impl TestBroker {
         }));
         let channel = Channel::from_shared(format!("http://{addr}"))
             .unwrap()
+            .initial_stream_window_size(crate::WINDOW_BYTES)
+            .initial_connection_window_size(crate::WINDOW_BYTES)
+            .tcp_nodelay(true)
             .connect()
             .await
             .unwrap();
@@ -71,6 +74,7 @@ impl TestBroker {
 
     fn fetch(&self) -> FetchServiceClient<Channel> {
         FetchServiceClient::new(self.channel.clone())
+            .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
     }
 
     /// Graceful shutdown; returns the data directory.
@@ -765,4 +769,174 @@ async fn data_dir_of_another_node_is_refused() {
     config.node_id = 2;
     let err = crate::Broker::open(config).await.unwrap_err();
     assert!(err.to_string().contains("--id 1"), "{err}");
+}
+
+#[tokio::test]
+async fn health_and_reflection_answer() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let b = TestBroker::start(None, FlushPolicy::Never).await;
+    let mut health = HealthClient::new(b.channel.clone());
+    for service in [
+        "",
+        "runnel.v1.AdminService",
+        "runnel.v1.ProduceService",
+        "runnel.v1.FetchService",
+    ] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, 1, "{service:?} is SERVING");
+    }
+    let mut reflection = ServerReflectionClient::new(b.channel.clone());
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer {response:?}");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    for want in [
+        "runnel.v1.AdminService",
+        "runnel.v1.ProduceService",
+        "runnel.v1.FetchService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn deleting_a_topic_ends_its_subscriptions() {
+    let b = TestBroker::start(None, FlushPolicy::Never).await;
+    b.create("gone", 1).await;
+    let mut sub = b
+        .fetch()
+        .subscribe(SubscribeRequest {
+            topic: "gone".into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: 0,
+            decode: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    b.admin()
+        .delete_topic(DeleteTopicRequest {
+            name: "gone".into(),
+        })
+        .await
+        .unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(10), sub.message())
+        .await
+        .unwrap();
+    let status = end.unwrap_err();
+    assert_eq!(reason(&status), "UNAVAILABLE");
+    b.stop().await;
+}
+
+/// Rough throughput of the broker alone (run with
+/// `cargo test --release -p runnel-broker throughput -- --ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement, not a test"]
+async fn throughput() {
+    let flush = match std::env::var("FLUSH").as_deref() {
+        Ok("always") => FlushPolicy::Always,
+        _ => FlushPolicy::Never,
+    };
+    let b = TestBroker::start(None, flush).await;
+    b.create("bench", 1).await;
+    let value = vec![b'x'; 1024];
+    let mut builder = BatchBuilder::new(Compression::None);
+    for _ in 0..256 {
+        builder.push(NewRecord {
+            key: None,
+            value: &value,
+            headers: &[],
+            timestamp: crate::service::now_ms(),
+        });
+    }
+    let one = builder.finish().unwrap();
+    let batches: u64 = std::env::var("BATCHES")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(4096);
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut responses = b
+        .produce()
+        .produce_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let t = Instant::now();
+    let sender = tokio::spawn(async move {
+        for seq in 0..batches {
+            let mut req = batch_request("bench", 0, one.clone());
+            req.acks = Acks::Leader as i32;
+            tx.send(ProduceStreamRequest {
+                sequence: seq,
+                request: Some(req),
+            })
+            .await
+            .unwrap();
+        }
+    });
+    let mut n = 0;
+    while let Some(r) = responses.message().await.unwrap() {
+        assert!(r.error.is_none());
+        n += 1;
+        if n == batches {
+            break;
+        }
+    }
+    sender.await.unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    let bytes = (batches * 256 * 1024) as f64;
+    println!("produce: {:.0} MB/s ({flush:?})", bytes / secs / 1e6);
+
+    let t = Instant::now();
+    let mut fetch = b.fetch();
+    let mut offset = 0;
+    let mut got = 0usize;
+    while offset < batches * 256 {
+        let mut req = fetch_request("bench", 0, offset, false);
+        req.partitions[0].max_bytes = 4 << 20;
+        let d = fetch
+            .fetch(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .partitions
+            .remove(0);
+        got += d.batches.len();
+        assert!(
+            d.next_offset > offset,
+            "stuck at {offset}: {:?} hwm {}",
+            d.error,
+            d.high_watermark
+        );
+        offset = d.next_offset;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!("fetch: {:.0} MB/s", got as f64 / secs / 1e6);
+    b.stop().await;
 }

@@ -38,7 +38,7 @@ pub(crate) fn describe(topic: &Topic) -> TopicDescription {
                     log_start_offset: o.log_start,
                     high_watermark: o.high_watermark,
                     log_end_offset: o.log_end,
-                    size_bytes: o.size_bytes,
+                    size_bytes: r.size_bytes(),
                 }
             })
             .collect(),
