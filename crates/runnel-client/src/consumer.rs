@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use runnel_batch::BatchIter;
-use runnel_proto::v1::{ErrorReason, FetchRequest, PartitionData, PartitionFetch};
+use runnel_proto::v1::{ErrorReason, FetchRequest, FetchResponse, PartitionData, PartitionFetch};
+use tokio::task::JoinHandle;
 
 use crate::client::{Client, OffsetSpec};
 use crate::error::{Error, Result};
@@ -79,16 +80,34 @@ struct PartitionState {
 
 /// Reads a set of partitions of one topic, each from its own position.
 ///
-/// Every [`Consumer::poll`] is one `Fetch` call over all the partitions; the
-/// consumer verifies each batch's CRC, skips records below the position and
-/// advances the position past what it returns. Positions live only in the
-/// consumer (no groups, no commits yet).
+/// Every [`Consumer::poll`] returns one `Fetch` call over all the
+/// partitions; the consumer verifies each batch's CRC, skips records below
+/// the position and advances the position past what it returns. The next
+/// fetch starts as soon as a poll returns, so the broker reads while the
+/// caller works (it is thrown away if [`Consumer::seek`] moves a position).
+/// Positions live only in the consumer (no groups, no commits yet).
 #[derive(Debug)]
 pub struct Consumer {
     client: Client,
     topic: Arc<str>,
     partitions: Vec<PartitionState>,
     config: ConsumerConfig,
+    prefetch: Option<Prefetch>,
+}
+
+/// A fetch started ahead, from `positions`.
+#[derive(Debug)]
+struct Prefetch {
+    positions: Vec<u64>,
+    task: JoinHandle<Result<FetchResponse>>,
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        if let Some(prefetch) = self.prefetch.take() {
+            prefetch.task.abort();
+        }
+    }
 }
 
 impl Consumer {
@@ -147,6 +166,7 @@ impl Consumer {
                 })
                 .collect(),
             config,
+            prefetch: None,
         })
     }
 
@@ -194,6 +214,34 @@ impl Consumer {
     /// A partition error (`OFFSET_OUT_OF_RANGE` after retention deleted the
     /// position, for example) fails the call; positions are not reset.
     pub async fn poll(&mut self) -> Result<Vec<ConsumerRecord>> {
+        let positions = self.positions();
+        let fetch = match self.prefetch.take() {
+            Some(prefetch) if prefetch.positions == positions => prefetch,
+            Some(stale) => {
+                stale.task.abort();
+                self.start_fetch()
+            }
+            None => self.start_fetch(),
+        };
+        let response = fetch
+            .task
+            .await
+            .map_err(|e| Error::Protocol(format!("the fetch task failed: {e}")))??;
+        let mut records = Vec::new();
+        for data in &response.partitions {
+            self.take(data, &mut records)?;
+        }
+        // Fetch the next round while the caller handles this one.
+        self.prefetch = Some(self.start_fetch());
+        Ok(records)
+    }
+
+    fn positions(&self) -> Vec<u64> {
+        self.partitions.iter().map(|p| p.position).collect()
+    }
+
+    /// Starts a fetch from the current positions on its own task.
+    fn start_fetch(&self) -> Prefetch {
         let request = FetchRequest {
             topic: self.topic.to_string(),
             partitions: self
@@ -210,15 +258,11 @@ impl Consumer {
             max_bytes: self.config.max_bytes,
             decode: false,
         };
-        let response = self
-            .client
-            .call(self.client.fetcher().fetch(request))
-            .await?;
-        let mut records = Vec::new();
-        for data in &response.partitions {
-            self.take(data, &mut records)?;
+        let client = self.client.clone();
+        Prefetch {
+            positions: self.positions(),
+            task: tokio::spawn(async move { client.call(client.fetcher().fetch(request)).await }),
         }
-        Ok(records)
     }
 
     /// Decodes one partition's batches into `out`, advancing its position.
@@ -325,6 +369,7 @@ mod tests {
                 high_watermark: None,
             }],
             config: ConsumerConfig::default(),
+            prefetch: None,
         }
     }
 

@@ -85,11 +85,39 @@ pub(crate) struct Accumulator {
     next_id: u64,
     /// Seed for the first sticky partition of each topic.
     sticky_seed: u32,
-    /// Wall clock (ms) read at `clock_instant`: record timestamps are
-    /// derived from the monotonic `now` the caller passes, saving a second
-    /// clock read per record.
-    clock_ms: i64,
-    clock_instant: Instant,
+    clock: WallClock,
+}
+
+/// Record timestamps derived from the monotonic `now` the caller passes,
+/// saving a second clock read per record: the wall clock (ms) read at
+/// `instant`, re-read at most every 100 ms (and whenever `now` is earlier).
+#[derive(Debug)]
+struct WallClock {
+    ms: i64,
+    instant: Instant,
+}
+
+impl WallClock {
+    fn new() -> Self {
+        WallClock {
+            ms: wall_clock_ms(),
+            instant: Instant::now(),
+        }
+    }
+
+    /// Milliseconds since the Unix epoch at `now`.
+    fn ms(&mut self, now: Instant) -> i64 {
+        match now.checked_duration_since(self.instant) {
+            Some(d) if d < Duration::from_millis(100) => {
+                self.ms + i64::try_from(d.as_millis()).unwrap_or(0)
+            }
+            _ => {
+                self.ms = wall_clock_ms();
+                self.instant = now;
+                self.ms
+            }
+        }
+    }
 }
 
 impl Accumulator {
@@ -108,31 +136,8 @@ impl Accumulator {
             outstanding: HashMap::new(),
             next_id: 0,
             sticky_seed,
-            clock_ms: wall_clock_ms(),
-            clock_instant: Instant::now(),
+            clock: WallClock::new(),
         }
-    }
-
-    /// Milliseconds since the Unix epoch at `now`, re-read from the wall
-    /// clock at most every 100 ms (and whenever `now` is earlier than the
-    /// last reading).
-    fn wall_ms(&mut self, now: Instant) -> i64 {
-        let since = now.checked_duration_since(self.clock_instant);
-        match since {
-            Some(d) if d < Duration::from_millis(100) => {
-                self.clock_ms + i64::try_from(d.as_millis()).unwrap_or(0)
-            }
-            _ => {
-                self.clock_ms = wall_clock_ms();
-                self.clock_instant = now;
-                self.clock_ms
-            }
-        }
-    }
-
-    /// The partition count of `topic`, if known.
-    pub(crate) fn partitions(&self, topic: &str) -> Option<u32> {
-        self.topics.get(topic).map(|t| t.partitions)
     }
 
     /// Records `topic`'s partition count (from metadata). A count that
@@ -160,36 +165,30 @@ impl Accumulator {
         );
     }
 
-    /// Appends one record to its partition's open batch.
-    ///
-    /// The topic must be known ([`Accumulator::set_partitions`]); an explicit
-    /// partition outside it fails with `UNKNOWN_PARTITION`.
+    /// Appends one record to its partition's open batch; `None` when the
+    /// topic is not known yet ([`Accumulator::set_partitions`]). An explicit
+    /// partition outside the topic fails with `UNKNOWN_PARTITION`.
     pub(crate) fn append(
         &mut self,
         topic: &str,
         record: Append<'_>,
         now: Instant,
-    ) -> Result<Appended> {
+    ) -> Option<Result<Appended>> {
+        let t = self.topics.get_mut(topic)?;
         let timestamp = match record.timestamp {
             Some(ts) => ts,
-            None => self.wall_ms(now),
-        };
-        let Some(t) = self.topics.get_mut(topic) else {
-            return Err(Error::local(
-                ErrorReason::UnknownTopic,
-                format!("topic \"{topic}\" has no metadata in this producer"),
-            ));
+            None => self.clock.ms(now),
         };
         let partition = match (record.partition, record.key) {
             (Some(p), _) if p >= t.partitions => {
-                return Err(Error::local(
+                return Some(Err(Error::local(
                     ErrorReason::UnknownPartition,
                     format!(
                         "topic \"{topic}\" has {} partitions (0-{}); there is no partition {p}",
                         t.partitions,
                         t.partitions - 1
                     ),
-                ));
+                )));
             }
             (Some(p), _) => p,
             (None, Some(key)) => runnel_batch::partitioner::partition_for_key(key, t.partitions),
@@ -259,12 +258,12 @@ impl Accumulator {
                     t.sticky = (t.sticky + 1) % t.partitions;
                 }
             }
-            return Ok(Appended {
+            return Some(Ok(Appended {
                 wake_sender: true,
                 ..appended
-            });
+            }));
         }
-        Ok(appended)
+        Some(Ok(appended))
     }
 
     /// Takes the batches ready to send: full ones first, then every open
@@ -362,6 +361,16 @@ mod tests {
         }
     }
 
+    /// Appends to a known topic.
+    fn add(
+        acc: &mut Accumulator,
+        topic: &str,
+        record: Append<'_>,
+        now: Instant,
+    ) -> Result<Appended> {
+        acc.append(topic, record, now).expect("the topic is known")
+    }
+
     fn accumulator(batch_bytes: usize) -> Accumulator {
         let mut acc = Accumulator::new(Duration::from_millis(5), batch_bytes, Compression::None, 0);
         acc.set_partitions("t", 4);
@@ -392,19 +401,12 @@ mod tests {
             (4, None, None, 0),
         ];
         for (case, partition, key, want) in cases {
-            let appended = acc
-                .append("t", record(*partition, *key, b"v"), now)
-                .unwrap();
+            let appended = add(&mut acc, "t", record(*partition, *key, b"v"), now).unwrap();
             assert_eq!(appended.completion.partition(), *want, "case {case}");
         }
-        let error = acc
-            .append("t", record(Some(4), None, b"v"), now)
-            .unwrap_err();
+        let error = add(&mut acc, "t", record(Some(4), None, b"v"), now).unwrap_err();
         assert_eq!(error.reason(), Some(ErrorReason::UnknownPartition));
-        let error = acc
-            .append("nope", record(None, None, b"v"), now)
-            .unwrap_err();
-        assert_eq!(error.reason(), Some(ErrorReason::UnknownTopic));
+        assert!(acc.append("nope", record(None, None, b"v"), now).is_none());
     }
 
     #[test]
@@ -413,7 +415,7 @@ mod tests {
         let mut acc = accumulator(200);
         let mut partitions = Vec::new();
         for _ in 0..12 {
-            let appended = acc.append("t", record(None, None, &[7; 50]), now).unwrap();
+            let appended = add(&mut acc, "t", record(None, None, &[7; 50]), now).unwrap();
             partitions.push(appended.completion.partition());
         }
         // Each 200-byte batch holds one 73-byte header and two ~55-byte
@@ -422,7 +424,7 @@ mod tests {
         // Closing by linger moves the sticky partition as well.
         let drained = acc.drain(now + Duration::from_millis(5), false);
         assert!(drained.iter().any(|b| b.partition == 1));
-        let next = acc.append("t", record(None, None, b"v"), now).unwrap();
+        let next = add(&mut acc, "t", record(None, None, b"v"), now).unwrap();
         assert_eq!(next.completion.partition(), 2);
     }
 
@@ -430,24 +432,18 @@ mod tests {
     fn batches_close_at_batch_bytes_or_linger() {
         let t0 = Instant::now();
         let mut acc = accumulator(300);
-        let first = acc
-            .append("t", record(Some(0), None, &[1; 100]), t0)
-            .unwrap();
+        let first = add(&mut acc, "t", record(Some(0), None, &[1; 100]), t0).unwrap();
         assert!(
             first.wake_sender,
             "a new batch arms the sender's linger timer"
         );
-        let second = acc
-            .append("t", record(Some(0), None, &[1; 100]), t0)
-            .unwrap();
+        let second = add(&mut acc, "t", record(Some(0), None, &[1; 100]), t0).unwrap();
         assert!(!second.wake_sender);
         assert_eq!((first.index, second.index), (0, 1));
         assert_eq!(acc.next_deadline(), Some(t0 + Duration::from_millis(5)));
         assert!(acc.drain(t0, false).is_empty());
         // The third record would pass 300 bytes: the batch closes first.
-        let third = acc
-            .append("t", record(Some(0), None, &[1; 100]), t0)
-            .unwrap();
+        let third = add(&mut acc, "t", record(Some(0), None, &[1; 100]), t0).unwrap();
         assert!(third.wake_sender);
         assert_eq!(third.index, 0);
         let full = acc.drain(t0, false);
@@ -466,8 +462,7 @@ mod tests {
     fn a_record_larger_than_a_batch_goes_alone() {
         let now = Instant::now();
         let mut acc = accumulator(100);
-        acc.append("t", record(Some(1), None, &[0; 500]), now)
-            .unwrap();
+        add(&mut acc, "t", record(Some(1), None, &[0; 500]), now).unwrap();
         let full = acc.drain(now, false);
         assert_eq!(full.len(), 1);
         assert_eq!(full[0].builder.record_count(), 1);
@@ -477,8 +472,8 @@ mod tests {
     fn close_all_lists_every_unfinished_batch() {
         let now = Instant::now();
         let mut acc = accumulator(1 << 20);
-        acc.append("t", record(Some(0), None, b"a"), now).unwrap();
-        acc.append("t", record(Some(1), None, b"b"), now).unwrap();
+        add(&mut acc, "t", record(Some(0), None, b"a"), now).unwrap();
+        add(&mut acc, "t", record(Some(1), None, b"b"), now).unwrap();
         let pending = acc.close_all();
         assert_eq!(pending.len(), 2);
         let batches = acc.drain(now, false);

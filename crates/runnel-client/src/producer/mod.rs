@@ -293,16 +293,19 @@ impl Producer {
         // One lock and one clock read per record when the topic is known
         // (the common case).
         let now = Instant::now();
-        let appended = {
-            let mut accumulator = shared.lock();
-            accumulator
-                .partitions(&record.topic)
-                .map(|_| accumulator.append(&record.topic, append, now))
-        };
+        let appended = shared.lock().append(&record.topic, append, now);
         let result = match appended {
             Some(result) => result,
             None => match self.load_metadata(&record.topic).await {
-                Ok(()) => shared.lock().append(&record.topic, append, Instant::now()),
+                Ok(()) => shared
+                    .lock()
+                    .append(&record.topic, append, Instant::now())
+                    .unwrap_or_else(|| {
+                        Err(Error::Protocol(format!(
+                            "no metadata for topic \"{}\" after loading it",
+                            record.topic
+                        )))
+                    }),
                 Err(e) => Err(e),
             },
         };
