@@ -237,15 +237,12 @@ async fn oversized_records_are_refused_and_nothing_is_stored() {
     with_deadline(LIMIT, async {
         let broker = Broker::start(BrokerOptions::flush("never"));
         let mut c = Clients::connect(broker.grpc_addr()).await;
-        c.create_topic_with(
-            "small",
-            TopicConfig {
-                partitions: Some(1),
-                max_record_bytes: Some(1024),
-                ..Default::default()
-            },
-        )
-        .await;
+        broker.cli_ok(
+            &["topic", "create", "small", "--max-record-bytes", "1024"],
+            "",
+        );
+        let cfg = c.describe("small").await.config.unwrap_or_default();
+        assert_eq!(cfg.max_record_bytes, Some(1024), "--max-record-bytes");
         let big = "x".repeat(2000);
         assert_failed_with(
             c.produce_to("small", 0, vec![record(None, &big, &[])])
