@@ -515,3 +515,44 @@ async fn produce_fails_clearly_when_the_broker_dies_mid_run() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn cli_errors_exit_non_zero_and_name_what_is_wrong() {
+    with_deadline(LIMIT, async {
+        let broker = Broker::start(BrokerOptions::flush("never"));
+        broker.cli_ok(&["topic", "create", "one"], "");
+        // (case, args, stdin, what stderr must mention)
+        let cases: [(u32, &[&str], &str, &str); 6] = [
+            (1, &["consume", "nope", "--timeout-ms", "500"], "", "nope"),
+            (
+                2,
+                &["consume", "one", "--partition", "5", "--timeout-ms", "500"],
+                "",
+                "5",
+            ),
+            (3, &["produce", "one", "--partition", "5"], "x\n", "5"),
+            (
+                4,
+                &["consume", "one", "--format", "%q", "--timeout-ms", "500"],
+                "",
+                "%q",
+            ),
+            (5, &["topic", "describe", "nope"], "", "nope"),
+            (6, &["topic", "create", "one"], "", "one"),
+        ];
+        for (case, args, stdin, mention) in cases {
+            let out = broker.cli(args, stdin);
+            assert!(
+                !out.status.success(),
+                "case {case}: runnel {args:?} succeeded: {out}"
+            );
+            assert!(
+                out.stderr.contains(mention),
+                "case {case}: the error should mention {mention:?}: {out}"
+            );
+        }
+        let mut c = Clients::connect(broker.grpc_addr()).await;
+        assert_eq!(c.high_watermark("one", 0).await, 0, "nothing was produced");
+    })
+    .await;
+}
