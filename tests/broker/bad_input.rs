@@ -672,23 +672,7 @@ async fn clients_that_disconnect_mid_stream_leave_the_broker_serving_and_the_log
 
         // 4. A subscriber that reads one message and goes away.
         {
-            let mut sub = c
-                .fetch
-                .subscribe(SubscribeRequest {
-                    topic: "midstream".into(),
-                    partition: 1,
-                    offset: 0,
-                    max_bytes: 0,
-                    decode: true,
-                })
-                .await
-                .unwrap_or_else(|s| panic!("subscribe: {s:?}"))
-                .into_inner();
-            let msg = sub
-                .message()
-                .await
-                .unwrap_or_else(|s| panic!("subscribe stream: {s:?}"));
-            let msg = msg.unwrap_or_else(|| panic!("subscribe ended without data"));
+            let msg = c.subscribe_first("midstream", 1, 0, true).await;
             assert_eq!(msg.records.len(), 2, "{msg:?}");
         }
 
@@ -900,6 +884,86 @@ async fn malformed_requests_are_invalid_argument_and_change_nothing() {
         assert_eq!(p.next_offset, 2, "{p:?}");
 
         assert_still_serves(&broker, "malformed").await;
+    })
+    .await;
+}
+
+/// Subscribes to `pos` at (partition, offset) and expects `want`, as the
+/// call status or as the first message's error, not a silent end.
+async fn assert_subscribe_refused(c: &mut Clients, partition: u32, offset: u64, want: ErrorReason) {
+    let result = c
+        .fetch
+        .subscribe(SubscribeRequest {
+            topic: "pos".into(),
+            partition,
+            offset,
+            max_bytes: 0,
+            decode: true,
+        })
+        .await;
+    let first = match result {
+        Err(s) => Err(s),
+        Ok(stream) => stream.into_inner().message().await,
+    };
+    match first {
+        Err(s) => {
+            assert_failed_with::<()>(Err(s), want);
+        }
+        Ok(Some(m)) => assert_partition_error(m.error.as_ref(), want),
+        Ok(None) => panic!("subscribe at {partition}/{offset} ended silently"),
+    }
+}
+
+#[tokio::test]
+async fn subscribe_and_list_offsets_report_bad_positions() {
+    with_deadline(LIMIT, async {
+        let (broker, mut c) = start_with_topic(BrokerOptions::flush("never"), "pos", 1).await;
+        c.produce_ok(
+            "pos",
+            0,
+            vec![record(None, "a", &[]), record(None, "b", &[])],
+        )
+        .await;
+
+        // Raw Subscribe from offset 1: whole verified batches, the first one
+        // starting at or before 1.
+        let msg = c.subscribe_first("pos", 0, 1, false).await;
+        let batch = runnel_batch::BatchView::new(&msg.batches)
+            .unwrap_or_else(|e| panic!("subscribed bytes do not verify: {e}"));
+        assert!(
+            batch.base_offset() <= 1 && batch.next_offset() == 2,
+            "{msg:?}"
+        );
+
+        // Past the end, and a partition that does not exist.
+        assert_subscribe_refused(&mut c, 0, 50, ErrorReason::OffsetOutOfRange).await;
+        assert_subscribe_refused(&mut c, 3, 0, ErrorReason::UnknownPartition).await;
+
+        // ListOffsets for a partition that does not exist.
+        let result = c
+            .fetch
+            .list_offsets(ListOffsetsRequest {
+                topic: "pos".into(),
+                queries: vec![OffsetQuery {
+                    partition: 3,
+                    spec: OffsetSpec::Latest as i32,
+                    timestamp_ms: 0,
+                }],
+            })
+            .await;
+        match result {
+            Ok(r) => assert_partition_error(
+                r.into_inner()
+                    .offsets
+                    .first()
+                    .and_then(|o| o.error.as_ref()),
+                ErrorReason::UnknownPartition,
+            ),
+            Err(s) => {
+                assert_failed_with::<()>(Err(s), ErrorReason::UnknownPartition);
+            }
+        }
+        assert_still_serves(&broker, "positions").await;
     })
     .await;
 }

@@ -429,3 +429,43 @@ async fn sigterm_exits_0_and_keeps_data_even_while_a_client_is_unresponsive() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_second_broker_on_the_same_data_dir_is_refused() {
+    with_deadline(Duration::from_secs(120), async {
+        let (broker, mut c) = start_with_topic(BrokerOptions::flush("never"), "owned", 1).await;
+        c.produce_ok("owned", 0, vec![record(None, "mine", &[])])
+            .await;
+        let dir = broker.data_dir().to_string_lossy().into_owned();
+        // Two writers on one log would corrupt it: the second must stop
+        // with a clear message (not serve, not hang).
+        let out = crate::support::cli::run_cli_timeout(
+            &[
+                "broker",
+                "--id",
+                "2",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "off",
+                "--data-dir",
+                &dir,
+            ],
+            "",
+            &[],
+            Duration::from_secs(30),
+        );
+        assert!(!out.status.success(), "a second broker ran on {dir}: {out}");
+        assert!(
+            !out.stdout.contains("listening"),
+            "it even printed a ready line: {out}"
+        );
+        assert!(!out.stderr.trim().is_empty(), "no message: {out}");
+        // The first one is unharmed.
+        let got = c.fetch_decoded("owned", 0, 0).await;
+        assert_eq!(got.len(), 1);
+        c.produce_ok("owned", 0, vec![record(None, "still mine", &[])])
+            .await;
+    })
+    .await;
+}

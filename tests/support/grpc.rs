@@ -72,26 +72,21 @@ impl Clients {
 
     /// Creates a topic with `config`.
     pub async fn create_topic_with(&mut self, name: &str, config: TopicConfig) -> TopicDescription {
-        let resp = self
-            .admin
-            .create_topic(CreateTopicRequest {
-                name: name.into(),
-                config: Some(config),
-            })
-            .await
-            .unwrap_or_else(|s| panic!("CreateTopic {name}: {}", describe_status(&s)));
-        resp.into_inner()
+        let call = self.admin.create_topic(CreateTopicRequest {
+            name: name.into(),
+            config: Some(config),
+        });
+        ok(call.await, &format!("CreateTopic {name}"))
             .topic
             .unwrap_or_else(|| panic!("CreateTopic {name} returned no topic"))
     }
 
     /// DescribeTopic, failing the test on error.
     pub async fn describe(&mut self, name: &str) -> TopicDescription {
-        self.admin
-            .describe_topic(DescribeTopicRequest { name: name.into() })
-            .await
-            .unwrap_or_else(|s| panic!("DescribeTopic {name}: {}", describe_status(&s)))
-            .into_inner()
+        let call = self
+            .admin
+            .describe_topic(DescribeTopicRequest { name: name.into() });
+        ok(call.await, &format!("DescribeTopic {name}"))
             .topic
             .unwrap_or_else(|| panic!("DescribeTopic {name} returned no topic"))
     }
@@ -132,16 +127,13 @@ impl Clients {
     /// Produces `records` with no partition (the broker's partitioner
     /// places them), acks=all; fails the test on a call error.
     pub async fn produce_placed(&mut self, topic: &str, records: Vec<Record>) -> ProduceResponse {
-        self.produce
-            .produce(ProduceRequest {
-                topic: topic.into(),
-                partitions: vec![records_for(None, records)],
-                acks: Acks::All as i32,
-                timeout_ms: 0,
-            })
-            .await
-            .unwrap_or_else(|s| panic!("Produce to {topic} (placed): {}", describe_status(&s)))
-            .into_inner()
+        let call = self.produce.produce(ProduceRequest {
+            topic: topic.into(),
+            partitions: vec![records_for(None, records)],
+            acks: Acks::All as i32,
+            timeout_ms: 0,
+        });
+        ok(call.await, &format!("Produce to {topic} (placed)"))
     }
 
     /// Produces and asserts success; returns the base offset.
@@ -161,6 +153,30 @@ impl Clients {
             .unwrap_or_else(|| panic!("acks=all must return a base offset: {resp:?}"))
     }
 
+    /// Subscribes and returns the first message (then drops the stream);
+    /// fails the test on any error or an empty stream.
+    pub async fn subscribe_first(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        decode: bool,
+    ) -> PartitionData {
+        let call = self.fetch.subscribe(runnel_proto::v1::SubscribeRequest {
+            topic: topic.into(),
+            partition,
+            offset,
+            max_bytes: 0,
+            decode,
+        });
+        let mut stream = ok(call.await, &format!("Subscribe {topic}/{partition}"));
+        stream
+            .message()
+            .await
+            .unwrap_or_else(|s| panic!("Subscribe stream: {}", describe_status(&s)))
+            .unwrap_or_else(|| panic!("Subscribe {topic}/{partition}@{offset} ended without data"))
+    }
+
     /// One fetch of one partition without waiting; fails the test on any error.
     pub async fn fetch_once(
         &mut self,
@@ -169,17 +185,10 @@ impl Clients {
         offset: u64,
         decode: bool,
     ) -> PartitionData {
-        let resp = self
+        let call = self
             .fetch
-            .fetch(fetch_request(topic, partition, offset, decode))
-            .await
-            .unwrap_or_else(|s| {
-                panic!(
-                    "Fetch {topic}/{partition}@{offset}: {}",
-                    describe_status(&s)
-                )
-            })
-            .into_inner();
+            .fetch(fetch_request(topic, partition, offset, decode));
+        let resp = ok(call.await, &format!("Fetch {topic}/{partition}@{offset}"));
         assert_eq!(
             resp.partitions.len(),
             1,
@@ -359,6 +368,15 @@ pub fn record(key: Option<&str>, value: &str, headers: &[(&str, &str)]) -> Recor
             })
             .collect(),
         timestamp_ms: None,
+    }
+}
+
+/// The message of a successful call; fails the test with `what` and the
+/// status otherwise.
+pub fn ok<T>(result: Result<tonic::Response<T>, tonic::Status>, what: &str) -> T {
+    match result {
+        Ok(r) => r.into_inner(),
+        Err(s) => panic!("{what}: {}", describe_status(&s)),
     }
 }
 
