@@ -15,9 +15,8 @@ use runnel_broker::{Broker, BrokerConfig, FlushPolicy};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
-const ABOUT: &str = "\
-Run a broker node.
-
+/// `runnel broker --help`: how the node behaves, then the examples.
+const LONG_HELP: &str = "\
 With no flags, starts a durable single node: data in ./data, gRPC on
 127.0.0.1:9740, Prometheus metrics on http://127.0.0.1:9741/metrics, every
 produce acknowledged only once on disk (--flush always). When it is ready
@@ -31,9 +30,8 @@ log is flushed and closed, exit status 0.
 
 Each setting is taken from its flag, else its RUNNEL_* environment variable,
 else the --config TOML file (same names in snake_case: id, listen,
-advertise, data_dir, flush, metrics_listen, log_format), else its default.";
+advertise, data_dir, flush, metrics_listen, log_format), else its default.
 
-const EXAMPLES: &str = "\
 Examples:
   # a durable node with the defaults
   runnel broker
@@ -59,6 +57,15 @@ A config file:
   metrics_listen = \"0.0.0.0:9741\"   # or \"off\"
   log_format = \"json\"";
 
+/// `runnel broker -h`: a pointer to the long help.
+const SHORT_HELP: &str = "\
+Examples:
+  runnel broker
+  runnel broker --listen 127.0.0.1:0 --metrics-listen off --flush never
+  runnel broker --config /etc/runnel/broker.toml
+
+See --help for defaults, the ready line, precedence and the config file.";
+
 /// Default `--listen`.
 const DEFAULT_LISTEN: &str = "127.0.0.1:9740";
 /// Default `--metrics-listen`.
@@ -79,7 +86,7 @@ pub(crate) enum LogFormat {
 
 /// Arguments of `runnel broker`.
 #[derive(Debug, Default, clap::Args)]
-#[command(long_about = ABOUT, after_help = EXAMPLES)]
+#[command(after_help = SHORT_HELP, after_long_help = LONG_HELP)]
 pub(crate) struct BrokerArgs {
     /// Node id, at least 1 [default: 1]. The data directory remembers it.
     #[arg(long, value_name = "N", env = "RUNNEL_ID")]
