@@ -2,7 +2,7 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
@@ -26,6 +26,7 @@ Examples:
   runnel consume orders --from-beginning --timeout-ms 1000
   runnel consume orders --partition 2 --offset 5000 --max-messages 10
   runnel consume orders --from-time 2024-05-01T12:00:00Z --format '%p/%o %k=%v'
+  runnel consume orders --from-time 2024-05-01T14:00:00.250+02:00 --max-messages 1
   runnel consume orders --from-time 1714564800000 --format '%T\\t%h\\t%v\\n'
 
 Exit status: 0 when stopped as asked; 1 on an error (unknown topic, offset out of
@@ -51,7 +52,8 @@ pub(crate) struct ConsumeArgs {
     offset: Option<u64>,
 
     /// Start at the first record at or after this time: RFC 3339
-    /// (2024-05-01T12:00:00Z) or milliseconds since the Unix epoch.
+    /// (2024-05-01T12:00:00Z, or with an offset such as +02:00; none means
+    /// UTC) or milliseconds since the Unix epoch.
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
     from_time: Option<i64>,
 
@@ -89,13 +91,22 @@ fn parse_time(s: &str) -> Result<i64, String> {
             .parse()
             .map_err(|_| format!("{s:?} is too large for milliseconds since the epoch"));
     }
-    let time = humantime::parse_rfc3339_weak(s).map_err(|e| {
-        format!("{s:?} is neither RFC 3339 (2024-05-01T12:00:00Z) nor epoch milliseconds: {e}")
-    })?;
-    let since = time
-        .duration_since(UNIX_EPOCH)
-        .map_err(|_| format!("{s:?} is before 1970"))?;
-    i64::try_from(since.as_millis()).map_err(|_| format!("{s:?} is too far in the future"))
+    let timestamp = s
+        .parse::<jiff::Timestamp>()
+        .or_else(|with_offset| {
+            // No offset given: read it as UTC.
+            s.parse::<jiff::civil::DateTime>()
+                .and_then(|civil| civil.to_zoned(jiff::tz::TimeZone::UTC))
+                .map(|zoned| zoned.timestamp())
+                .map_err(|_| with_offset)
+        })
+        .map_err(|e| {
+            format!(
+                "{s:?} is neither RFC 3339 (2024-05-01T12:00:00Z, 2024-05-01T14:00:00+02:00) \
+                 nor epoch milliseconds: {e}"
+            )
+        })?;
+    Ok(timestamp.as_millisecond())
 }
 
 /// One piece of a `--format`.
@@ -366,6 +377,26 @@ mod tests {
                 5,
                 &["--from-time", "2023-11-14T22:13:20.5Z"],
                 StartPosition::Timestamp(1_700_000_000_500),
+            ),
+            (
+                6,
+                &["--from-time", "2023-11-14T23:13:20.5+01:00"],
+                StartPosition::Timestamp(1_700_000_000_500),
+            ),
+            (
+                7,
+                &["--from-time", "2023-11-14T17:13:20-05:00"],
+                StartPosition::Timestamp(1_700_000_000_000),
+            ),
+            (
+                8,
+                &["--from-time", "2023-11-14T22:13:20"],
+                StartPosition::Timestamp(1_700_000_000_000),
+            ),
+            (
+                9,
+                &["--from-time", "2023-11-14 22:13:20"],
+                StartPosition::Timestamp(1_700_000_000_000),
             ),
         ];
         for (case, flags, start) in cases {
