@@ -19,6 +19,8 @@ use crate::error::{Error, Result, with_sources};
 ///
 /// The defaults follow the transport measurements of issue 4: 16 MiB HTTP/2
 /// windows, `TCP_NODELAY`, and a message limit above the largest batch.
+/// (The HTTP/2 frame size the broker may send is the broker's setting: tonic's
+/// client endpoint does not expose it.)
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
     /// Longest wait for a TCP connection to a broker. Default 5 s.

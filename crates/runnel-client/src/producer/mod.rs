@@ -8,9 +8,12 @@
 //! `max_in_flight` requests unanswered.
 //!
 //! Delivery is **at least once**: a batch whose request failed with a
-//! retriable error (`UNAVAILABLE`, `NOT_LEADER`, `TIMEOUT`, a broken or
-//! silent connection) is sent again, up to `retries` times, and may then be
-//! stored twice if the first attempt was in fact stored. With more than one
+//! retriable error (`UNAVAILABLE`, `NOT_LEADER` after a metadata refresh,
+//! `TIMEOUT`, a broken or silent connection, which is then re-opened) is sent
+//! again after `retry_backoff`, up to `retries` times, and may then be
+//! stored twice if the first attempt was in fact stored. Other errors fail
+//! the batch's records at once; a batch that runs out of retries fails with
+//! the last error. With more than one
 //! request in flight, a retried batch may also land after a later batch of
 //! the same partition. There is no idempotent producer yet.
 

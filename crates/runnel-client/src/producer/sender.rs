@@ -1,7 +1,7 @@
 //! The producer's background task: encodes closed batches, sends them over
 //! one `ProduceStream`, matches answers by sequence, retries, completes.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -79,6 +79,7 @@ pub(crate) async fn run(client: Client, shared: Arc<Shared>) {
         next_sequence: 0,
         connection: None,
         reconnect_at: None,
+        refreshed: HashMap::new(),
     };
     sender.run().await;
 }
@@ -93,6 +94,8 @@ struct Sender {
     connection: Option<Connection>,
     /// After a failed connect: not before this.
     reconnect_at: Option<Instant>,
+    /// When each topic's metadata was last refreshed after `NOT_LEADER`.
+    refreshed: HashMap<Arc<str>, Instant>,
 }
 
 impl Sender {
@@ -422,6 +425,9 @@ impl Sender {
     /// Schedules `batch` again after the backoff if `error` is retriable
     /// and attempts remain; fails it otherwise.
     fn retry_or_fail(&mut self, mut batch: Batch, error: Error, now: Instant) {
+        if error.reason() == Some(ErrorReason::NotLeader) {
+            self.refresh_metadata(&batch.topic, now);
+        }
         let config = &self.shared.config;
         if error.is_retriable() && batch.attempts < config.retries {
             batch.attempts += 1;
@@ -431,6 +437,36 @@ impl Sender {
         } else {
             self.finish(batch, Err(error));
         }
+    }
+
+    /// Re-reads `topic`'s metadata in the background, at most once per
+    /// retry backoff. Today it refreshes the partition count only: requests
+    /// still go to the bootstrap connection, which forwards or redirects;
+    /// routing to leaders comes with replication.
+    fn refresh_metadata(&mut self, topic: &Arc<str>, now: Instant) {
+        let backoff = self.shared.config.retry_backoff;
+        if self
+            .refreshed
+            .get(topic)
+            .is_some_and(|last| now < *last + backoff)
+        {
+            return;
+        }
+        self.refreshed.insert(topic.clone(), now);
+        let client = self.client.clone();
+        let shared = self.shared.clone();
+        let topic = topic.clone();
+        tokio::spawn(async move {
+            match client.describe_topic(&topic).await {
+                Ok(description) => {
+                    let partitions = u32::try_from(description.partitions.len()).unwrap_or(0);
+                    if partitions > 0 {
+                        shared.lock().set_partitions(&topic, partitions);
+                    }
+                }
+                Err(error) => tracing::debug!(%topic, %error, "metadata refresh failed"),
+            }
+        });
     }
 
     /// Puts batches back, keeping the pending queue in batch order.

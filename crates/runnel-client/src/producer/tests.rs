@@ -48,6 +48,8 @@ struct Broker {
     /// Stored record values per partition, in offset order.
     stored: Mutex<HashMap<u32, Vec<Vec<u8>>>>,
     streams_opened: Mutex<u32>,
+    /// DescribeTopic calls seen.
+    describes: Mutex<u32>,
 }
 
 impl Broker {
@@ -178,6 +180,7 @@ impl AdminService for Svc {
         &self,
         request: Request<DescribeTopicRequest>,
     ) -> Result<Response<DescribeTopicResponse>, Status> {
+        *self.0.describes.lock().unwrap() += 1;
         if request.get_ref().name != "t" {
             let mut status = Status::not_found("no such topic");
             status
@@ -217,6 +220,7 @@ async fn broker(
         requests: Mutex::new(0),
         stored: Mutex::new(HashMap::new()),
         streams_opened: Mutex::new(0),
+        describes: Mutex::new(0),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
