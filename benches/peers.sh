@@ -15,14 +15,19 @@
 #   benches/peers.sh --only nats --runs 1 --messages 200000
 #   benches/peers.sh --only runnel --build-runnel
 #
-# Options: --runs R (3), --messages N (the count for both sizes),
-# --messages-1k N, --messages-100 N, --window-bytes B (1 MiB: W = B / record
-# size records unacknowledged; runnel gets --batch-bytes B/8 --max-in-flight
-# 8, its producer's default number of requests in flight), --only nats|rabbitmq|runnel (repeatable),
-# --build-runnel (cargo build --release -p runnel-cli first), --no-dd,
-# --no-install, --nats-args / --rabbitmq-args / --runnel-args "..." (extra
-# options for the driver or `runnel bench`, e.g. "--fetch-batch 1000" or "--credit 1 --publish-batch 100";
-# see benches/peers/target/release/runnel-peers-bench nats --help).
+# Options:
+#   --runs R (3)          --messages N (the count for both sizes)
+#   --messages-1k N       --messages-100 N
+#   --window-bytes B      1 MiB: W = B / record size records unacknowledged;
+#                         runnel gets --batch-bytes B/8 --max-in-flight 8
+#                         (8 is its producer's default requests in flight)
+#   --only nats|rabbitmq|runnel (repeatable)
+#   --build-runnel        cargo build --release -p runnel-cli first
+#   --no-dd, --no-install
+#   --nats-args / --rabbitmq-args / --runnel-args "..."   extra options for
+#                         the driver or `runnel bench`, e.g. "--fetch-batch
+#                         1000" or "--credit 1 --publish-batch 100" (see
+#                         benches/peers/target/release/runnel-peers-bench nats --help)
 #
 # Environment: RUNNEL_BIN (default target/release/runnel).
 # Installs nats-server and rabbitmq-server from Debian if missing. The
@@ -62,7 +67,7 @@ while [ $# -gt 0 ]; do
     --nats-args) NATS_ARGS=$2; shift ;;
     --rabbitmq-args) RABBITMQ_ARGS=$2; shift ;;
     --runnel-args) RUNNEL_ARGS=$2; shift ;;
-    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
   shift
