@@ -438,4 +438,94 @@ mod tests {
         assert_eq!(error.reason(), Some(ErrorReason::OffsetOutOfRange));
         assert_eq!(c.position(0), Some(0));
     }
+
+    /// A broker holding partition 0 as ten one-record batches ("v0".."v9"),
+    /// answering each fetch with at most `per_fetch` batches.
+    #[derive(Clone)]
+    struct TenRecords {
+        per_fetch: usize,
+        fetches: Arc<std::sync::Mutex<Vec<u64>>>,
+    }
+
+    #[tonic::async_trait]
+    impl runnel_proto::v1::fetch_service_server::FetchService for TenRecords {
+        async fn fetch(
+            &self,
+            request: tonic::Request<FetchRequest>,
+        ) -> std::result::Result<tonic::Response<FetchResponse>, tonic::Status> {
+            let wanted = request.get_ref().partitions[0].offset;
+            self.fetches.lock().unwrap().push(wanted);
+            let mut bytes = Vec::new();
+            for offset in (wanted..10).take(self.per_fetch) {
+                bytes.extend(batch(
+                    offset,
+                    &[format!("v{offset}").as_bytes()],
+                    Compression::None,
+                ));
+            }
+            Ok(tonic::Response::new(FetchResponse {
+                partitions: vec![PartitionData {
+                    partition: 0,
+                    high_watermark: 10,
+                    batches: Bytes::from(bytes),
+                    ..PartitionData::default()
+                }],
+            }))
+        }
+
+        type SubscribeStream =
+            tokio_stream::Empty<std::result::Result<PartitionData, tonic::Status>>;
+
+        async fn subscribe(
+            &self,
+            _: tonic::Request<runnel_proto::v1::SubscribeRequest>,
+        ) -> std::result::Result<tonic::Response<Self::SubscribeStream>, tonic::Status> {
+            Err(tonic::Status::unimplemented(""))
+        }
+
+        async fn list_offsets(
+            &self,
+            _: tonic::Request<runnel_proto::v1::ListOffsetsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<runnel_proto::v1::ListOffsetsResponse>,
+            tonic::Status,
+        > {
+            Err(tonic::Status::unimplemented(""))
+        }
+    }
+
+    #[tokio::test]
+    async fn polls_read_on_with_a_prefetch_that_seek_discards() {
+        let broker = TenRecords {
+            per_fetch: 3,
+            fetches: Arc::default(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(
+                    runnel_proto::v1::fetch_service_server::FetchServiceServer::new(broker.clone()),
+                )
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        let mut c = consumer(1);
+        c.client = Client::connect(&address).await.unwrap();
+        let values = |records: Vec<ConsumerRecord>| -> Vec<(u64, Bytes)> {
+            records.into_iter().map(|r| (r.offset, r.value)).collect()
+        };
+        let v = |o: u64| (o, Bytes::from(format!("v{o}")));
+        assert_eq!(values(c.poll().await.unwrap()), [v(1), v(2), v(3)]);
+        assert_eq!(values(c.poll().await.unwrap()), [v(4), v(5), v(6)]);
+        c.seek(0, 2).unwrap();
+        assert_eq!(values(c.poll().await.unwrap()), [v(2), v(3), v(4)]);
+        assert_eq!(c.position(0), Some(5));
+        assert!(c.seek(7, 0).is_err());
+        // Every poll started the next fetch from where it ended; the one
+        // started from 7 was thrown away by the seek (whether or not it had
+        // reached the broker yet).
+        let fetches = broker.fetches.lock().unwrap().clone();
+        let fetches: Vec<u64> = fetches.into_iter().filter(|o| *o != 7).collect();
+        assert_eq!(&fetches[..3], [1, 4, 2], "{fetches:?}");
+    }
 }
