@@ -28,6 +28,10 @@ pub struct BrokerConfig {
     pub tick_interval: Duration,
     /// How often retention runs over every partition. Default 5 s.
     pub retention_interval: Duration,
+    /// How long shutdown waits for open connections to finish their
+    /// requests before closing them anyway (a frozen client must not keep
+    /// the node up). Default 10 s.
+    pub shutdown_grace: Duration,
 }
 
 impl BrokerConfig {
@@ -40,6 +44,7 @@ impl BrokerConfig {
             flush: FlushPolicy::Always,
             tick_interval: Duration::from_millis(10),
             retention_interval: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 

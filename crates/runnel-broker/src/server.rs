@@ -169,7 +169,7 @@ impl Broker {
                 .await;
             let _ = stop_tx.send(true);
         };
-        let served = Server::builder()
+        let server = Server::builder()
             .initial_stream_window_size(WINDOW_BYTES)
             .initial_connection_window_size(WINDOW_BYTES)
             .max_frame_size(MAX_FRAME_BYTES)
@@ -180,8 +180,26 @@ impl Broker {
             .add_service(admin)
             .add_service(produce)
             .add_service(fetch)
-            .serve_with_incoming_shutdown(incoming, signal)
-            .await;
+            .serve_with_incoming_shutdown(incoming, signal);
+        // Graceful shutdown waits for every connection to close; a client
+        // that stopped reading would hold the node up forever, so after the
+        // grace period the remaining connections are abandoned (their
+        // requests then find the partitions closed).
+        let grace = config.shutdown_grace;
+        let grace_over = {
+            let stop = stop.clone();
+            async move {
+                stop.wait().await;
+                tokio::time::sleep(grace).await;
+            }
+        };
+        let served = tokio::select! {
+            served = server => served,
+            () = grace_over => {
+                tracing::warn!(?grace, "connections still open after the shutdown grace period; closing them");
+                Ok(())
+            }
+        };
         // Whatever ended the server, stop everything else: the shutdown
         // sender lived in the signal future; if the server failed before
         // shutdown, that future is dropped and the receivers see the
