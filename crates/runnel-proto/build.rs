@@ -15,7 +15,9 @@ const FILES: [&str; 4] = [
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read at run time: a build script compiled for one checkout may run
+    // for another when target directories are shared.
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     for file in FILES {
         println!("cargo:rerun-if-changed={}", root.join(file).display());
     }

@@ -1,7 +1,7 @@
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::header::{seal_crc, write_header};
-use crate::varint::{put_uvarint, put_varint};
+use crate::varint::{put_uvarint, put_varint, uvarint_len, varint_len};
 use crate::{
     Attributes, BatchError, BatchHeader, Compression, ControlKind, FORMAT_VERSION, HEADER_LEN,
     TimestampType,
@@ -46,10 +46,20 @@ pub struct BatchBuilder {
 impl BatchBuilder {
     /// An empty builder whose records section will use `compression`.
     pub fn new(compression: Compression) -> Self {
+        Self::with_capacity(compression, 0)
+    }
+
+    /// An empty builder with room for `bytes` of encoded records, so a
+    /// batch of known size grows without reallocating.
+    pub fn with_capacity(compression: Compression, bytes: usize) -> Self {
+        let mut records = Vec::with_capacity(HEADER_LEN + bytes);
+        // The header is written in front of the records at `finish`; an
+        // uncompressed batch is then frozen in place, never copied.
+        records.resize(HEADER_LEN, 0);
         BatchBuilder {
             compression,
             control: false,
-            records: Vec::new(),
+            records,
             count: 0,
             first_timestamp: 0,
             max_timestamp: i64::MIN,
@@ -86,37 +96,48 @@ impl BatchBuilder {
         self
     }
 
-    /// Appends one record.
+    /// Appends one record, encoding it straight into the batch buffer (no
+    /// intermediate copy).
     pub fn push(&mut self, record: NewRecord<'_>) {
         if self.count == 0 {
             self.first_timestamp = record.timestamp;
         }
         self.max_timestamp = self.max_timestamp.max(record.timestamp);
-        let mut body = Vec::with_capacity(16 + record.value.len());
-        body.push(0u8); // attributes
-        put_varint(
-            &mut body,
-            record.timestamp.wrapping_sub(self.first_timestamp),
-        );
-        put_uvarint(&mut body, u64::from(self.count));
-        match record.key {
-            None => put_varint(&mut body, -1),
-            Some(k) => {
-                put_varint(&mut body, k.len() as i64);
-                body.extend_from_slice(k);
-            }
-        }
-        put_uvarint(&mut body, record.value.len() as u64);
-        body.extend_from_slice(record.value);
-        put_uvarint(&mut body, record.headers.len() as u64);
+        let delta = record.timestamp.wrapping_sub(self.first_timestamp);
+        let key_len = record.key.map_or(-1, |k| k.len() as i64);
+        let mut body_len = 1
+            + varint_len(delta)
+            + uvarint_len(u64::from(self.count))
+            + varint_len(key_len)
+            + record.key.map_or(0, <[u8]>::len)
+            + uvarint_len(record.value.len() as u64)
+            + record.value.len()
+            + uvarint_len(record.headers.len() as u64);
         for (name, value) in record.headers {
-            put_uvarint(&mut body, name.len() as u64);
-            body.extend_from_slice(name.as_bytes());
-            put_uvarint(&mut body, value.len() as u64);
-            body.extend_from_slice(value);
+            body_len += uvarint_len(name.len() as u64)
+                + name.len()
+                + uvarint_len(value.len() as u64)
+                + value.len();
         }
-        put_uvarint(&mut self.records, body.len() as u64);
-        self.records.extend_from_slice(&body);
+        let out = &mut self.records;
+        out.reserve(uvarint_len(body_len as u64) + body_len);
+        put_uvarint(out, body_len as u64);
+        out.push(0u8); // attributes
+        put_varint(out, delta);
+        put_uvarint(out, u64::from(self.count));
+        put_varint(out, key_len);
+        if let Some(k) = record.key {
+            out.extend_from_slice(k);
+        }
+        put_uvarint(out, record.value.len() as u64);
+        out.extend_from_slice(record.value);
+        put_uvarint(out, record.headers.len() as u64);
+        for (name, value) in record.headers {
+            put_uvarint(out, name.len() as u64);
+            out.extend_from_slice(name.as_bytes());
+            put_uvarint(out, value.len() as u64);
+            out.extend_from_slice(value);
+        }
         self.count += 1;
     }
 
@@ -127,7 +148,7 @@ impl BatchBuilder {
 
     /// Encoded size so far before compression, header included.
     pub fn estimated_len(&self) -> usize {
-        HEADER_LEN + self.records.len()
+        self.records.len()
     }
 
     /// Encodes the batch with its CRC. Offsets, term and index are zero until
@@ -136,18 +157,27 @@ impl BatchBuilder {
         if self.count == 0 {
             return Err(BatchError::Empty);
         }
-        let body: Vec<u8> = match self.compression {
+        let records = &self.records[HEADER_LEN..];
+        let mut buf: Vec<u8> = match self.compression {
             Compression::None => self.records,
             Compression::Lz4 => {
-                if self.records.len() > u32::MAX as usize {
+                if records.len() > u32::MAX as usize {
                     return Err(BatchError::TooLarge("records section exceeds 4 GiB"));
                 }
-                lz4_flex::block::compress_prepend_size(&self.records)
+                let mut buf = vec![0u8; HEADER_LEN];
+                buf.extend_from_slice(&lz4_flex::block::compress_prepend_size(records));
+                buf
             }
-            Compression::Zstd => zstd::bulk::compress(&self.records, 1)
-                .map_err(|e| BatchError::Compress(e.to_string()))?,
+            Compression::Zstd => {
+                let mut buf = vec![0u8; HEADER_LEN];
+                buf.extend_from_slice(
+                    &zstd::bulk::compress(records, 1)
+                        .map_err(|e| BatchError::Compress(e.to_string()))?,
+                );
+                buf
+            }
         };
-        let total = HEADER_LEN + body.len();
+        let total = buf.len();
         let batch_len =
             u32::try_from(total).map_err(|_| BatchError::TooLarge("batch exceeds 4 GiB"))?;
         let header = BatchHeader {
@@ -166,10 +196,8 @@ impl BatchBuilder {
             base_sequence: self.base_sequence,
             record_count: self.count,
         };
-        let mut buf = BytesMut::zeroed(total);
         write_header(&mut buf, &header);
-        buf[HEADER_LEN..].copy_from_slice(&body);
         seal_crc(&mut buf);
-        Ok(buf.freeze())
+        Ok(Bytes::from(buf))
     }
 }

@@ -80,3 +80,35 @@ mod tests {
         assert_eq!(get_uvarint(&buf, &mut 0), None);
     }
 }
+
+/// Bytes `put_uvarint` writes for `v`.
+pub(crate) fn uvarint_len(v: u64) -> usize {
+    // 7 bits per byte; 0 still takes one byte.
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// Bytes `put_varint` writes for `v` (zigzag).
+pub(crate) fn varint_len(v: i64) -> usize {
+    uvarint_len(((v << 1) ^ (v >> 63)) as u64)
+}
+
+#[cfg(test)]
+mod len_tests {
+    use super::*;
+
+    #[test]
+    fn lengths_match_encodings() {
+        let mut cases: Vec<i64> = vec![0, 1, -1, 63, -64, 64, -65, i64::MAX, i64::MIN];
+        cases.extend((0..63).map(|b| 1i64 << b));
+        cases.extend((0..63).map(|b| -(1i64 << b)));
+        for (i, v) in cases.into_iter().enumerate() {
+            let mut buf = Vec::new();
+            put_varint(&mut buf, v);
+            assert_eq!(varint_len(v), buf.len(), "case {i}: varint {v}");
+            let u = v as u64;
+            let mut buf = Vec::new();
+            put_uvarint(&mut buf, u);
+            assert_eq!(uvarint_len(u), buf.len(), "case {i}: uvarint {u}");
+        }
+    }
+}

@@ -326,8 +326,10 @@ async fn ensure_topic(client: &Client, args: &BenchArgs) -> anyhow::Result<u32> 
     }
 }
 
-/// Values for records: slices of one buffer of noise, so a record costs no
-/// allocation (incompressible, like real payloads after compression).
+/// Values for records: consecutive slices of one buffer of noise, so a
+/// record costs no allocation, and the buffer (1 MiB) stays in the CPU
+/// cache like an application's freshly made values would (incompressible,
+/// like real payloads after compression).
 struct Payloads {
     pool: Bytes,
     size: usize,
@@ -335,7 +337,7 @@ struct Payloads {
 
 impl Payloads {
     fn new(size: usize) -> Payloads {
-        let len = (16 << 20).max(size * 2);
+        let len = (1 << 20).max(size * 2);
         let mut pool = BytesMut::with_capacity(len);
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         while pool.len() + 8 <= len {
@@ -353,7 +355,7 @@ impl Payloads {
 
     fn value(&self, i: u64) -> Bytes {
         let slots = (self.pool.len() - self.size) as u64;
-        let start = ((i.wrapping_mul(4099)) % slots) as usize;
+        let start = (i.wrapping_mul(self.size as u64 + 1) % slots) as usize;
         self.pool.slice(start..start + self.size)
     }
 

@@ -229,7 +229,10 @@ impl Accumulator {
                 self.outstanding.insert(id, completion.clone());
                 wake_sender = true;
                 slot.insert(OpenBatch {
-                    builder: BatchBuilder::new(self.compression),
+                    builder: BatchBuilder::with_capacity(
+                        self.compression,
+                        self.batch_bytes.min(256 << 10),
+                    ),
                     completion,
                     created: now,
                     buffered: 0,
