@@ -865,17 +865,8 @@ async fn throughput() {
     };
     let b = TestBroker::start(None, flush).await;
     b.create("bench", 1).await;
-    let value = vec![b'x'; 1024];
-    let mut builder = BatchBuilder::new(Compression::None);
-    for _ in 0..256 {
-        builder.push(NewRecord {
-            key: None,
-            value: &value,
-            headers: &[],
-            timestamp: crate::service::now_ms(),
-        });
-    }
-    let one = builder.finish().unwrap();
+    let value = "x".repeat(1024);
+    let one = batch(&vec![value.as_str(); 256], crate::service::now_ms());
     let batches: u64 = std::env::var("BATCHES")
         .ok()
         .and_then(|b| b.parse().ok())
@@ -938,5 +929,50 @@ async fn throughput() {
     }
     let secs = t.elapsed().as_secs_f64();
     println!("fetch: {:.0} MB/s", got as f64 / secs / 1e6);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn startup_resolves_interrupted_creates_and_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let topics = dir.path().join(crate::TOPICS_DIR);
+    std::fs::create_dir_all(topics.join("half").join("0")).unwrap();
+    std::fs::create_dir_all(topics.join("old~deleted-17").join("0")).unwrap();
+    let b = TestBroker::start(Some(dir), FlushPolicy::Never).await;
+    let list = b
+        .admin()
+        .list_topics(ListTopicsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(list.topics.is_empty(), "{list:?}");
+    let left: Vec<_> = std::fs::read_dir(&topics).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn acks_none_answers_without_offsets_and_interval_flush_serves() {
+    let b = TestBroker::start(None, FlushPolicy::IntervalMs(5)).await;
+    b.create("fire", 1).await;
+    let mut req = records_request("fire", Some(0), vec![record(None, "x"), record(None, "y")]);
+    req.acks = Acks::None as i32;
+    let resp = b.produce().produce(req).await.unwrap().into_inner();
+    assert_eq!(resp.results[0].base_offset, None);
+    assert!(resp.results[0].error.is_none());
+    // The records arrive: a long poll waits for them.
+    let mut fetch = fetch_request("fire", 0, 0, true);
+    fetch.max_wait_ms = 10_000;
+    fetch.min_bytes = 1;
+    let data = b
+        .fetch()
+        .fetch(fetch)
+        .await
+        .unwrap()
+        .into_inner()
+        .partitions
+        .remove(0);
+    assert_eq!(data.records.len(), 2);
+    assert_eq!(data.next_offset, 2);
     b.stop().await;
 }
