@@ -57,6 +57,14 @@
 //! fsyncs (see [`LocalReplica`]). With flush=never or an interval, records
 //! are visible and acknowledged once written to the page cache.
 //!
+//! # Shutdown
+//!
+//! When the shutdown future resolves the node stops accepting, reports
+//! NOT_SERVING on health, ends long polls, Subscribe and ProduceStream
+//! streams (queued produce requests are still answered), waits for open
+//! connections up to [`BrokerConfig::shutdown_grace`], then finishes every
+//! queued append and flushes every log.
+//!
 //! # Errors
 //!
 //! Every failed call carries a gRPC code, the `runnel-reason` trailer and

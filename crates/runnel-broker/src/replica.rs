@@ -134,8 +134,8 @@ pub trait Replica: Send + Sync + 'static {
         *self.watch_high_watermark().borrow()
     }
 
-    /// A receiver that changes whenever the high watermark moves; it is
-    /// closed when the replica is.
+    /// A receiver that changes whenever the high watermark moves, and once
+    /// more when the replica closes (then [`Replica::is_closed`] is true).
     fn watch_high_watermark(&self) -> watch::Receiver<u64>;
 
     /// Whole stored batches from the one holding `offset`, up to `max_bytes`
