@@ -976,3 +976,42 @@ async fn acks_none_answers_without_offsets_and_interval_flush_serves() {
     assert_eq!(data.next_offset, 2);
     b.stop().await;
 }
+
+#[tokio::test]
+async fn shutdown_ends_open_produce_streams_without_waiting_for_the_grace() {
+    let b = TestBroker::start(None, FlushPolicy::Always).await;
+    b.create("open", 1).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut responses = b
+        .produce()
+        .produce_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(ProduceStreamRequest {
+        sequence: 1,
+        request: Some(batch_request("open", 0, batch(&["a"], 1))),
+    })
+    .await
+    .unwrap();
+    let first = responses.message().await.unwrap().unwrap();
+    assert_eq!(first.response.unwrap().results[0].base_offset, Some(0));
+    // The client keeps its request stream open (tx alive) while the node stops.
+    let t = Instant::now();
+    let dir = b.stop().await;
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        t.elapsed()
+    );
+    drop(tx);
+    let b = TestBroker::start(Some(dir), FlushPolicy::Always).await;
+    let data = b
+        .fetch()
+        .fetch(fetch_request("open", 0, 0, true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(data.partitions[0].records.len(), 1);
+    b.stop().await;
+}
