@@ -359,7 +359,7 @@ fn good_batch(values: &[&str]) -> Bytes {
             key: Some(b"k"),
             value: v.as_bytes(),
             headers: &[("h", b"v")],
-            timestamp: 1_700_000_000_000,
+            timestamp: crate::support::now_ms(),
         });
     }
     b.finish().unwrap_or_else(|e| panic!("batch: {e}"))

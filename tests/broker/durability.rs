@@ -59,7 +59,7 @@ fn lz4_batch(values: &[&str]) -> Bytes {
             key: Some(b"pre"),
             value: v.as_bytes(),
             headers: &[("h", b"1")],
-            timestamp: 1_700_000_000_000 + i as i64,
+            timestamp: crate::support::now_ms() + i as i64,
         });
     }
     b.finish()
@@ -219,7 +219,7 @@ async fn stream_producer(ch: Channel, acked_count: Arc<AtomicU64>) -> (Vec<Acked
                             key: None,
                             value: v,
                             headers: &[],
-                            timestamp: 1_700_000_000_000,
+                            timestamp: crate::support::now_ms(),
                         });
                     }
                     let batch = b.finish().unwrap_or_else(|e| panic!("batch: {e}"));

@@ -13,7 +13,7 @@ use runnel_proto::v1::{
 use serde_json::Value;
 
 use crate::support::grpc::{Clients, OwnedRecord, record};
-use crate::support::{Broker, BrokerOptions, start_with_topic, with_deadline};
+use crate::support::{self, Broker, BrokerOptions, start_with_topic, with_deadline};
 
 const PARTITIONS: u32 = 3;
 
@@ -247,8 +247,9 @@ async fn keyed_records_with_headers_round_trip_across_partitions() {
     .await;
 }
 
-/// Record `i` of the replay partition has timestamp `T0 + i * 1000`.
-const T0: i64 = 1_700_000_000_000; // 2023-11-14T22:13:20Z
+/// A time long past (2023-11-14T22:13:20Z): records stamped with it are
+/// beyond any default retention.
+const T0: i64 = 1_700_000_000_000;
 
 async fn list_offset(c: &mut Clients, topic: &str, query: OffsetQuery) -> PartitionOffset {
     let resp = c
@@ -288,6 +289,9 @@ async fn replay_from_offset_and_from_timestamp() {
     with_deadline(Duration::from_secs(180), async {
         let broker = Broker::start(BrokerOptions::flush("never"));
         let topic = "replay";
+        // Record `i` of partition 1 has timestamp `t0 + i * 1000`: an hour
+        // ago on a whole second (recent enough for the default retention).
+        let t0 = (support::now_ms() / 1000 - 3600) * 1000;
         let mut c = Clients::connect(broker.grpc_addr()).await;
         c.create_topic(topic, 2).await;
 
@@ -296,7 +300,7 @@ async fn replay_from_offset_and_from_timestamp() {
         let mut base = None;
         for i in 0..10i64 {
             let mut r = record(None, &format!("r{i}"), &[]);
-            r.timestamp_ms = Some(T0 + i * 1000);
+            r.timestamp_ms = Some(t0 + i * 1000);
             let off = c.produce_ok(topic, 1, vec![r]).await;
             let first = *base.get_or_insert(off);
             assert_eq!(off, first + i as u64, "offsets dense in partition 1");
@@ -327,16 +331,16 @@ async fn replay_from_offset_and_from_timestamp() {
                 .offset,
             p0_base + 5
         );
-        let found = list_offset(&mut c, topic, at_time(1, T0 + 4500)).await;
-        assert_eq!(found.offset, b + 5, "first record at or after T0+4.5s");
-        assert_eq!(found.timestamp_ms, Some(T0 + 5000), "{found:?}");
-        let exact = list_offset(&mut c, topic, at_time(1, T0 + 3000)).await;
+        let found = list_offset(&mut c, topic, at_time(1, t0 + 4500)).await;
+        assert_eq!(found.offset, b + 5, "first record at or after t0 + 4.5 s");
+        assert_eq!(found.timestamp_ms, Some(t0 + 5000), "{found:?}");
+        let exact = list_offset(&mut c, topic, at_time(1, t0 + 3000)).await;
         assert_eq!(exact.offset, b + 3, "a record exactly at the timestamp");
         assert_eq!(
-            list_offset(&mut c, topic, at_time(1, T0 - 1)).await.offset,
+            list_offset(&mut c, topic, at_time(1, t0 - 1)).await.offset,
             b
         );
-        let after = list_offset(&mut c, topic, at_time(1, T0 + 60_000)).await;
+        let after = list_offset(&mut c, topic, at_time(1, t0 + 60_000)).await;
         assert_eq!(
             after.offset,
             b + 10,
@@ -365,14 +369,14 @@ async fn replay_from_offset_and_from_timestamp() {
         let range = |a: i64| -> Vec<String> { (a..10).map(|i| format!("r{i}")).collect() };
         let offset3 = (b + 3).to_string();
         assert_eq!(values(&["--offset", &offset3]), range(3), "--offset");
-        let t5 = (T0 + 5000).to_string();
+        let t5 = (t0 + 5000).to_string();
         assert_eq!(
             values(&["--from-time", &t5]),
             range(5),
             "--from-time epoch-ms"
         );
         assert_eq!(
-            values(&["--from-time", "2023-11-14T22:13:25Z"]),
+            values(&["--from-time", &support::rfc3339(t0 + 5000, 0)]),
             range(5),
             "--from-time RFC 3339 (UTC)"
         );
@@ -394,18 +398,18 @@ async fn replay_from_offset_and_from_timestamp() {
             "",
         );
         let want: Vec<String> = (0..10i64)
-            .map(|i| format!("{} {} r{i}", b + i as u64, T0 + i * 1000))
+            .map(|i| format!("{} {} r{i}", b + i as u64, t0 + i * 1000))
             .collect();
         assert_eq!(out.lines().collect::<Vec<_>>(), want);
 
         // RFC 3339 with a UTC offset other than Z: applied, not ignored.
         assert_eq!(
-            values(&["--from-time", "2023-11-14T23:13:24.500+01:00"]),
+            values(&["--from-time", &support::rfc3339(t0 + 4500, 60)]),
             range(5),
             "--from-time RFC 3339 with an offset and fraction"
         );
         assert_eq!(
-            values(&["--from-time", "2023-11-14T17:13:25-05:00"]),
+            values(&["--from-time", &support::rfc3339(t0 + 5000, -300)]),
             range(5),
             "--from-time RFC 3339 with a negative offset"
         );
@@ -763,4 +767,19 @@ async fn retention_deletes_old_segments_and_reads_start_at_the_log_start() {
         );
     })
     .await;
+}
+
+/// The harness's RFC 3339 formatter, on known instants (the replay test
+/// depends on it).
+#[test]
+fn harness_formats_rfc3339_like_the_spec() {
+    let cases: [(u32, i64, i64, &str); 4] = [
+        (1, T0, 0, "2023-11-14T22:13:20Z"),
+        (2, T0 + 4500, 60, "2023-11-14T23:13:24.500+01:00"),
+        (3, T0 + 5000, -300, "2023-11-14T17:13:25-05:00"),
+        (4, 951_782_400_000, 0, "2000-02-29T00:00:00Z"),
+    ];
+    for (case, ms, offset, want) in cases {
+        assert_eq!(support::rfc3339(ms, offset), want, "case {case}");
+    }
 }

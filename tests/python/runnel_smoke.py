@@ -12,6 +12,7 @@ success prints one JSON object for the Rust test to check further.
 
 import json
 import sys
+import time
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -24,7 +25,9 @@ from runnel.v1 import common_pb2
 from runnel.v1 import fetch_pb2, fetch_pb2_grpc
 from runnel.v1 import produce_pb2, produce_pb2_grpc
 
-T0 = 1_700_000_000_000
+# An hour ago, on a whole second: recent enough that the default retention
+# (7 days) keeps the records, old enough to be unlike the broker's clock.
+T0 = (int(time.time()) - 3600) * 1000
 TIMEOUT = 30
 
 
