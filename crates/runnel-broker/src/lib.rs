@@ -38,6 +38,7 @@
 //! ```text
 //! <data-dir>/
 //!   node.json                   {"node_id": N}: a node refuses a directory of another id
+//!   node.lock                   flock'ed by the running node: a second process is refused
 //!   topics/
 //!     <name>/
 //!       topic.json              the topic's settings (TopicSettings), written last on create
@@ -85,7 +86,7 @@ pub use config::{
     MIN_RECORD_BYTES, MIN_SEGMENT_BYTES, TopicSettings, validate_topic_name,
 };
 pub use error::{BrokerError, Result};
-pub use registry::{NODE_FILE, TOPIC_FILE, TOPICS_DIR};
+pub use registry::{LOCK_FILE, NODE_FILE, TOPIC_FILE, TOPICS_DIR};
 pub use replica::{
     AckLevel, Appended, BoxFuture, LOCAL_TERM, LocalReplica, MAX_QUEUED_BYTES, NodeRef,
     PartitionOffsets, Replica, ReplicaError, log_flush_policy,

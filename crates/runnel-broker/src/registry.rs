@@ -28,6 +28,9 @@ use crate::replica::{LocalReplica, NodeRef, Replica, log_flush_policy};
 
 /// Name of the node file in the data directory.
 pub const NODE_FILE: &str = "node.json";
+/// Lock file in the data directory: held (flock) by the running node, so a
+/// second process on the same directory is refused.
+pub const LOCK_FILE: &str = "node.lock";
 /// Directory holding the topics, in the data directory.
 pub const TOPICS_DIR: &str = "topics";
 /// Name of a topic's settings file.
@@ -82,6 +85,8 @@ pub(crate) struct TopicRegistry {
     /// Serializes create and delete (held across their I/O).
     admin: tokio::sync::Mutex<()>,
     metrics: Arc<Metrics>,
+    /// Holds the data directory's lock while the registry lives.
+    _lock: fs::File,
 }
 
 impl TopicRegistry {
@@ -90,9 +95,10 @@ impl TopicRegistry {
     pub(crate) async fn open(config: &BrokerConfig, metrics: Arc<Metrics>) -> Result<Self> {
         let data_dir = config.data_dir.clone();
         let (node_id, flush) = (config.node_id, config.flush);
-        let found = tokio::task::spawn_blocking(move || open_data_dir(&data_dir, node_id, flush))
-            .await
-            .map_err(|e| BrokerError::Internal(format!("recovery task failed: {e}")))??;
+        let (lock, found) =
+            tokio::task::spawn_blocking(move || open_data_dir(&data_dir, node_id, flush))
+                .await
+                .map_err(|e| BrokerError::Internal(format!("recovery task failed: {e}")))??;
         let registry = TopicRegistry {
             topics_dir: config.data_dir.join(TOPICS_DIR),
             node: NodeRef {
@@ -103,6 +109,7 @@ impl TopicRegistry {
             topics: RwLock::new(BTreeMap::new()),
             admin: tokio::sync::Mutex::new(()),
             metrics,
+            _lock: lock,
         };
         for (name, settings, logs) in found {
             let topic = registry.start_topic(name.clone(), settings, logs)?;
@@ -244,16 +251,44 @@ impl TopicRegistry {
     }
 }
 
-/// Checks or writes `node.json`, removes leftovers, opens every topic's
-/// partition logs. Blocking.
+type Recovered = Vec<(String, TopicSettings, Vec<Log>)>;
+
+/// Takes the directory's lock (non-blocking) or fails naming the problem.
+fn lock_data_dir(data_dir: &Path) -> Result<fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = data_dir.join(LOCK_FILE);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| BrokerError::io("open", &path, e))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            return Err(BrokerError::DataDir(format!(
+                "data directory {} is in use by another running broker: stop it or use another --data-dir",
+                data_dir.display()
+            )));
+        }
+        return Err(BrokerError::io("lock", &path, e));
+    }
+    Ok(file)
+}
+
+/// Locks the directory, checks or writes `node.json`, removes leftovers,
+/// opens every topic's partition logs. Blocking.
 fn open_data_dir(
     data_dir: &Path,
     node_id: u32,
     flush: FlushPolicy,
-) -> Result<Vec<(String, TopicSettings, Vec<Log>)>> {
+) -> Result<(fs::File, Recovered)> {
     let topics_dir = data_dir.join(TOPICS_DIR);
     fs::create_dir_all(&topics_dir)
         .map_err(|e| BrokerError::io("create data directory", &topics_dir, e))?;
+    let lock = lock_data_dir(data_dir)?;
     let node_path = data_dir.join(NODE_FILE);
     match fs::read(&node_path) {
         Ok(bytes) => {
@@ -330,7 +365,7 @@ fn open_data_dir(
         found.push((name, settings, logs));
     }
     sync_dir(&topics_dir)?;
-    Ok(found)
+    Ok((lock, found))
 }
 
 /// Creates a topic's directory, partition logs and (last) `topic.json`.

@@ -764,6 +764,13 @@ async fn produce_stream_answers_every_request() {
 #[tokio::test]
 async fn data_dir_of_another_node_is_refused() {
     let b = TestBroker::start(None, FlushPolicy::Never).await;
+    // Not while it runs, whatever the id.
+    let config = BrokerConfig::new(b.dir.path(), "x:1");
+    let err = crate::Broker::open(config).await.unwrap_err();
+    assert!(
+        err.to_string().contains("in use by another running broker"),
+        "{err}"
+    );
     let dir = b.stop().await;
     let mut config = BrokerConfig::new(dir.path(), "x:1");
     config.node_id = 2;
