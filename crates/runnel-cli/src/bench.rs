@@ -220,21 +220,38 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Mode::Consume => existing_partitions(&client, &args.topic).await?,
         Mode::Produce | Mode::E2e => ensure_topic(&client, &args).await?,
     };
+    let consumed_bytes = AtomicU64::new(0);
     let progress = Progress::start(args.mode, args.admin.output == OutputFormat::Text);
     let outcome = match args.mode {
         Mode::Produce => produce(&args, amount, Instant::now(), &progress, None).await,
-        Mode::Consume => consume(&client, &args, amount, &progress).await,
+        Mode::Consume => consume(&client, &args, amount, &progress, &consumed_bytes).await,
         Mode::E2e => e2e(&client, &args, amount, &progress).await,
     };
     progress.finish();
-    let (messages, elapsed, latency) = outcome?;
-    let bytes = messages * u64::from(args.record_size);
+    let (messages, elapsed, latency, value_bytes) = match (args.mode, outcome?) {
+        // consume counts the bytes it received: the topic may hold records
+        // of any size, whatever --record-size says.
+        (Mode::Consume, (messages, elapsed, latency)) => {
+            let bytes = consumed_bytes.load(Ordering::Relaxed);
+            (messages, elapsed, latency, bytes)
+        }
+        (_, (messages, elapsed, latency)) => (
+            messages,
+            elapsed,
+            latency,
+            messages * u64::from(args.record_size),
+        ),
+    };
+    let bytes = value_bytes;
+    let record_size = bytes
+        .checked_div(messages)
+        .map_or(args.record_size, |avg| u32::try_from(avg).unwrap_or(u32::MAX));
     let secs = elapsed.as_secs_f64().max(1e-9);
     let report = Report {
         mode: args.mode,
         topic: args.topic.clone(),
         partitions,
-        record_size: args.record_size,
+        record_size,
         batch_bytes: args.batch_bytes,
         acks: args.acks.to_string(),
         producers: args.producers,
@@ -257,18 +274,24 @@ fn print_text(r: &Report) {
     let keys = r
         .keys
         .map_or_else(|| "no keys".to_owned(), |k| format!("{k} keys"));
-    println!(
-        "{:?} {} records x {} B, topic {} ({} partitions), acks={}, batch {} B, {} producer(s), {}",
-        r.mode,
-        r.messages,
-        r.record_size,
-        r.topic,
-        r.partitions,
-        r.acks,
-        r.batch_bytes,
-        r.producers,
-        keys
-    );
+    match r.mode {
+        Mode::Consume => println!(
+            "Consume {} records (avg {} B), topic {} ({} partitions)",
+            r.messages, r.record_size, r.topic, r.partitions
+        ),
+        Mode::Produce | Mode::E2e => println!(
+            "{:?} {} records x {} B, topic {} ({} partitions), acks={}, batch {} B, {} producer(s), {}",
+            r.mode,
+            r.messages,
+            r.record_size,
+            r.topic,
+            r.partitions,
+            r.acks,
+            r.batch_bytes,
+            r.producers,
+            keys
+        ),
+    }
     println!(
         "  {:.0} msgs/s  {:.1} MB/s  in {:.2} s",
         r.msgs_per_sec, r.mb_per_sec, r.elapsed_s
@@ -561,6 +584,7 @@ async fn consume(
     args: &BenchArgs,
     amount: Amount,
     progress: &Progress,
+    consumed_bytes: &AtomicU64,
 ) -> anyhow::Result<(u64, Duration, Histogram<u64>)> {
     let mut consumer = Consumer::new(
         client,
@@ -605,9 +629,11 @@ async fn consume(
         let records = consumer.poll().await?;
         latency.saturating_record(t.elapsed().as_micros() as u64);
         received += records.len() as u64;
+        let bytes: usize = records.iter().map(|r| r.value.len()).sum();
+        consumed_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         progress.add(records.len() as u64);
     }
-    Ok((received.min(target), start.elapsed(), latency))
+    Ok((received, start.elapsed(), latency))
 }
 
 /// Producers and a consumer at once; latency is send to receipt.
