@@ -122,7 +122,12 @@ impl TopicSettings {
             replication_factor: c.replication_factor.unwrap_or(d.replication_factor),
             retention_ms: c.retention_ms.unwrap_or(d.retention_ms),
             retention_bytes: c.retention_bytes.unwrap_or(d.retention_bytes),
-            max_record_bytes: c.max_record_bytes.unwrap_or(d.max_record_bytes),
+            // Unset, the record limit shrinks to fit a smaller segment:
+            // a documented-valid segment_bytes alone is never refused.
+            max_record_bytes: c.max_record_bytes.unwrap_or_else(|| {
+                let segment = c.segment_bytes.unwrap_or(d.segment_bytes);
+                u32::try_from(segment).map_or(d.max_record_bytes, |s| s.min(d.max_record_bytes))
+            }),
             segment_bytes: c.segment_bytes.unwrap_or(d.segment_bytes),
         };
         match CleanupPolicy::try_from(c.cleanup_policy) {
@@ -329,6 +334,8 @@ mod tests {
                 },
                 Some(InvalidArgument),
             ),
+            // A small segment alone lowers the default record limit.
+            (|c| c.segment_bytes = Some(1 << 20), None),
             (|c| c.cleanup_policy = 2, Some(Unsupported)),
             (|c| c.cleanup_policy = 1, None),
             (|c| c.cleanup_policy = 9, Some(InvalidArgument)),
