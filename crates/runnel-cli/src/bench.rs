@@ -243,9 +243,9 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         ),
     };
     let bytes = value_bytes;
-    let record_size = bytes
-        .checked_div(messages)
-        .map_or(args.record_size, |avg| u32::try_from(avg).unwrap_or(u32::MAX));
+    let record_size = bytes.checked_div(messages).map_or(args.record_size, |avg| {
+        u32::try_from(avg).unwrap_or(u32::MAX)
+    });
     let secs = elapsed.as_secs_f64().max(1e-9);
     let report = Report {
         mode: args.mode,
