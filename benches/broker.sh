@@ -139,7 +139,7 @@ for flush in never always; do
     if [ -n "$peak" ]; then
       half=$(awk -v p="$peak" 'BEGIN { printf "%d", p / 2 }')
       bench "$flush/8p/1024/acks=1/e2e@50%" e2e --topic e2e --partitions 8 --record-size 1024 --acks 1 \
-        --rate "$half" --duration "$DURATION" --linger-ms 1
+        --rate "$half" --duration "$DURATION" --linger-ms 0
       "$BIN" topic delete e2e --bootstrap "$BOOTSTRAP" > /dev/null 2>&1 || true
     fi
   else
