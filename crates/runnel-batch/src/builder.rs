@@ -4,7 +4,7 @@ use crate::header::{seal_crc, write_header};
 use crate::varint::{put_uvarint, put_varint, uvarint_len, varint_len};
 use crate::{
     Attributes, BatchError, BatchHeader, Compression, ControlKind, FORMAT_VERSION, HEADER_LEN,
-    TimestampType,
+    TimestampType, VerifiedBatch,
 };
 
 /// A record to encode: what a producer hands to [`BatchBuilder::push`].
@@ -154,6 +154,12 @@ impl BatchBuilder {
     /// Encodes the batch with its CRC. Offsets, term and index are zero until
     /// storage stamps them.
     pub fn finish(self) -> Result<Bytes, BatchError> {
+        self.finish_verified().map(|b| b.bytes().clone())
+    }
+
+    /// [`BatchBuilder::finish`] as a [`VerifiedBatch`]: this crate encoded
+    /// it, so it is not checked again on its way into storage.
+    pub fn finish_verified(self) -> Result<VerifiedBatch, BatchError> {
         if self.count == 0 {
             return Err(BatchError::Empty);
         }
@@ -197,7 +203,10 @@ impl BatchBuilder {
             record_count: self.count,
         };
         write_header(&mut buf, &header);
-        seal_crc(&mut buf);
-        Ok(Bytes::from(buf))
+        let crc = seal_crc(&mut buf);
+        Ok(VerifiedBatch::encoded(
+            BatchHeader { crc, ..header },
+            Bytes::from(buf),
+        ))
     }
 }

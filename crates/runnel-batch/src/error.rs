@@ -48,6 +48,14 @@ pub enum BatchError {
     /// The batch would exceed the format's limits.
     #[error("batch too large: {0}")]
     TooLarge(&'static str),
+    /// Bytes follow the batch where exactly one batch was expected.
+    #[error("{trailing} bytes follow the batch of {batch_len} bytes: send exactly one batch")]
+    TrailingBytes {
+        /// Length of the batch, from its header.
+        batch_len: usize,
+        /// Bytes after it.
+        trailing: usize,
+    },
     /// A builder was finished with no records: every batch holds at least one.
     #[error("a batch needs at least one record")]
     Empty,

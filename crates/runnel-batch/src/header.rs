@@ -224,9 +224,10 @@ pub(crate) fn write_header(buf: &mut [u8], h: &BatchHeader) {
 }
 
 /// Computes the CRC over `buf[CRC_START..]` and stores it in the header.
-pub(crate) fn seal_crc(buf: &mut [u8]) {
+pub(crate) fn seal_crc(buf: &mut [u8]) -> u32 {
     let crc = crc32fast::hash(&buf[CRC_START..]);
     buf[CRC].copy_from_slice(&crc.to_le_bytes());
+    crc
 }
 
 /// Compression codec of a batch's records section.

@@ -26,6 +26,7 @@ mod records;
 mod varint;
 
 pub use builder::{BatchBuilder, NewRecord};
+use bytes::Bytes;
 pub use error::BatchError;
 pub use header::{
     Attributes, BatchHeader, CRC_START, Compression, FORMAT_VERSION, HEADER_LEN, STAMPED_LEN,
@@ -47,6 +48,66 @@ pub const MAX_DECOMPRESSED_LEN: usize = 256 << 20;
 pub struct BatchView<'a> {
     header: BatchHeader,
     bytes: &'a [u8],
+}
+
+/// An owned batch whose header and CRC were verified (or which
+/// [`BatchBuilder`] encoded), so nobody downstream checks it again.
+///
+/// The produce path verifies a batch once on receipt, hands this to the
+/// log, and the log writes it without recomputing the CRC. Cheap to clone
+/// (the bytes are shared).
+#[derive(Clone, Debug)]
+pub struct VerifiedBatch {
+    header: BatchHeader,
+    bytes: Bytes,
+}
+
+impl VerifiedBatch {
+    /// Verifies `bytes` as exactly one batch (header, lengths, CRC); bytes
+    /// after the batch are an error.
+    pub fn new(bytes: Bytes) -> Result<Self, BatchError> {
+        let header = *BatchView::new(&bytes)?.header();
+        if header.batch_len as usize != bytes.len() {
+            return Err(BatchError::TrailingBytes {
+                batch_len: header.batch_len as usize,
+                trailing: bytes.len() - header.batch_len as usize,
+            });
+        }
+        Ok(VerifiedBatch { header, bytes })
+    }
+
+    /// A batch this crate just encoded, with its header.
+    pub(crate) fn encoded(header: BatchHeader, bytes: Bytes) -> Self {
+        VerifiedBatch { header, bytes }
+    }
+
+    /// A view of the batch, without verifying it again.
+    pub fn view(&self) -> BatchView<'_> {
+        BatchView {
+            header: self.header,
+            bytes: &self.bytes,
+        }
+    }
+
+    /// The parsed fixed header.
+    pub fn header(&self) -> &BatchHeader {
+        &self.header
+    }
+
+    /// The batch's bytes.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Always false: a batch holds at least its header and one record.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
 }
 
 impl<'a> BatchView<'a> {

@@ -1630,3 +1630,50 @@ fn empty_builder_is_an_error() {
         assert_eq!(b.finish().unwrap_err(), BatchError::Empty, "case {case}");
     }
 }
+
+#[test]
+fn verified_batch_checks_once_and_keeps_the_header() {
+    for (case, compression) in [Compression::None, Compression::Lz4, Compression::Zstd]
+        .into_iter()
+        .enumerate()
+    {
+        let bytes = sample(compression);
+        let verified = VerifiedBatch::new(bytes.clone()).unwrap();
+        let view = BatchView::new(&bytes).unwrap();
+        assert_eq!(verified.header(), view.header(), "case {case}");
+        assert_eq!(verified.view().as_bytes(), &bytes[..], "case {case}");
+
+        // What the builder reports equals what a reader parses.
+        let mut b = BatchBuilder::new(compression);
+        b.push(NewRecord {
+            key: Some(b"k"),
+            value: b"v",
+            headers: &[],
+            timestamp: 9,
+        });
+        let built = b.finish_verified().unwrap();
+        let parsed = BatchView::new(built.bytes()).unwrap();
+        assert_eq!(built.header(), parsed.header(), "case {case}");
+
+        // Trailing bytes and a flipped bit are refused.
+        let mut longer = bytes.to_vec();
+        longer.push(0);
+        assert!(
+            matches!(
+                VerifiedBatch::new(Bytes::from(longer)),
+                Err(BatchError::TrailingBytes { trailing: 1, .. })
+            ),
+            "case {case}"
+        );
+        let mut flipped = bytes.to_vec();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        assert!(
+            matches!(
+                VerifiedBatch::new(Bytes::from(flipped)),
+                Err(BatchError::CrcMismatch { .. })
+            ),
+            "case {case}"
+        );
+    }
+}

@@ -25,9 +25,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use bytes::Bytes;
 use prometheus_client::metrics::histogram::Histogram;
-use runnel_batch::BatchView;
+use runnel_batch::{BatchView, VerifiedBatch};
 use runnel_storage::{FlushPolicy, Log, ReadBatches, StorageError};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -127,7 +126,11 @@ pub trait Replica: Send + Sync + 'static {
     /// the log in the order of `append` calls, whether or not the futures
     /// are awaited (acks=0 drops the future). The future resolves per
     /// `acks` (see [`AckLevel`]).
-    fn append(&self, batch: Bytes, acks: AckLevel) -> BoxFuture<Result<Appended, ReplicaError>>;
+    fn append(
+        &self,
+        batch: VerifiedBatch,
+        acks: AckLevel,
+    ) -> BoxFuture<Result<Appended, ReplicaError>>;
 
     /// The current high watermark.
     fn high_watermark(&self) -> u64 {
@@ -184,7 +187,7 @@ pub trait Replica: Send + Sync + 'static {
 
 /// One queued append.
 struct AppendRequest {
-    batch: Bytes,
+    batch: VerifiedBatch,
     done: Option<oneshot::Sender<Result<Appended, ReplicaError>>>,
 }
 
@@ -313,7 +316,7 @@ async fn run_appender(
             reqs.into_iter()
                 .map(|r| {
                     let len = r.batch.len();
-                    let res = log.append(&r.batch, LOCAL_TERM);
+                    let res = log.append_verified(&r.batch, LOCAL_TERM);
                     (r.done, len, res)
                 })
                 .collect::<Vec<_>>()
@@ -424,7 +427,11 @@ async fn run_syncer(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Unsynce
 }
 
 impl Replica for LocalReplica {
-    fn append(&self, batch: Bytes, acks: AckLevel) -> BoxFuture<Result<Appended, ReplicaError>> {
+    fn append(
+        &self,
+        batch: VerifiedBatch,
+        acks: AckLevel,
+    ) -> BoxFuture<Result<Appended, ReplicaError>> {
         let len = batch.len();
         let queued = self.shared.queued_bytes.fetch_add(len, Ordering::Relaxed);
         if queued > MAX_QUEUED_BYTES {

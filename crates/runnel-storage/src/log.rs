@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
-use runnel_batch::{BatchHeader, BatchView, HEADER_LEN, stamped_prefix};
+use runnel_batch::{BatchHeader, BatchView, HEADER_LEN, VerifiedBatch, stamped_prefix};
 
 use crate::config::{FlushPolicy, LogConfig};
 use crate::durable::{Faults, set_len, sync_data, sync_dir};
@@ -447,15 +447,16 @@ impl Log {
         self.append_at(batch, term, Some(index))
     }
 
+    /// Appends a batch verified on receipt (see [`Log::append`]) without
+    /// checking its CRC again: the produce path checks each batch once.
+    pub fn append_verified(&self, batch: &VerifiedBatch, term: u64) -> Result<AppendInfo> {
+        self.check_size(batch.len())?;
+        self.append_view(batch.view(), term, None)
+    }
+
     /// [`Log::append_entry`] at `index`, or at the next index if `None`.
     fn append_at(&self, batch: &[u8], term: u64, index: Option<u64>) -> Result<AppendInfo> {
-        let max = self.config.max_batch_bytes as usize;
-        if batch.len() > max {
-            return Err(StorageError::BatchTooLarge {
-                size: batch.len(),
-                max,
-            });
-        }
+        self.check_size(batch.len())?;
         let view = BatchView::new(batch)?;
         if view.as_bytes().len() != batch.len() {
             return Err(StorageError::Invalid(format!(
@@ -464,6 +465,26 @@ impl Log {
                 view.as_bytes().len()
             )));
         }
+        self.append_view(view, term, index)
+    }
+
+    fn check_size(&self, size: usize) -> Result<()> {
+        let max = self.config.max_batch_bytes as usize;
+        if size > max {
+            return Err(StorageError::BatchTooLarge { size, max });
+        }
+        Ok(())
+    }
+
+    /// Appends one verified batch (every [`BatchView`] is) of checked size,
+    /// exactly as it is.
+    fn append_view(
+        &self,
+        view: BatchView<'_>,
+        term: u64,
+        index: Option<u64>,
+    ) -> Result<AppendInfo> {
+        let batch = view.as_bytes();
         let info = {
             let mut inner = self.writable()?;
             let inner = &mut *inner;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use runnel_batch::partitioner::partition_for_key;
-use runnel_batch::{BatchBuilder, BatchView, Compression, NewRecord};
+use runnel_batch::{BatchBuilder, BatchError, Compression, NewRecord, VerifiedBatch};
 use runnel_proto::v1::partition_records::Data;
 use runnel_proto::v1::produce_service_server::ProduceService;
 use runnel_proto::v1::{
@@ -31,7 +31,8 @@ pub(crate) struct ProduceSvc(pub(crate) Arc<NodeContext>);
 /// One batch bound for one partition.
 struct PlannedAppend {
     partition: u32,
-    batch: Bytes,
+    /// Checked once here; the log stores it without checking it again.
+    batch: VerifiedBatch,
     records: u32,
 }
 
@@ -83,7 +84,7 @@ fn plan(topic: &Topic, req: ProduceRequest) -> Result<Vec<PlannedAppend>> {
                 ));
             }
             (Some(partition), Some(Data::Batch(batch))) => {
-                let records = verify_batch(topic, partition, &batch, max)?;
+                let (batch, records) = verify_batch(topic, partition, batch, max)?;
                 out.push(PlannedAppend {
                     partition,
                     batch,
@@ -126,8 +127,13 @@ fn empty_records() -> BrokerError {
     BrokerError::InvalidArgument("a RecordList is empty: send at least one record".into())
 }
 
-/// Verifies a pre-encoded batch; returns its record count.
-fn verify_batch(topic: &Topic, partition: u32, batch: &Bytes, max: u32) -> Result<u32> {
+/// Verifies a pre-encoded batch; returns it with its record count.
+fn verify_batch(
+    topic: &Topic,
+    partition: u32,
+    batch: Bytes,
+    max: u32,
+) -> Result<(VerifiedBatch, u32)> {
     if batch.len() > max as usize {
         return Err(BrokerError::RecordTooLarge {
             topic: topic.name.clone(),
@@ -137,25 +143,23 @@ fn verify_batch(topic: &Topic, partition: u32, batch: &Bytes, max: u32) -> Resul
             max,
         });
     }
-    let corrupt = |source| BrokerError::CorruptBatch {
-        topic: topic.name.clone(),
-        partition,
-        source,
-    };
-    let view = BatchView::new(batch).map_err(corrupt)?;
-    if view.as_bytes().len() != batch.len() {
-        return Err(BrokerError::InvalidArgument(format!(
-            "batch for {}-{partition} has {} bytes after its end: send exactly one batch",
-            topic.name,
-            batch.len() - view.as_bytes().len()
-        )));
-    }
-    if view.is_control() {
+    let batch = VerifiedBatch::new(batch).map_err(|e| match e {
+        BatchError::TrailingBytes { .. } => {
+            BrokerError::InvalidArgument(format!("batch for {}-{partition}: {e}", topic.name))
+        }
+        source => BrokerError::CorruptBatch {
+            topic: topic.name.clone(),
+            partition,
+            source,
+        },
+    })?;
+    if batch.view().is_control() {
         return Err(BrokerError::InvalidArgument(
             "control batches are written by the broker, not produced".into(),
         ));
     }
-    Ok(view.header().record_count)
+    let records = batch.header().record_count;
+    Ok((batch, records))
 }
 
 /// Encodes records into one batch (timestamps default to `now`).
@@ -188,7 +192,7 @@ fn encode(topic: &Topic, partition: u32, records: &[&Record], now: i64) -> Resul
     }
     let count = builder.record_count();
     let batch = builder
-        .finish()
+        .finish_verified()
         .map_err(|e| BrokerError::InvalidArgument(format!("cannot encode records: {e}")))?;
     if batch.len() > max as usize {
         return Err(too_large(batch.len()));

@@ -239,3 +239,28 @@ fn entries_refuse_a_term_that_disagrees_with_the_log() {
         "other entries are served"
     );
 }
+
+#[test]
+fn append_verified_stores_what_append_stores() {
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let a = Log::open(dir_a.path(), small()).unwrap();
+    let b = Log::open(dir_b.path(), small()).unwrap();
+    for i in 0..40i64 {
+        let bytes = batch(2, 90, i * 10);
+        let via_bytes = a.append(&bytes, 1).unwrap();
+        let verified = VerifiedBatch::new(bytes).unwrap();
+        let via_verified = b.append_verified(&verified, 1).unwrap();
+        assert_eq!(via_bytes.base_offset, via_verified.base_offset, "batch {i}");
+        assert_eq!(via_bytes.last_offset, via_verified.last_offset, "batch {i}");
+    }
+    let ra = a.read(0, u64::MAX, usize::MAX).unwrap();
+    let rb = b.read(0, u64::MAX, usize::MAX).unwrap();
+    assert_eq!(ra.bytes, rb.bytes);
+    // The size limit holds for verified batches too.
+    let big = VerifiedBatch::new(batch(1, 9 << 10, 0)).unwrap();
+    assert!(matches!(
+        b.append_verified(&big, 1),
+        Err(StorageError::BatchTooLarge { .. })
+    ));
+}
