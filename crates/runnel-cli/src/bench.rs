@@ -223,7 +223,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let consumed_bytes = AtomicU64::new(0);
     let progress = Progress::start(args.mode, args.admin.output == OutputFormat::Text);
     let outcome = match args.mode {
-        Mode::Produce => produce(&args, amount, Instant::now(), &progress, None).await,
+        Mode::Produce => produce(&args, amount, Instant::now(), &progress.done, None).await,
         Mode::Consume => consume(&client, &args, amount, &progress, &consumed_bytes).await,
         Mode::E2e => e2e(&client, &args, amount, &progress).await,
     };
@@ -463,12 +463,13 @@ impl Progress {
 type Pending = Vec<(DeliveryFuture, Instant)>;
 
 /// Runs the producers; returns (records acknowledged, elapsed, latency).
-/// With `stamp_base`, each value carries its send time (for e2e).
+/// Acknowledged records are added to `acked` as they arrive. With
+/// `stamp_base`, each value carries its send time (for e2e).
 async fn produce(
     args: &BenchArgs,
     amount: Amount,
     start: Instant,
-    progress: &Progress,
+    acked: &Arc<AtomicU64>,
     stamp_base: Option<Instant>,
 ) -> anyhow::Result<(u64, Duration, Histogram<u64>)> {
     let payloads = Arc::new(Payloads::new(args.record_size as usize));
@@ -498,7 +499,7 @@ async fn produce(
         let payloads = payloads.clone();
         let keys = keys.clone();
         let rate = args.rate.map(|r| (r as f64 / producers as f64).max(1e-3));
-        let done = progress.done.clone();
+        let done = acked.clone();
         tasks.spawn(async move {
             // Latency is taken by a collector that awaits deliveries in send
             // order, so each is measured when its batch is acknowledged.
@@ -573,7 +574,6 @@ async fn produce(
         end = end.max(last_ack);
         latency.add(&h).ok();
     }
-    let _ = progress;
     Ok((total, end.duration_since(start), latency))
 }
 
@@ -689,12 +689,9 @@ async fn e2e(
             anyhow::Ok((received, base.elapsed(), latency))
         })
     };
-    let quiet = Progress {
-        done: Arc::new(AtomicU64::new(0)),
-        stop: Arc::new(AtomicBool::new(true)),
-        task: None,
-    };
-    let produced = produce(args, amount, base, &quiet, Some(base)).await;
+    // Progress counts what the consumer received; acknowledgements go uncounted.
+    let acked = Arc::new(AtomicU64::new(0));
+    let produced = produce(args, amount, base, &acked, Some(base)).await;
     let (sent, _, _) = match produced {
         Ok(figures) => figures,
         Err(e) => {
