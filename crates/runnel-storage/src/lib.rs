@@ -5,8 +5,9 @@
 //! timestamp, recovery after a crash, retention, truncation, and the small
 //! `partition.state` file that lets Raft ask `term(i)` for any stored entry.
 //! Does not own: networking, Raft itself (runnel-raft drives this log
-//! through [`Log::append_entry`], [`Log::entries`], [`Log::term`] and
-//! [`Log::truncate_from_index`]), or the batch byte layout (runnel-batch).
+//! through [`Log::append_entry`], [`Log::entries`], [`Log::term`],
+//! [`Log::truncate_from_index`] and, to install a snapshot,
+//! [`Log::reset_to`]), or the batch byte layout (runnel-batch).
 //!
 //! The API is plain synchronous Rust: no async runtime, no background
 //! threads, no clock reads. Time-based work takes the time as an argument
@@ -33,6 +34,10 @@
 //!   log (it refuses writes until reopened: never retried, never ignored).
 //! - Small state is written to a temp file, fsynced and renamed.
 //! - Deletions rename to `*.deleted` first; startup removes leftovers.
+//! - Whatever removes entries from the front (retention, [`Log::reset_to`])
+//!   persists the new first index and the term before it in
+//!   `partition.state` before unlinking anything; a reset flags the state
+//!   until it is complete, and open finishes a flagged reset.
 //!
 //! # Write path
 //!

@@ -11,7 +11,14 @@
 //! | 21..29| `compacted_term` u64: its term |
 //! | 29..33| `run_count` u32 |
 //! | ..    | `run_count` × (`term` u64, `start_index` u64): first Raft index of each term |
+//! | (v2)  | 1 byte of flags: bit 0 = a reset is pending (see below) |
 //! | last 4| CRC-32 of every byte before it |
+//!
+//! Version 2 differs only by the flags byte, and is written only while
+//! [`crate::Log::reset_to`] runs: the state then already describes the reset
+//! log (start offset, `(index, term)` before its first entry, no runs) while
+//! old segment files may still lie beside it, and opening deletes every
+//! segment file before starting the new log. Otherwise version 1 is written.
 //!
 //! The term runs let `term(i)` be answered from memory for any stored index
 //! without reading segments (Raft needs it to never fail). A run is persisted
@@ -28,6 +35,9 @@ pub const STATE_FILE: &str = "partition.state";
 
 const MAGIC: &[u8; 4] = b"RNPS";
 const VERSION: u8 = 1;
+/// Version 1 plus a flags byte, written only while a reset is pending.
+const VERSION_FLAGS: u8 = 2;
+const FLAG_RESET_PENDING: u8 = 1;
 const FIXED_LEN: usize = 33;
 
 /// Contents of `partition.state`.
@@ -41,14 +51,22 @@ pub struct PartitionState {
     pub compacted_term: u64,
     /// `(term, first raft index of that term)`, both strictly increasing.
     pub term_runs: Vec<(u64, u64)>,
+    /// A [`crate::Log::reset_to`] was begun and may not have finished: every
+    /// segment file in the directory predates this state and is deleted at
+    /// open (a crash mid-reset yields the reset log, never a mix).
+    pub reset_pending: bool,
 }
 
 impl PartitionState {
     /// Encodes the state with its CRC.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(FIXED_LEN + 16 * self.term_runs.len() + 4);
+        let mut out = Vec::with_capacity(FIXED_LEN + 16 * self.term_runs.len() + 5);
         out.extend_from_slice(MAGIC);
-        out.push(VERSION);
+        out.push(if self.reset_pending {
+            VERSION_FLAGS
+        } else {
+            VERSION
+        });
         out.extend_from_slice(&self.log_start_offset.to_le_bytes());
         out.extend_from_slice(&self.compacted_index.to_le_bytes());
         out.extend_from_slice(&self.compacted_term.to_le_bytes());
@@ -56,6 +74,9 @@ impl PartitionState {
         for (term, start) in &self.term_runs {
             out.extend_from_slice(&term.to_le_bytes());
             out.extend_from_slice(&start.to_le_bytes());
+        }
+        if self.reset_pending {
+            out.push(FLAG_RESET_PENDING);
         }
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_le_bytes());
@@ -75,17 +96,27 @@ impl PartitionState {
         if &body[0..4] != MAGIC {
             return Err("bad magic");
         }
-        if body[4] != VERSION {
-            return Err("unsupported version");
-        }
+        let flags_len = match body[4] {
+            VERSION => 0,
+            VERSION_FLAGS => 1,
+            _ => return Err("unsupported version"),
+        };
         let u64_at = |at: usize| {
             let mut b = [0u8; 8];
             b.copy_from_slice(&body[at..at + 8]);
             u64::from_le_bytes(b)
         };
         let count = u32::from_le_bytes([body[29], body[30], body[31], body[32]]) as usize;
-        if body.len() != FIXED_LEN + 16 * count {
+        if body.len() != FIXED_LEN + 16 * count + flags_len {
             return Err("length does not match the run count");
+        }
+        let flags = if flags_len == 1 {
+            body[body.len() - 1]
+        } else {
+            0
+        };
+        if flags & !FLAG_RESET_PENDING != 0 {
+            return Err("unknown flags");
         }
         let term_runs: Vec<(u64, u64)> = (0..count)
             .map(|i| (u64_at(FIXED_LEN + 16 * i), u64_at(FIXED_LEN + 16 * i + 8)))
@@ -101,6 +132,7 @@ impl PartitionState {
             compacted_index: u64_at(13),
             compacted_term: u64_at(21),
             term_runs,
+            reset_pending: flags & FLAG_RESET_PENDING != 0,
         })
     }
 
@@ -140,19 +172,21 @@ mod tests {
 
     proptest! {
         #[test]
-        fn round_trip(start in any::<u64>(), ci in any::<u64>(), ct in any::<u64>(), n in 0usize..20) {
+        fn round_trip(start in any::<u64>(), ci in any::<u64>(), ct in any::<u64>(), n in 0usize..20, reset in any::<bool>()) {
             let s = PartitionState {
                 log_start_offset: start,
                 compacted_index: ci,
                 compacted_term: ct,
                 term_runs: (0..n as u64).map(|i| (i * 2 + 1, i * 10 + 1)).collect(),
+                reset_pending: reset,
             };
+            prop_assert_eq!(s.encode()[4], if reset { 2 } else { 1 });
             prop_assert_eq!(PartitionState::decode(&s.encode()), Ok(s));
         }
 
         #[test]
         fn flipped_or_truncated_is_rejected(flip in 0usize..60, cut in 0usize..60) {
-            let s = PartitionState { log_start_offset: 7, compacted_index: 3, compacted_term: 2, term_runs: vec![(2, 1), (5, 9)] };
+            let s = PartitionState { log_start_offset: 7, compacted_index: 3, compacted_term: 2, term_runs: vec![(2, 1), (5, 9)], reset_pending: flip % 2 == 0 };
             let good = s.encode();
             let mut bad = good.clone();
             let at = flip % bad.len();

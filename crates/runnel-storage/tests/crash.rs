@@ -19,7 +19,7 @@ use common::{
 };
 use runnel_batch::Compression;
 use runnel_storage::filename::{INDEX_EXT, LOG_EXT, TIME_INDEX_EXT, segment_file_name};
-use runnel_storage::{Log, LogConfig, STATE_FILE, StorageError};
+use runnel_storage::{Log, LogConfig, PartitionState, STATE_FILE, StorageError};
 
 /// Segments of 4 KiB hold 10 to 20 batches; an index entry every one or
 /// two batches.
@@ -443,6 +443,16 @@ fn flipped_byte_in_sealed_segment() {
             }
             other => panic!("{ctx}: read of the damaged batch: {other:?}"),
         }
+        // The fetch path skips the CRC: the damage is then caught by the
+        // consumer's own check, never passed on as good data.
+        match log.read_unverified(batch.base_offset, u64::MAX, 1) {
+            Err(StorageError::Corrupt { .. }) => {}
+            Ok(r) => assert!(
+                runnel_batch::BatchView::new(&r.bytes).is_err(),
+                "{ctx}: an unverified read returned damaged bytes that pass the consumer's check"
+            ),
+            Err(e) => panic!("{ctx}: unverified read of the damaged batch: {e}"),
+        }
         assert!(
             matches!(
                 log.entries(batch.index, batch.index + 1, None),
@@ -793,4 +803,114 @@ fn crash_during_roll_with_torn_old_tail_is_recovered() {
         0,
         "after a crash during a roll with a torn tail",
     );
+}
+
+/// `Log::reset_to` persists the flagged new state, unlinks every segment
+/// (newest first), creates the new empty segment and clears the flag. A
+/// crash at any point reopens either the old log or the reset one, never a
+/// mix: every intermediate directory is rebuilt here and opened.
+#[test]
+fn crash_during_reset_yields_the_old_or_the_reset_log() {
+    let built = build(11, 60);
+    let segs = &built.segments;
+    let (index, term) = (1000, 77);
+    // A new start offset past the old end, and one that names an old segment.
+    for start in [
+        built.batches.last().unwrap().next_offset + 50,
+        segs[1].base_offset,
+    ] {
+        let flagged = PartitionState {
+            log_start_offset: start,
+            compacted_index: index,
+            compacted_term: term,
+            term_runs: Vec::new(),
+            reset_pending: true,
+        };
+        let reset_log_holds = |dir: &Path, ctx: &str| {
+            let (log, report) =
+                Log::open_with_report(dir, config()).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+            assert!(!report.state_rebuilt, "{ctx}");
+            assert_eq!(log.log_start_offset().unwrap(), start, "{ctx}");
+            assert_eq!(log.log_end_offset().unwrap(), start, "{ctx}");
+            assert_eq!(log.first_index().unwrap(), index + 1, "{ctx}");
+            assert_eq!(log.last_index().unwrap(), index, "{ctx}");
+            assert_eq!(log.term(index).unwrap(), term, "{ctx}");
+            assert_eq!(log.segments().unwrap().len(), 1, "{ctx}");
+            let names = file_names(dir);
+            assert_eq!(
+                names,
+                [
+                    segment_file_name(start, INDEX_EXT),
+                    segment_file_name(start, LOG_EXT),
+                    segment_file_name(start, TIME_INDEX_EXT),
+                    STATE_FILE.to_string()
+                ],
+                "{ctx}"
+            );
+            let (batch, _) = simple_batch(2, 30, 0, 1);
+            let info = log.append_entry(&batch, term, index + 1).unwrap();
+            assert_eq!(info.base_offset, start, "{ctx}");
+            drop(log);
+            let log = Log::open(dir, config()).unwrap();
+            assert_eq!(
+                (log.last_index().unwrap(), log.log_end_offset().unwrap()),
+                (index + 1, start + 2),
+                "{ctx}"
+            );
+            assert_eq!(
+                PartitionState::load(dir).unwrap().map(|s| s.reset_pending),
+                Some(false)
+            );
+        };
+
+        // Crash before the flagged state replaced the old one: the old log.
+        let work = copy_of(built.dir.path());
+        fs::write(
+            work.path().join(format!("{STATE_FILE}.tmp")),
+            flagged.encode(),
+        )
+        .unwrap();
+        let log = Log::open(work.path(), config()).unwrap();
+        assert_log_holds(
+            &log,
+            &built.batches,
+            "reset interrupted before the state rename",
+        );
+        drop(log);
+
+        // The flagged state is in place; 0..=all segments unlinked, newest
+        // first, the next one possibly half-way (its .log renamed away).
+        for gone in 0..=segs.len() {
+            for half in [false, true] {
+                let ctx = format!("start {start}: {gone} segments unlinked, half {half}");
+                let work = copy_of(built.dir.path());
+                let dir = work.path();
+                flagged.store(dir).unwrap();
+                for seg in segs.iter().rev().take(gone) {
+                    for ext in [LOG_EXT, INDEX_EXT, TIME_INDEX_EXT] {
+                        fs::remove_file(dir.join(seg.file(ext))).unwrap();
+                    }
+                }
+                if half && gone < segs.len() {
+                    let seg = &segs[segs.len() - 1 - gone];
+                    let from = dir.join(seg.file(LOG_EXT));
+                    fs::rename(&from, format!("{}.deleted", from.display())).unwrap();
+                }
+                if half && gone == segs.len() {
+                    // The new segment was created, the flag not yet cleared.
+                    for ext in [LOG_EXT, INDEX_EXT, TIME_INDEX_EXT] {
+                        fs::write(dir.join(segment_file_name(start, ext)), b"").unwrap();
+                    }
+                }
+                reset_log_holds(dir, &ctx);
+            }
+        }
+
+        // The whole reset, through the API.
+        let work = copy_of(built.dir.path());
+        let log = Log::open(work.path(), config()).unwrap();
+        log.reset_to(start, index, term).unwrap();
+        drop(log);
+        reset_log_holds(work.path(), &format!("start {start}: reset done"));
+    }
 }

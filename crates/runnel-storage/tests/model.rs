@@ -1,6 +1,6 @@
 //! The log against an in-memory `Vec` model under random appends, reads,
-//! Raft queries, timestamp lookups, truncations, delete-records, retention
-//! and reopens (STYLE.md practice 11). Tiny segments and indexes make rolls
+//! Raft queries, timestamp lookups, truncations, delete-records, retention,
+//! resets to a snapshot point and reopens (STYLE.md practice 11). Tiny segments and indexes make rolls
 //! (by size, by full index, by age) happen every few batches.
 //!
 //! The whole observable state is checked after every step: offsets and
@@ -62,6 +62,14 @@ enum Op {
         now: u64,
         limit: Option<u64>,
     },
+    /// `reset_to` a snapshot point: `index` picked around the compacted
+    /// and last indexes (below the compacted one is refused), the start
+    /// offset around the log end, the term around the current one.
+    ResetTo {
+        offset: u64,
+        index: u64,
+        term: u64,
+    },
     Flush,
     Reopen,
     Close,
@@ -83,6 +91,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (any::<u64>(), prop::bool::weighted(0.6)).prop_map(|(at, boundary)| Op::TruncateToOffset { at, boundary }),
         3 => any::<u64>().prop_map(|at| Op::DeleteRecords { at }),
         4 => (any::<u64>(), prop::option::weighted(0.3, any::<u64>())).prop_map(|(now, limit)| Op::Retention { now, limit }),
+        2 => (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(offset, index, term)| Op::ResetTo { offset, index, term }),
         1 => Just(Op::Flush),
         4 => Just(Op::Reopen),
         1 => Just(Op::Close),
@@ -123,10 +132,16 @@ fn config() -> impl Strategy<Value = LogConfig> {
         )
 }
 
-/// What the log must hold. `batches[k]` is Raft entry `k + 1`; entries up
-/// to `compacted` are gone from the log but kept here for their terms.
+/// What the log must hold. `batches[k]` is Raft entry `origin + k + 1`;
+/// entries up to `compacted` are gone from the log but kept here for their
+/// terms. `origin` is the snapshot point of the last `reset_to` (0 before).
 struct Model {
     batches: Vec<Stored>,
+    /// Raft index before `batches[0]`, its term, and the offset where
+    /// `batches[0]` starts.
+    origin: u64,
+    origin_term: u64,
+    origin_offset: u64,
     compacted: u64,
     log_start: u64,
     /// Term for the next append: never decreases.
@@ -137,18 +152,25 @@ struct Model {
 
 impl Model {
     fn log_end(&self) -> u64 {
-        self.batches.last().map_or(0, |b| b.next_offset)
+        self.batches
+            .last()
+            .map_or(self.origin_offset, |b| b.next_offset)
     }
 
     fn last_index(&self) -> u64 {
-        self.batches.len() as u64
+        self.origin + self.batches.len() as u64
+    }
+
+    /// Position in `batches` of Raft entry `index` (`index > origin`).
+    fn pos(&self, index: u64) -> usize {
+        (index - self.origin - 1) as usize
     }
 
     fn term_of(&self, index: u64) -> u64 {
-        if index == 0 {
-            0
+        if index == self.origin {
+            self.origin_term
         } else {
-            self.batches[index as usize - 1].term
+            self.batches[self.pos(index)].term
         }
     }
 
@@ -158,7 +180,7 @@ impl Model {
 
     /// Stored (not compacted) batches.
     fn stored(&self) -> &[Stored] {
-        &self.batches[self.compacted as usize..]
+        &self.batches[(self.compacted - self.origin) as usize..]
     }
 
     /// The stored batch holding `offset`.
@@ -359,7 +381,7 @@ impl Harness {
                     let limit = max_bytes.unwrap_or(u64::MAX);
                     let mut want = Vec::new();
                     let mut total = 0u64;
-                    for b in &m.batches[lo as usize - 1..hi as usize - 1] {
+                    for b in &m.batches[m.pos(lo)..m.pos(hi)] {
                         let len = b.bytes.len() as u64;
                         if !want.is_empty() && total + len > limit {
                             break;
@@ -399,14 +421,15 @@ impl Harness {
                     );
                 } else if index > m.last_index() {
                     r.expect("truncate past the end is a no-op");
-                } else if m.batches[index as usize - 1].base_offset < m.log_start {
+                } else if m.batches[m.pos(index)].base_offset < m.log_start {
                     assert!(
                         matches!(r, Err(StorageError::Invalid(_))),
                         "truncate_from_index({index}): {r:?}"
                     );
                 } else {
                     r.unwrap_or_else(|e| panic!("truncate_from_index({index}): {e}"));
-                    m.batches.truncate(index as usize - 1);
+                    let keep = m.pos(index);
+                    m.batches.truncate(keep);
                 }
             }
             Op::TruncateToOffset { at, boundary } => {
@@ -438,7 +461,8 @@ impl Harness {
                         );
                     } else {
                         r.unwrap_or_else(|e| panic!("truncate_to_offset({offset}): {e}"));
-                        m.batches.truncate(b.index as usize - 1);
+                        let keep = m.pos(b.index);
+                        m.batches.truncate(keep);
                     }
                 }
             }
@@ -472,6 +496,30 @@ impl Harness {
                 }
                 assert_eq!(report.log_start_offset, m.log_start);
             }
+            Op::ResetTo {
+                offset,
+                index,
+                term,
+            } => {
+                let index = pick(index, m.compacted, m.last_index() + 3);
+                let start = pick(offset, m.log_start, m.log_end() + 50);
+                let term = (m.term + term % 3).saturating_sub(1).max(1);
+                let r = log.reset_to(start, index, term);
+                if index < m.compacted {
+                    assert!(
+                        matches!(r, Err(StorageError::Invalid(_))),
+                        "reset_to({start}, {index}, {term}) below the compacted index: {r:?}"
+                    );
+                    return;
+                }
+                r.unwrap_or_else(|e| panic!("reset_to({start}, {index}, {term}): {e}"));
+                m.batches.clear();
+                (m.origin, m.origin_term, m.origin_offset) = (index, term, start);
+                m.compacted = index;
+                m.log_start = start;
+                m.term = m.term.max(term);
+                assert_eq!(log.durable_offset(), start);
+            }
             Op::Flush => {
                 log.flush().expect("flush");
                 assert_eq!(log.durable_offset(), m.log_end());
@@ -488,6 +536,11 @@ impl Harness {
         assert_eq!(log.log_end_offset().unwrap(), m.log_end(), "log end");
         assert_eq!(log.first_index().unwrap(), m.compacted + 1, "first index");
         assert_eq!(log.last_index().unwrap(), m.last_index(), "last index");
+        assert_eq!(
+            log.compacted().unwrap(),
+            (m.compacted, m.term_of(m.compacted)),
+            "compacted (index, term)"
+        );
         for i in m.compacted..=m.last_index() {
             assert_eq!(log.term(i).unwrap(), m.term_of(i), "term({i})");
         }
@@ -695,6 +748,9 @@ fn run(config: LogConfig, ops: &[Op]) {
         log: Some(log),
         model: Model {
             batches: Vec::new(),
+            origin: 0,
+            origin_term: 0,
+            origin_offset: 0,
             compacted: 0,
             log_start: 0,
             term: 1,

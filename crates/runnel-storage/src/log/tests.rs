@@ -264,3 +264,167 @@ fn append_verified_stores_what_append_stores() {
         Err(StorageError::BatchTooLarge { .. })
     ));
 }
+
+/// `reset_to` drops every segment and starts the log after a snapshot
+/// point; Raft's view of it (RAFT.md, traps 1, 2, 16) holds before and
+/// after a reopen, and appends continue from there.
+#[test]
+fn reset_to_starts_the_log_after_a_snapshot_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small()).unwrap();
+    for i in 0..120u64 {
+        log.append(&batch(2, 300, i as i64), 1 + i / 40).unwrap();
+    }
+    assert!(log.segments().unwrap().len() > 2);
+    assert_eq!(log.compacted().unwrap(), (0, 0));
+    // An offset below the old log end: a follower's diverged tail went further.
+    log.reset_to(100, 500, 7).unwrap();
+    let check = |log: &Log, ctx: &str| {
+        assert_eq!(log.log_start_offset().unwrap(), 100, "{ctx}");
+        assert_eq!(log.log_end_offset().unwrap(), 100, "{ctx}");
+        assert_eq!(log.durable_offset(), 100, "{ctx}");
+        assert_eq!(log.first_index().unwrap(), 501, "{ctx}");
+        assert_eq!(log.last_index().unwrap(), 500, "{ctx}");
+        assert_eq!(log.term(500).unwrap(), 7, "{ctx}");
+        assert_eq!(log.compacted().unwrap(), (500, 7), "{ctx}");
+        assert!(
+            matches!(
+                log.term(499),
+                Err(StorageError::Compacted {
+                    index: 499,
+                    first_index: 501
+                })
+            ),
+            "{ctx}"
+        );
+        assert!(
+            matches!(
+                log.term(501),
+                Err(StorageError::Unavailable {
+                    index: 501,
+                    last_index: 500
+                })
+            ),
+            "{ctx}"
+        );
+        assert!(
+            matches!(
+                log.entries(500, 501, None),
+                Err(StorageError::Compacted { .. })
+            ),
+            "{ctx}"
+        );
+        let segs = log.segments().unwrap();
+        assert_eq!(segs.len(), 1, "{ctx}: {segs:?}");
+        assert_eq!(
+            (segs[0].base_offset, segs[0].base_index, segs[0].size),
+            (100, 501, 0)
+        );
+        let r = log.read(100, u64::MAX, 1 << 20).unwrap();
+        assert_eq!(r.batch_count, 0, "{ctx}");
+    };
+    check(&log, "after reset");
+    let files = |d: &std::path::Path| {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        files(dir.path()),
+        [
+            "00000000000000000100.index",
+            "00000000000000000100.log",
+            "00000000000000000100.timeindex",
+            "partition.state"
+        ]
+    );
+    drop(log);
+    let (log, report) = Log::open_with_report(dir.path(), small()).unwrap();
+    assert!(
+        report.removed_files.is_empty() && !report.state_rebuilt,
+        "{report:?}"
+    );
+    check(&log, "after reopen");
+    // Older snapshots are refused; a term below the snapshot's too.
+    assert!(matches!(
+        log.reset_to(0, 499, 9),
+        Err(StorageError::Invalid(_))
+    ));
+    assert!(matches!(
+        log.append_entry(&batch(1, 10, 0), 6, 501),
+        Err(StorageError::Invalid(_))
+    ));
+    assert!(matches!(
+        log.truncate_from_index(500),
+        Err(StorageError::Invalid(_))
+    ));
+    check(&log, "after refused calls");
+    let info = log.append_entry(&batch(3, 10, 0), 7, 501).unwrap();
+    assert_eq!(
+        (info.base_offset, info.last_offset, info.raft_index),
+        (100, 102, 501)
+    );
+    let info = log.append_entry(&batch(1, 10, 0), 8, 502).unwrap();
+    assert_eq!(info.base_offset, 103);
+    assert_eq!(
+        (
+            log.term(500).unwrap(),
+            log.term(501).unwrap(),
+            log.term(502).unwrap()
+        ),
+        (7, 7, 8)
+    );
+    log.truncate_from_index(502).unwrap();
+    assert_eq!(log.last_index().unwrap(), 501);
+    drop(log);
+    let log = Log::open(dir.path(), small()).unwrap();
+    assert_eq!(log.last_index().unwrap(), 501);
+    assert_eq!(log.log_end_offset().unwrap(), 103);
+    assert_eq!(log.term(500).unwrap(), 7);
+    assert_eq!(
+        BatchView::new(&log.entries(501, 502, None).unwrap()[0])
+            .unwrap()
+            .header()
+            .raft_index,
+        501
+    );
+    // Resetting to the same point again (or further) is allowed.
+    log.reset_to(5000, 600, 9).unwrap();
+    assert_eq!(log.append(&batch(1, 10, 0), 9).unwrap().base_offset, 5000);
+}
+
+/// Retention persists the compacted `(index, term)` before it unlinks:
+/// `term(first_index - 1)` answers from memory, also after a reopen.
+#[test]
+fn term_before_the_first_index_survives_retention_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small()).unwrap();
+    for i in 0..150u64 {
+        log.append(&batch(1, 400, i as i64), 1 + i / 7).unwrap();
+    }
+    let segs = log.segments().unwrap();
+    log.delete_records(segs[3].base_offset).unwrap();
+    let rep = log.apply_retention(0, u64::MAX).unwrap();
+    assert_eq!(rep.deleted_segments, 3);
+    let first = segs[3].base_index;
+    let want = 1 + (first - 2) / 7;
+    let check = |log: &Log| {
+        assert_eq!(log.first_index().unwrap(), first);
+        assert_eq!(log.compacted().unwrap(), (first - 1, want));
+        assert_eq!(log.term(first - 1).unwrap(), want);
+        assert!(matches!(
+            log.term(first - 2),
+            Err(StorageError::Compacted { .. })
+        ));
+        assert!(matches!(
+            log.term(151),
+            Err(StorageError::Unavailable { .. })
+        ));
+    };
+    check(&log);
+    drop(log);
+    check(&Log::open(dir.path(), small()).unwrap());
+}
