@@ -1,0 +1,608 @@
+//! The cluster metadata and the deterministic [`ClusterState::apply`].
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::BrokerId;
+use crate::command::Command;
+use crate::error::{ClusterError, DecodeError};
+use crate::format;
+use crate::placement::{self, BrokerLoad};
+use crate::settings::{MAX_PARTITIONS, TopicSettings, validate_topic_name};
+
+/// Format version of the snapshots this code writes (and the newest it
+/// reads).
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// Longest broker address, in bytes.
+pub const MAX_ADDRESS_LEN: usize = 1024;
+/// Longest rack name, in bytes.
+pub const MAX_RACK_LEN: usize = 255;
+
+/// A registered broker.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Broker {
+    /// Broker id, at least 1.
+    pub id: BrokerId,
+    /// Address clients and peers use (host:port).
+    pub address: String,
+    /// Failure domain; replicas of a partition prefer distinct racks.
+    pub rack: Option<String>,
+    /// Fenced brokers get no new replicas and no preferred leader moves.
+    pub fenced: bool,
+}
+
+/// A topic's identity: the Raft index of the command that created it.
+///
+/// Unlike the name it is never reused, so a broker can tell a recreated
+/// topic from the one it replaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TopicId(pub u64);
+
+/// Where one partition's replicas live.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PartitionAssignment {
+    /// Distinct broker ids, `replication_factor` of them; the first is the
+    /// preferred leader.
+    pub replicas: Vec<BrokerId>,
+}
+
+impl PartitionAssignment {
+    /// The preferred leader (the first replica).
+    ///
+    /// Panics on an empty list, which the state never holds.
+    pub fn preferred_leader(&self) -> BrokerId {
+        match self.replicas.first() {
+            Some(id) => *id,
+            None => panic!("a partition assignment without replicas"),
+        }
+    }
+}
+
+/// A topic: its settings and where each partition lives.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topic {
+    /// Never-reused identity.
+    pub id: TopicId,
+    /// Topic name.
+    pub name: String,
+    /// Effective settings; `settings.partitions == partitions.len()`.
+    pub settings: TopicSettings,
+    /// Assignment of each partition, by partition id.
+    pub partitions: Vec<PartitionAssignment>,
+}
+
+/// What an applied command changed: the change feed a broker follows to
+/// create and remove its local replicas ([`Applied::replica_changes`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// A broker was added or re-registered.
+    BrokerRegistered {
+        /// The broker now.
+        broker: Broker,
+        /// The broker before, when it was registered already.
+        previous: Option<Broker>,
+    },
+    /// A broker is fenced (also when it already was).
+    BrokerFenced(BrokerId),
+    /// A broker is unfenced (also when it already was).
+    BrokerUnfenced(BrokerId),
+    /// A topic was created, with its assignments.
+    TopicCreated(Topic),
+    /// A topic was deleted; this is what it was.
+    TopicDeleted(Topic),
+    /// A topic's settings changed.
+    TopicAltered {
+        /// The topic now.
+        topic: Topic,
+        /// Its settings before.
+        previous: TopicSettings,
+    },
+    /// Partitions were added to a topic.
+    PartitionsCreated {
+        /// The topic now.
+        topic: Topic,
+        /// Id of the first new partition (the count before).
+        first: u32,
+    },
+}
+
+/// What one broker must do to its local replicas after a command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplicaChange {
+    /// Create the replica of a partition placed on this broker.
+    Create {
+        /// Topic name.
+        name: String,
+        /// Topic identity.
+        topic: TopicId,
+        /// Partition id.
+        partition: u32,
+        /// All replicas of the partition (its Raft group), preferred
+        /// leader first.
+        replicas: Vec<BrokerId>,
+        /// The topic's settings.
+        settings: TopicSettings,
+    },
+    /// Remove the replica and its data.
+    Remove {
+        /// Topic name.
+        name: String,
+        /// Topic identity.
+        topic: TopicId,
+        /// Partition id.
+        partition: u32,
+    },
+    /// Apply new settings to the replica.
+    Reconfigure {
+        /// Topic name.
+        name: String,
+        /// Topic identity.
+        topic: TopicId,
+        /// Partition id.
+        partition: u32,
+        /// The new settings.
+        settings: TopicSettings,
+    },
+}
+
+impl Applied {
+    /// The replica work this change asks of `broker`: one entry per
+    /// partition of an affected topic that has a replica on it.
+    pub fn replica_changes(&self, broker: BrokerId) -> Vec<ReplicaChange> {
+        let local = |t: &Topic, from: u32| {
+            t.partitions
+                .iter()
+                .enumerate()
+                .skip(from as usize)
+                .filter(|(_, a)| a.replicas.contains(&broker))
+                .map(|(p, a)| (p as u32, a.replicas.clone()))
+                .collect::<Vec<_>>()
+        };
+        let create = |t: &Topic, from: u32| {
+            local(t, from)
+                .into_iter()
+                .map(|(partition, replicas)| ReplicaChange::Create {
+                    name: t.name.clone(),
+                    topic: t.id,
+                    partition,
+                    replicas,
+                    settings: t.settings.clone(),
+                })
+                .collect()
+        };
+        match self {
+            Applied::BrokerRegistered { .. }
+            | Applied::BrokerFenced(_)
+            | Applied::BrokerUnfenced(_) => Vec::new(),
+            Applied::TopicCreated(t) => create(t, 0),
+            Applied::PartitionsCreated { topic, first } => create(topic, *first),
+            Applied::TopicDeleted(t) => local(t, 0)
+                .into_iter()
+                .map(|(partition, _)| ReplicaChange::Remove {
+                    name: t.name.clone(),
+                    topic: t.id,
+                    partition,
+                })
+                .collect(),
+            Applied::TopicAltered { topic, .. } => local(topic, 0)
+                .into_iter()
+                .map(|(partition, _)| ReplicaChange::Reconfigure {
+                    name: topic.name.clone(),
+                    topic: topic.id,
+                    partition,
+                    settings: topic.settings.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A partition, named by topic and partition id.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PartitionKey {
+    /// Topic name.
+    pub topic: String,
+    /// Partition id.
+    pub partition: u32,
+}
+
+/// A leadership transfer that restores a partition's preferred leader.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaderMove {
+    /// The partition.
+    pub partition: PartitionKey,
+    /// Its current leader.
+    pub from: BrokerId,
+    /// Its preferred leader, to transfer leadership to.
+    pub to: BrokerId,
+}
+
+/// The controller's state: brokers, topics, settings, assignments.
+///
+/// Changed only by [`ClusterState::apply`], which is deterministic: the
+/// same commands at the same indexes give the same state and results on
+/// every node. No I/O, no clock, no randomness; `Send + Sync`, not
+/// internally locked.
+///
+/// Invariants (checked on restore, [`ClusterState::check_invariants`]):
+/// every partition has exactly `replication_factor` distinct replicas, all
+/// registered brokers; topic names are valid and unique, topic ids unique
+/// and at most `applied_index`; `metadata_version <= applied_index`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterState {
+    applied_index: u64,
+    metadata_version: u64,
+    brokers: BTreeMap<BrokerId, Broker>,
+    topics: BTreeMap<String, Topic>,
+}
+
+/// The snapshot body, format version 1.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateV1 {
+    applied_index: u64,
+    metadata_version: u64,
+    brokers: Vec<Broker>,
+    topics: Vec<Topic>,
+}
+
+impl ClusterState {
+    /// An empty cluster: no brokers, no topics, nothing applied.
+    pub fn new() -> Self {
+        ClusterState::default()
+    }
+
+    /// The Raft index of the last entry passed to [`ClusterState::apply`],
+    /// refused or not (0 before any). A snapshot taken now covers every
+    /// entry up to it.
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// The Raft index of the last command that was applied without error:
+    /// the metadata changes only when it moves, so brokers and clients
+    /// compare it to know whether their copy is current. 0 before any.
+    pub fn metadata_version(&self) -> u64 {
+        self.metadata_version
+    }
+
+    /// Every registered broker, by id.
+    pub fn brokers(&self) -> &BTreeMap<BrokerId, Broker> {
+        &self.brokers
+    }
+
+    /// Every topic, by name.
+    pub fn topics(&self) -> &BTreeMap<String, Topic> {
+        &self.topics
+    }
+
+    /// The topic named `name`.
+    pub fn topic(&self, name: &str) -> Option<&Topic> {
+        self.topics.get(name)
+    }
+
+    /// Replicas and preferred leaders per registered broker (0 for one
+    /// holding none), summed over all topics.
+    pub fn broker_load(&self) -> BTreeMap<BrokerId, BrokerLoad> {
+        let mut load: BTreeMap<BrokerId, BrokerLoad> = self
+            .brokers
+            .keys()
+            .map(|id| (*id, BrokerLoad::default()))
+            .collect();
+        for a in self.topics.values().flat_map(|t| &t.partitions) {
+            for (k, id) in a.replicas.iter().enumerate() {
+                let l = load.entry(*id).or_default();
+                l.replicas += 1;
+                if k == 0 {
+                    l.preferred_leaders += 1;
+                }
+            }
+        }
+        load
+    }
+
+    /// Applies the committed entry at Raft `index` (above every index
+    /// applied before).
+    ///
+    /// On success the state changed and `metadata_version` is `index`. A
+    /// refusal ([`ClusterError`]) is as deterministic as a success and
+    /// changes no metadata; only `applied_index` moves to `index`, so
+    /// entries are consumed exactly once either way. An index not above
+    /// `applied_index` is refused with [`ClusterError::StaleIndex`] and
+    /// changes nothing at all.
+    pub fn apply(&mut self, index: u64, command: &Command) -> Result<Applied, ClusterError> {
+        if index <= self.applied_index {
+            return Err(ClusterError::StaleIndex {
+                index,
+                applied: self.applied_index,
+            });
+        }
+        self.applied_index = index;
+        let applied = self.execute(index, command)?;
+        self.metadata_version = index;
+        Ok(applied)
+    }
+
+    /// Validates `command` fully, then changes the state: an `Err` leaves
+    /// it untouched.
+    fn execute(&mut self, index: u64, command: &Command) -> Result<Applied, ClusterError> {
+        match command {
+            Command::RegisterBroker { id, address, rack } => {
+                validate_broker(*id, address, rack.as_deref())?;
+                let previous = self.brokers.get(id).cloned();
+                let broker = Broker {
+                    id: *id,
+                    address: address.clone(),
+                    rack: rack.clone(),
+                    fenced: previous.as_ref().is_some_and(|b| b.fenced),
+                };
+                self.brokers.insert(*id, broker.clone());
+                Ok(Applied::BrokerRegistered { broker, previous })
+            }
+            Command::FenceBroker { id } => {
+                self.broker_mut(*id)?.fenced = true;
+                Ok(Applied::BrokerFenced(*id))
+            }
+            Command::UnfenceBroker { id } => {
+                self.broker_mut(*id)?.fenced = false;
+                Ok(Applied::BrokerUnfenced(*id))
+            }
+            Command::CreateTopic { name, settings } => {
+                validate_topic_name(name)?;
+                settings.validate()?;
+                if self.topics.contains_key(name) {
+                    return Err(ClusterError::TopicExists(name.clone()));
+                }
+                let id = TopicId(index);
+                let partitions =
+                    self.place(0..settings.partitions, settings.replication_factor, id)?;
+                let topic = Topic {
+                    id,
+                    name: name.clone(),
+                    settings: settings.clone(),
+                    partitions,
+                };
+                self.topics.insert(name.clone(), topic.clone());
+                Ok(Applied::TopicCreated(topic))
+            }
+            Command::DeleteTopic { name } => self
+                .topics
+                .remove(name)
+                .map(Applied::TopicDeleted)
+                .ok_or_else(|| unknown_topic(name)),
+            Command::AlterTopicConfig { name, change } => {
+                let topic = self.topics.get(name).ok_or_else(|| unknown_topic(name))?;
+                let settings = change.applied_to(&topic.settings)?;
+                let previous = topic.settings.clone();
+                let topic = self.topic_mut(name)?;
+                topic.settings = settings;
+                Ok(Applied::TopicAltered {
+                    topic: topic.clone(),
+                    previous,
+                })
+            }
+            Command::CreatePartitions { name, partitions } => {
+                let topic = self.topics.get(name).ok_or_else(|| unknown_topic(name))?;
+                let first = topic.settings.partitions;
+                if *partitions <= first || *partitions > MAX_PARTITIONS {
+                    return Err(ClusterError::InvalidArgument(format!(
+                        "partitions can only grow, up to {MAX_PARTITIONS}: topic {name:?} has {first}, asked for {partitions}"
+                    )));
+                }
+                let (rf, id) = (topic.settings.replication_factor, topic.id);
+                let added = self.place(first..*partitions, rf, id)?;
+                let topic = self.topic_mut(name)?;
+                topic.partitions.extend(added);
+                topic.settings.partitions = *partitions;
+                Ok(Applied::PartitionsCreated {
+                    topic: topic.clone(),
+                    first,
+                })
+            }
+        }
+    }
+
+    /// Placement of `partitions` over the unfenced brokers, or
+    /// NotEnoughBrokers. Changes nothing.
+    fn place(
+        &self,
+        partitions: std::ops::Range<u32>,
+        replication_factor: u32,
+        seed: TopicId,
+    ) -> Result<Vec<PartitionAssignment>, ClusterError> {
+        let eligible: Vec<&Broker> = self.brokers.values().filter(|b| !b.fenced).collect();
+        if replication_factor == 0 || replication_factor as usize > eligible.len() {
+            return Err(ClusterError::NotEnoughBrokers {
+                replication_factor,
+                available: eligible.len() as u32,
+            });
+        }
+        let mut load = self.broker_load();
+        Ok(placement::place(
+            &eligible,
+            &mut load,
+            partitions,
+            replication_factor,
+            seed.0,
+        ))
+    }
+
+    fn broker_mut(&mut self, id: BrokerId) -> Result<&mut Broker, ClusterError> {
+        self.brokers
+            .get_mut(&id)
+            .ok_or(ClusterError::UnknownBroker(id))
+    }
+
+    fn topic_mut(&mut self, name: &str) -> Result<&mut Topic, ClusterError> {
+        self.topics.get_mut(name).ok_or_else(|| unknown_topic(name))
+    }
+
+    /// The leadership transfers that put every partition back on its
+    /// preferred leader, given the current leaders (partitions missing from
+    /// `leaders` have none and are skipped: electing one is Raft's job).
+    ///
+    /// A partition moves when its preferred leader is registered, unfenced
+    /// and not the current leader. Since placement balances preferred
+    /// leaders, applying every move balances leadership. Ordered by topic
+    /// name, then partition.
+    pub fn preferred_leader_moves(
+        &self,
+        leaders: &BTreeMap<PartitionKey, BrokerId>,
+    ) -> Vec<LeaderMove> {
+        let mut moves = Vec::new();
+        for (key, from) in leaders {
+            let Some(a) = self
+                .topics
+                .get(&key.topic)
+                .and_then(|t| t.partitions.get(key.partition as usize))
+            else {
+                continue;
+            };
+            let to = a.preferred_leader();
+            let live = self.brokers.get(&to).is_some_and(|b| !b.fenced);
+            if live && *from != to {
+                moves.push(LeaderMove {
+                    partition: key.clone(),
+                    from: *from,
+                    to,
+                });
+            }
+        }
+        moves
+    }
+
+    /// The whole state as snapshot bytes (JSON in a versioned envelope,
+    /// like commands: `{"version":1,"body":{...}}`), for Raft snapshots of
+    /// the controller group. The Raft snapshot index is `applied_index`.
+    pub fn to_snapshot(&self) -> Vec<u8> {
+        let body = StateV1 {
+            applied_index: self.applied_index,
+            metadata_version: self.metadata_version,
+            brokers: self.brokers.values().cloned().collect(),
+            topics: self.topics.values().cloned().collect(),
+        };
+        format::encode("snapshot", SNAPSHOT_VERSION, &body)
+    }
+
+    /// Restores a state from [`ClusterState::to_snapshot`] bytes of this or
+    /// an older version, checking every invariant. Never panics on any
+    /// input.
+    pub fn from_snapshot(bytes: &[u8]) -> Result<ClusterState, DecodeError> {
+        let (_version, body): (u32, StateV1) = format::decode("snapshot", SNAPSHOT_VERSION, bytes)?;
+        let corrupt = |reason: String| DecodeError::Corrupt {
+            what: "snapshot",
+            reason,
+        };
+        let mut state = ClusterState {
+            applied_index: body.applied_index,
+            metadata_version: body.metadata_version,
+            ..ClusterState::default()
+        };
+        for b in body.brokers {
+            let id = b.id;
+            if state.brokers.insert(id, b).is_some() {
+                return Err(corrupt(format!("broker {id} appears twice")));
+            }
+        }
+        for t in body.topics {
+            let name = t.name.clone();
+            if state.topics.insert(name.clone(), t).is_some() {
+                return Err(corrupt(format!("topic {name:?} appears twice")));
+            }
+        }
+        state.check_invariants().map_err(corrupt)?;
+        Ok(state)
+    }
+
+    /// Checks every invariant listed on [`ClusterState`], saying which one
+    /// is broken.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        if self.metadata_version > self.applied_index {
+            return Err(format!(
+                "metadata_version {} is above applied_index {}",
+                self.metadata_version, self.applied_index
+            ));
+        }
+        for (id, b) in &self.brokers {
+            if *id != b.id {
+                return Err(format!("broker {} is filed under id {id}", b.id));
+            }
+            validate_broker(b.id, &b.address, b.rack.as_deref()).map_err(|e| e.to_string())?;
+        }
+        let mut ids = BTreeSet::new();
+        for (name, t) in &self.topics {
+            let what = |m: String| format!("topic {name:?}: {m}");
+            if *name != t.name {
+                return Err(what(format!("filed under the name of {:?}", t.name)));
+            }
+            validate_topic_name(name).map_err(|e| e.to_string())?;
+            t.settings.validate().map_err(|e| what(e.to_string()))?;
+            if t.id.0 == 0 || t.id.0 > self.applied_index || !ids.insert(t.id) {
+                return Err(what(format!(
+                    "id {} is 0, above applied_index {} or not unique",
+                    t.id.0, self.applied_index
+                )));
+            }
+            if t.partitions.len() != t.settings.partitions as usize {
+                return Err(what(format!(
+                    "{} assignments for {} partitions",
+                    t.partitions.len(),
+                    t.settings.partitions
+                )));
+            }
+            for (p, a) in t.partitions.iter().enumerate() {
+                let distinct: BTreeSet<_> = a.replicas.iter().collect();
+                if a.replicas.len() != t.settings.replication_factor as usize
+                    || distinct.len() != a.replicas.len()
+                {
+                    return Err(what(format!(
+                        "partition {p} has replicas {:?}, not {} distinct ones",
+                        a.replicas, t.settings.replication_factor
+                    )));
+                }
+                if let Some(id) = a.replicas.iter().find(|id| !self.brokers.contains_key(id)) {
+                    return Err(what(format!(
+                        "partition {p} has a replica on unregistered broker {id}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn unknown_topic(name: &str) -> ClusterError {
+    ClusterError::UnknownTopic(name.chars().take(300).collect())
+}
+
+fn validate_broker(id: BrokerId, address: &str, rack: Option<&str>) -> Result<(), ClusterError> {
+    if id == 0 {
+        return Err(ClusterError::InvalidArgument(
+            "broker id must be at least 1 (0 means \"no leader\" in the API)".into(),
+        ));
+    }
+    if address.is_empty() || address.len() > MAX_ADDRESS_LEN {
+        return Err(ClusterError::InvalidArgument(format!(
+            "broker {id}: address must be 1-{MAX_ADDRESS_LEN} bytes, got {}",
+            address.len()
+        )));
+    }
+    match rack {
+        Some(r) if r.is_empty() || r.len() > MAX_RACK_LEN => {
+            Err(ClusterError::InvalidArgument(format!(
+                "broker {id}: rack must be 1-{MAX_RACK_LEN} bytes when set, got {}",
+                r.len()
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,641 @@
+use super::*;
+use crate::settings::{CleanupPolicy, TopicConfigChange};
+use proptest::prelude::*;
+
+/// A state driven by a counter of Raft indexes.
+struct Driver {
+    state: ClusterState,
+    index: u64,
+}
+
+impl Driver {
+    fn new() -> Self {
+        Driver {
+            state: ClusterState::new(),
+            index: 0,
+        }
+    }
+
+    fn with_brokers(n: u32) -> Self {
+        let mut d = Driver::new();
+        for id in 1..=n {
+            d.apply(register(id)).unwrap();
+        }
+        d
+    }
+
+    fn apply(&mut self, command: Command) -> Result<Applied, ClusterError> {
+        self.index += 1;
+        self.state.apply(self.index, &command)
+    }
+}
+
+fn register(id: BrokerId) -> Command {
+    Command::RegisterBroker {
+        id,
+        address: format!("n{id}:9092"),
+        rack: None,
+    }
+}
+
+fn create(name: &str, partitions: u32, replication_factor: u32) -> Command {
+    Command::CreateTopic {
+        name: name.into(),
+        settings: TopicSettings {
+            partitions,
+            replication_factor,
+            ..TopicSettings::default()
+        },
+    }
+}
+
+fn spread(values: impl Iterator<Item = u32>) -> u32 {
+    let v: Vec<u32> = values.collect();
+    v.iter().max().unwrap_or(&0) - v.iter().min().unwrap_or(&0)
+}
+
+#[test]
+fn register_fence_unfence() {
+    let mut d = Driver::with_brokers(2);
+    assert_eq!(
+        d.apply(Command::FenceBroker { id: 2 }).unwrap(),
+        Applied::BrokerFenced(2)
+    );
+    assert!(d.state.brokers()[&2].fenced);
+    // Re-registering moves the address and keeps the fence.
+    let again = Command::RegisterBroker {
+        id: 2,
+        address: "new:9092".into(),
+        rack: Some("r1".into()),
+    };
+    let Applied::BrokerRegistered { broker, previous } = d.apply(again).unwrap() else {
+        panic!("not a registration")
+    };
+    assert_eq!(broker.address, "new:9092");
+    assert!(broker.fenced);
+    assert_eq!(previous.unwrap().address, "n2:9092");
+    d.apply(Command::UnfenceBroker { id: 2 }).unwrap();
+    assert!(!d.state.brokers()[&2].fenced);
+    assert_eq!(d.state.metadata_version(), d.index);
+}
+
+/// Refusals: each is the same on every node and changes no metadata.
+#[test]
+fn refusals_change_nothing() {
+    let long_rack = "r".repeat(256);
+    let cases: Vec<(Command, ClusterError)> = vec![
+        (
+            Command::RegisterBroker {
+                id: 0,
+                address: "a:1".into(),
+                rack: None,
+            },
+            ClusterError::InvalidArgument(
+                "broker id must be at least 1 (0 means \"no leader\" in the API)".into(),
+            ),
+        ),
+        (
+            Command::RegisterBroker {
+                id: 4,
+                address: String::new(),
+                rack: None,
+            },
+            ClusterError::InvalidArgument("broker 4: address must be 1-1024 bytes, got 0".into()),
+        ),
+        (
+            Command::RegisterBroker {
+                id: 4,
+                address: "a:1".into(),
+                rack: Some(long_rack),
+            },
+            ClusterError::InvalidArgument(
+                "broker 4: rack must be 1-255 bytes when set, got 256".into(),
+            ),
+        ),
+        (
+            Command::FenceBroker { id: 9 },
+            ClusterError::UnknownBroker(9),
+        ),
+        (
+            Command::UnfenceBroker { id: 9 },
+            ClusterError::UnknownBroker(9),
+        ),
+        (
+            create("a/b", 1, 1),
+            ClusterError::InvalidName {
+                name: "a/b".into(),
+                why: "it holds a character outside [a-zA-Z0-9._-]",
+            },
+        ),
+        (
+            create("..", 1, 1),
+            ClusterError::InvalidName {
+                name: "..".into(),
+                why: "\".\" and \"..\" are reserved",
+            },
+        ),
+        (
+            create("t", 0, 1),
+            ClusterError::InvalidArgument("partitions must be 1-10000, got 0".into()),
+        ),
+        (
+            create("t", 1, 0),
+            ClusterError::InvalidArgument("replication_factor must be at least 1, got 0".into()),
+        ),
+        (
+            create("t", 1, 4),
+            ClusterError::NotEnoughBrokers {
+                replication_factor: 4,
+                available: 3,
+            },
+        ),
+        (
+            create("orders", 1, 1),
+            ClusterError::TopicExists("orders".into()),
+        ),
+        (
+            Command::DeleteTopic { name: "t".into() },
+            ClusterError::UnknownTopic("t".into()),
+        ),
+        (
+            Command::AlterTopicConfig {
+                name: "t".into(),
+                change: TopicConfigChange::default(),
+            },
+            ClusterError::UnknownTopic("t".into()),
+        ),
+        (
+            Command::AlterTopicConfig {
+                name: "orders".into(),
+                change: TopicConfigChange {
+                    retention_ms: Some(0),
+                    ..TopicConfigChange::default()
+                },
+            },
+            ClusterError::InvalidArgument(
+                "retention_ms must be -1 (forever) or above 0, got 0".into(),
+            ),
+        ),
+        (
+            Command::CreatePartitions {
+                name: "orders".into(),
+                partitions: 2,
+            },
+            ClusterError::InvalidArgument(
+                "partitions can only grow, up to 10000: topic \"orders\" has 2, asked for 2".into(),
+            ),
+        ),
+        (
+            Command::CreatePartitions {
+                name: "orders".into(),
+                partitions: 10_001,
+            },
+            ClusterError::InvalidArgument(
+                "partitions can only grow, up to 10000: topic \"orders\" has 2, asked for 10001"
+                    .into(),
+            ),
+        ),
+        (
+            Command::CreatePartitions {
+                name: "t".into(),
+                partitions: 3,
+            },
+            ClusterError::UnknownTopic("t".into()),
+        ),
+    ];
+    let mut d = Driver::with_brokers(3);
+    d.apply(create("orders", 2, 3)).unwrap();
+    for (i, (command, want)) in cases.into_iter().enumerate() {
+        let before = d.state.clone();
+        assert_eq!(d.apply(command).unwrap_err(), want, "case {i}");
+        assert_eq!(d.state.applied_index(), d.index, "case {i}");
+        assert_eq!(
+            d.state.metadata_version(),
+            before.metadata_version(),
+            "case {i}"
+        );
+        assert_eq!(d.state.brokers(), before.brokers(), "case {i}");
+        assert_eq!(d.state.topics(), before.topics(), "case {i}");
+    }
+}
+
+#[test]
+fn stale_index_changes_nothing() {
+    let mut d = Driver::with_brokers(1);
+    let before = d.state.clone();
+    for index in [0, d.index] {
+        assert_eq!(
+            d.state.apply(index, &create("t", 1, 1)).unwrap_err(),
+            ClusterError::StaleIndex {
+                index,
+                applied: d.index
+            }
+        );
+        assert_eq!(d.state, before);
+    }
+    // Indexes may skip (entries the controller does not see: empty
+    // entries, configuration changes).
+    assert!(d.state.apply(d.index + 10, &create("t", 1, 1)).is_ok());
+}
+
+#[test]
+fn fenced_brokers_get_no_replicas() {
+    let mut d = Driver::with_brokers(3);
+    d.apply(Command::FenceBroker { id: 2 }).unwrap();
+    assert_eq!(
+        d.apply(create("t", 4, 3)).unwrap_err(),
+        ClusterError::NotEnoughBrokers {
+            replication_factor: 3,
+            available: 2
+        }
+    );
+    d.apply(create("t", 4, 2)).unwrap();
+    let topic = d.state.topic("t").unwrap();
+    assert!(topic.partitions.iter().all(|a| !a.replicas.contains(&2)));
+    d.apply(Command::UnfenceBroker { id: 2 }).unwrap();
+    // Broker 2 holds nothing: the next topic fills it first.
+    let Applied::TopicCreated(u) = d.apply(create("u", 4, 1)).unwrap() else {
+        panic!("not a create")
+    };
+    assert!(u.partitions.iter().all(|a| a.replicas == vec![2]));
+}
+
+#[test]
+fn create_delete_recreate_and_the_change_feed() {
+    let mut d = Driver::with_brokers(3);
+    let Applied::TopicCreated(t) = d.apply(create("orders", 6, 2)).unwrap() else {
+        panic!("not a create")
+    };
+    assert_eq!(t.id, TopicId(d.index));
+    assert_eq!(d.state.topic("orders"), Some(&t));
+    // 12 replicas over 3 brokers: 4 each, 2 preferred leaders each.
+    for (id, l) in d.state.broker_load() {
+        assert_eq!(
+            l,
+            BrokerLoad {
+                replicas: 4,
+                preferred_leaders: 2
+            },
+            "broker {id}"
+        );
+    }
+    let created = Applied::TopicCreated(t.clone());
+    let mine = created.replica_changes(1);
+    assert_eq!(mine.len(), 4);
+    for c in &mine {
+        let ReplicaChange::Create {
+            name,
+            topic,
+            partition,
+            replicas,
+            settings,
+        } = c
+        else {
+            panic!("not a create: {c:?}")
+        };
+        assert_eq!((name.as_str(), *topic), ("orders", t.id));
+        assert_eq!(replicas, &t.partitions[*partition as usize].replicas);
+        assert!(replicas.contains(&1));
+        assert_eq!(settings, &t.settings);
+    }
+    let deleted = d
+        .apply(Command::DeleteTopic {
+            name: "orders".into(),
+        })
+        .unwrap();
+    assert_eq!(deleted, Applied::TopicDeleted(t.clone()));
+    let removed: Vec<u32> = deleted
+        .replica_changes(1)
+        .iter()
+        .map(|c| match c {
+            ReplicaChange::Remove { partition, .. } => *partition,
+            other => panic!("not a remove: {other:?}"),
+        })
+        .collect();
+    let created_here: Vec<u32> = mine
+        .iter()
+        .map(|c| match c {
+            ReplicaChange::Create { partition, .. } => *partition,
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(removed, created_here);
+    assert!(d.state.topics().is_empty());
+    // Same name again: a new identity.
+    let Applied::TopicCreated(again) = d.apply(create("orders", 1, 1)).unwrap() else {
+        panic!("not a create")
+    };
+    assert_ne!(again.id, t.id);
+    // Registrations ask nothing of replicas.
+    assert!(d.apply(register(4)).unwrap().replica_changes(4).is_empty());
+}
+
+#[test]
+fn alter_reconfigures_local_replicas() {
+    let mut d = Driver::with_brokers(3);
+    d.apply(create("t", 3, 1)).unwrap();
+    let applied = d
+        .apply(Command::AlterTopicConfig {
+            name: "t".into(),
+            change: TopicConfigChange {
+                retention_bytes: Some(1 << 30),
+                cleanup_policy: Some(CleanupPolicy::Compact),
+                ..TopicConfigChange::default()
+            },
+        })
+        .unwrap();
+    let Applied::TopicAltered { topic, previous } = &applied else {
+        panic!("not an alter")
+    };
+    assert_eq!(
+        previous,
+        &TopicSettings {
+            partitions: 3,
+            ..TopicSettings::default()
+        }
+    );
+    assert_eq!(topic.settings.retention_bytes, 1 << 30);
+    assert_eq!(topic.settings.cleanup_policy, CleanupPolicy::Compact);
+    assert_eq!(d.state.topic("t"), Some(topic));
+    for broker in 1..=3 {
+        let changes = applied.replica_changes(broker);
+        assert_eq!(changes.len(), 1, "broker {broker}");
+        assert!(
+            matches!(&changes[0], ReplicaChange::Reconfigure { settings, .. } if settings == &topic.settings)
+        );
+    }
+}
+
+#[test]
+fn create_partitions_places_only_the_new_ones() {
+    let mut d = Driver::with_brokers(3);
+    d.apply(create("t", 2, 2)).unwrap();
+    let before = d.state.topic("t").unwrap().clone();
+    let applied = d
+        .apply(Command::CreatePartitions {
+            name: "t".into(),
+            partitions: 6,
+        })
+        .unwrap();
+    let Applied::PartitionsCreated { topic, first } = &applied else {
+        panic!("not a partitions create")
+    };
+    assert_eq!(*first, 2);
+    assert_eq!(topic.settings.partitions, 6);
+    assert_eq!(topic.partitions[..2], before.partitions[..]);
+    assert_eq!(topic.id, before.id);
+    for broker in 1..=3 {
+        for c in applied.replica_changes(broker) {
+            let ReplicaChange::Create { partition, .. } = c else {
+                panic!("not a create")
+            };
+            assert!(partition >= 2);
+        }
+    }
+    let load = d.state.broker_load();
+    assert_eq!(spread(load.values().map(|l| l.replicas)), 0);
+    assert_eq!(spread(load.values().map(|l| l.preferred_leaders)), 0);
+}
+
+#[test]
+fn preferred_leader_moves() {
+    let mut d = Driver::with_brokers(3);
+    d.apply(create("t", 3, 3)).unwrap();
+    let t = d.state.topic("t").unwrap().clone();
+    let preferred: Vec<u32> = t.partitions.iter().map(|a| a.preferred_leader()).collect();
+    // Topic id 4 over 3 brokers: the rotation starts at the second.
+    assert_eq!(preferred, vec![2, 3, 1]);
+    let key = |topic: &str, partition| PartitionKey {
+        topic: topic.into(),
+        partition,
+    };
+    // Broker 2 took over everything (say 1 and 3 restarted).
+    let mut leaders: BTreeMap<PartitionKey, BrokerId> = (0..3).map(|p| (key("t", p), 2)).collect();
+    // Unknown topics and partitions are skipped.
+    leaders.insert(key("gone", 0), 2);
+    leaders.insert(key("t", 7), 2);
+    let moves = d.state.preferred_leader_moves(&leaders);
+    assert_eq!(
+        moves,
+        vec![
+            LeaderMove {
+                partition: key("t", 1),
+                from: 2,
+                to: 3
+            },
+            LeaderMove {
+                partition: key("t", 2),
+                from: 2,
+                to: 1
+            },
+        ]
+    );
+    // A fenced preferred leader is not a target.
+    d.apply(Command::FenceBroker { id: 3 }).unwrap();
+    assert_eq!(
+        d.state.preferred_leader_moves(&leaders),
+        moves[1..].to_vec()
+    );
+    // Balanced leadership asks for nothing.
+    let balanced: BTreeMap<PartitionKey, BrokerId> = (0..3u32)
+        .map(|p| (key("t", p), preferred[p as usize]))
+        .collect();
+    assert!(d.state.preferred_leader_moves(&balanced).is_empty());
+}
+
+#[test]
+fn snapshot_round_trip_and_stable_bytes() {
+    let mut d = Driver::with_brokers(2);
+    d.apply(Command::RegisterBroker {
+        id: 3,
+        address: "n3:9092".into(),
+        rack: Some("r".into()),
+    })
+    .unwrap();
+    d.apply(Command::FenceBroker { id: 3 }).unwrap();
+    d.apply(create("t", 2, 2)).unwrap();
+    let _ = d.apply(create("t", 2, 2)); // refused: moves applied_index only
+    let bytes = d.state.to_snapshot();
+    let restored = ClusterState::from_snapshot(&bytes).unwrap();
+    assert_eq!(restored, d.state);
+    assert_eq!(restored.applied_index(), 6);
+    assert_eq!(restored.metadata_version(), 5);
+    // Version 1 snapshots look like this forever.
+    let v1 = r#"{"version":1,"body":{"applied_index":6,"metadata_version":5,"brokers":[{"id":1,"address":"n1:9092","rack":null,"fenced":false},{"id":2,"address":"n2:9092","rack":null,"fenced":false},{"id":3,"address":"n3:9092","rack":"r","fenced":true}],"topics":[{"id":5,"name":"t","settings":{"partitions":2,"replication_factor":2,"retention_ms":604800000,"retention_bytes":-1,"max_record_bytes":8388608,"segment_bytes":1073741824,"cleanup_policy":"delete"},"partitions":[[2,1],[1,2]]}]}}"#;
+    assert_eq!(String::from_utf8(bytes).unwrap(), v1);
+    assert_eq!(ClusterState::from_snapshot(v1.as_bytes()).unwrap(), d.state);
+}
+
+#[test]
+fn corrupt_snapshots_are_refused() {
+    let good = {
+        let mut d = Driver::with_brokers(2);
+        d.apply(create("t", 1, 2)).unwrap();
+        String::from_utf8(d.state.to_snapshot()).unwrap()
+    };
+    let cases: [(&str, &str, &str); 9] = [
+        (r#""id":2,"#, r#""id":1,"#, "broker 1 appears twice"),
+        (
+            r#""partitions":[[2,1]]"#,
+            r#""partitions":[[2,9]]"#,
+            "unregistered broker 9",
+        ),
+        (
+            r#""partitions":[[2,1]]"#,
+            r#""partitions":[[2,2]]"#,
+            "not 2 distinct ones",
+        ),
+        (
+            r#""partitions":[[2,1]]"#,
+            r#""partitions":[[2,1],[1,2]]"#,
+            "2 assignments for 1 partitions",
+        ),
+        (r#""name":"t""#, r#""name":"a/b""#, "invalid topic name"),
+        (r#""id":3,"#, r#""id":4,"#, "above applied_index"),
+        (
+            r#""metadata_version":3"#,
+            r#""metadata_version":4"#,
+            "metadata_version 4 is above applied_index 3",
+        ),
+        (
+            r#""retention_bytes":-1"#,
+            r#""retention_bytes":0"#,
+            "retention_bytes must be",
+        ),
+        (r#""version":1"#, r#""version":2"#, "format version 2"),
+    ];
+    assert!(ClusterState::from_snapshot(good.as_bytes()).is_ok());
+    for (i, (from, to, want)) in cases.into_iter().enumerate() {
+        assert!(good.contains(from), "case {i}: {from} not in {good}");
+        let bad = good.replacen(from, to, 1);
+        let e = ClusterState::from_snapshot(bad.as_bytes()).unwrap_err();
+        assert!(e.to_string().contains(want), "case {i}: {e}");
+    }
+    let bytes = good.as_bytes();
+    for len in 0..bytes.len() {
+        assert!(
+            ClusterState::from_snapshot(&bytes[..len]).is_err(),
+            "prefix {len}"
+        );
+    }
+    for i in 0..bytes.len() {
+        let mut b = bytes.to_vec();
+        b[i] ^= 0x20;
+        if let Ok(s) = ClusterState::from_snapshot(&b) {
+            assert_eq!(s.check_invariants(), Ok(()));
+        }
+    }
+}
+
+// ---- model tests over random command sequences ----
+
+const NAMES: [&str; 5] = ["a", "b", "c", "d", ".."];
+
+fn topic_name() -> impl Strategy<Value = String> {
+    prop::sample::select(&NAMES[..]).prop_map(str::to_string)
+}
+
+/// Creates only (some refused), on brokers registered up front.
+fn create_only(brokers: u32) -> impl Strategy<Value = Command> {
+    prop_oneof![
+        3 => (topic_name(), 0..20u32, 0..=brokers + 1)
+            .prop_map(|(n, p, rf)| create(&n, p, rf)),
+        1 => (topic_name(), 0..40u32)
+            .prop_map(|(name, partitions)| Command::CreatePartitions { name, partitions }),
+    ]
+}
+
+/// Anything: brokers come, go fenced and back; topics come and go.
+fn any_command() -> impl Strategy<Value = Command> {
+    prop_oneof![
+        1 => (0..6u32, prop::option::of(prop::sample::select(&["r1", "r2"][..])))
+            .prop_map(|(id, rack)| Command::RegisterBroker {
+                id,
+                address: format!("n{id}:9092"),
+                rack: rack.map(str::to_string),
+            }),
+        1 => (0..6u32).prop_map(|id| Command::FenceBroker { id }),
+        1 => (0..6u32).prop_map(|id| Command::UnfenceBroker { id }),
+        4 => (topic_name(), 0..12u32, 0..5u32).prop_map(|(n, p, rf)| create(&n, p, rf)),
+        2 => topic_name().prop_map(|name| Command::DeleteTopic { name }),
+        1 => (topic_name(), prop::option::of(-2..3i64))
+            .prop_map(|(name, r)| Command::AlterTopicConfig {
+                name,
+                change: TopicConfigChange {
+                    retention_ms: r.map(|r| r * 1000),
+                    ..TopicConfigChange::default()
+                },
+            }),
+        1 => (topic_name(), 0..16u32)
+            .prop_map(|(name, partitions)| Command::CreatePartitions { name, partitions }),
+    ]
+}
+
+proptest! {
+    /// On a fixed set of brokers, creates keep replica counts within one
+    /// per broker, and preferred leaders within one (one replication
+    /// factor for all topics) or two (mixed factors; observed bound, see
+    /// placement.rs).
+    #[test]
+    fn creates_stay_balanced(
+        brokers in 1..8u32,
+        commands in prop::collection::vec(any::<prop::sample::Index>(), 0..30),
+        uniform_rf in prop::option::of(any::<prop::sample::Index>()),
+        seed_commands in prop::collection::vec(create_only(7), 30),
+    ) {
+        let mut d = Driver::with_brokers(brokers);
+        let uniform_rf = uniform_rf.map(|i| 1 + i.index(brokers as usize) as u32);
+        for pick in commands {
+            let mut c = seed_commands[pick.index(seed_commands.len())].clone();
+            if let (Command::CreateTopic { settings, .. }, Some(rf)) = (&mut c, uniform_rf) {
+                settings.replication_factor = rf;
+            }
+            let _ = d.apply(c);
+            prop_assert_eq!(d.state.check_invariants(), Ok(()));
+            let load = d.state.broker_load();
+            prop_assert!(spread(load.values().map(|l| l.replicas)) <= 1, "{:?}", load);
+            let bound = if uniform_rf.is_some() { 1 } else { 2 };
+            prop_assert!(spread(load.values().map(|l| l.preferred_leaders)) <= bound, "{:?}", load);
+        }
+    }
+
+    /// Any sequence: invariants hold, refusals change no metadata, two
+    /// nodes applying the same entries agree on every result and state,
+    /// snapshots restore the same state, and applying on from a restored
+    /// snapshot equals applying on from the original.
+    #[test]
+    fn any_sequence_is_deterministic(
+        commands in prop::collection::vec(any_command(), 0..60),
+        gaps in prop::collection::vec(1..3u64, 60),
+        snapshot_at in any::<prop::sample::Index>(),
+    ) {
+        let mut a = ClusterState::new();
+        let mut b = ClusterState::new();
+        let cut = snapshot_at.index(commands.len() + 1);
+        let mut index = 0;
+        for (k, c) in commands.iter().enumerate() {
+            if k == cut {
+                b = ClusterState::from_snapshot(&a.to_snapshot()).unwrap();
+                prop_assert_eq!(&b, &a);
+            }
+            index += gaps[k];
+            let c = Command::decode(&c.encode()).unwrap();
+            let before = a.clone();
+            let ra = a.apply(index, &c);
+            let rb = b.apply(index, &c);
+            prop_assert_eq!(&ra, &rb);
+            prop_assert_eq!(&a, &b);
+            prop_assert_eq!(a.check_invariants(), Ok(()));
+            prop_assert_eq!(a.applied_index(), index);
+            match ra {
+                Ok(_) => prop_assert_eq!(a.metadata_version(), index),
+                Err(_) => {
+                    prop_assert_eq!(a.metadata_version(), before.metadata_version());
+                    prop_assert_eq!(a.brokers(), before.brokers());
+                    prop_assert_eq!(a.topics(), before.topics());
+                }
+            }
+        }
+        prop_assert_eq!(ClusterState::from_snapshot(&a.to_snapshot()).unwrap(), a);
+    }
+}
