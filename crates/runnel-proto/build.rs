@@ -7,11 +7,12 @@ use std::path::PathBuf;
 
 use prost::Message;
 
-const FILES: [&str; 4] = [
+const FILES: [&str; 5] = [
     "runnel/v1/common.proto",
     "runnel/v1/admin.proto",
     "runnel/v1/produce.proto",
     "runnel/v1/fetch.proto",
+    "runnel/v1/cluster.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -73,6 +73,7 @@
 
 #![deny(missing_docs)]
 
+pub mod cluster;
 mod config;
 pub mod error;
 mod metrics;

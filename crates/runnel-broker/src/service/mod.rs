@@ -26,20 +26,22 @@ pub(crate) struct NodeContext {
 /// Fires once when the node starts shutting down: long polls return,
 /// Subscribe and ProduceStream streams end.
 #[derive(Clone, Debug)]
-pub(crate) struct ShutdownSignal(watch::Receiver<bool>);
+pub struct ShutdownSignal(watch::Receiver<bool>);
 
 impl ShutdownSignal {
-    pub(crate) fn new() -> (watch::Sender<bool>, Self) {
+    /// A signal and the sender that fires it (send `true`).
+    pub fn new() -> (watch::Sender<bool>, Self) {
         let (tx, rx) = watch::channel(false);
         (tx, ShutdownSignal(rx))
     }
 
-    pub(crate) fn is_set(&self) -> bool {
+    /// Whether shutdown began.
+    pub fn is_set(&self) -> bool {
         *self.0.borrow()
     }
 
     /// Resolves once shutdown began (or the sender is gone).
-    pub(crate) async fn wait(&self) {
+    pub async fn wait(&self) {
         let mut rx = self.0.clone();
         let _ = rx.wait_for(|s| *s).await;
     }
