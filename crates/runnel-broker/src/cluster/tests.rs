@@ -105,10 +105,7 @@ async fn messages_arrive_in_order_and_survive_a_peer_restart() {
             ),
         }
     }
-    assert!(
-        dropped.load(Ordering::Relaxed) > 0,
-        "dropping was reported"
-    );
+    assert!(dropped.load(Ordering::Relaxed) > 0, "dropping was reported");
 }
 
 #[tokio::test]
