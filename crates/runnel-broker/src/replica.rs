@@ -144,7 +144,10 @@ pub trait Replica: Send + Sync + 'static {
     /// Whole stored batches from the one holding `offset`, up to `max_bytes`
     /// (at least one batch), never at or beyond the high watermark.
     /// `offset` must lie in `[log_start, high_watermark]`; at the high
-    /// watermark the result is empty.
+    /// watermark the result is empty. Headers are checked, CRCs are not:
+    /// whoever consumes the bytes verifies them (the Rust consumer does, and
+    /// the broker's decoding path does through `BatchView`), as Kafka leaves
+    /// it to `check.crcs`, so the broker does not pass over every byte twice.
     fn read(&self, offset: u64, max_bytes: usize) -> BoxFuture<Result<ReadBatches, ReplicaError>>;
 
     /// The first committed offset whose record timestamp is `>= timestamp`,
@@ -493,9 +496,10 @@ impl Replica for LocalReplica {
         }
         let log = self.shared.log.clone();
         Box::pin(async move {
-            let res = tokio::task::spawn_blocking(move || log.read(offset, hwm, max_bytes))
-                .await
-                .map_err(|_| ReplicaError::Closed)?;
+            let res =
+                tokio::task::spawn_blocking(move || log.read_unverified(offset, hwm, max_bytes))
+                    .await
+                    .map_err(|_| ReplicaError::Closed)?;
             res.map_err(|e| match e {
                 StorageError::OffsetOutOfRange { log_start, .. } => {
                     ReplicaError::OffsetOutOfRange {
