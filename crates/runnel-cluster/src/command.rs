@@ -65,6 +65,12 @@ pub enum Command {
         /// The broker.
         id: BrokerId,
     },
+    /// Removes a broker that holds no replica (decommissioning; move its
+    /// replicas away first).
+    UnregisterBroker {
+        /// The broker.
+        id: BrokerId,
+    },
     /// Creates a topic; its replicas are placed on the unfenced brokers.
     CreateTopic {
         /// Topic name (see [`crate::validate_topic_name`]).
@@ -146,6 +152,7 @@ mod tests {
                 name: "orders".into(),
                 partitions: 12,
             },
+            Command::UnregisterBroker { id: 3 },
         ]
     }
 

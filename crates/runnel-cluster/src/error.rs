@@ -35,6 +35,14 @@ pub enum ClusterError {
     /// No broker of this id is registered.
     #[error("unknown broker {0}")]
     UnknownBroker(BrokerId),
+    /// The broker still holds replicas, so it cannot be removed.
+    #[error("broker {id} holds {replicas} partition replicas: move them away before removing it")]
+    BrokerInUse {
+        /// The broker.
+        id: BrokerId,
+        /// Replicas it holds.
+        replicas: u32,
+    },
     /// Fewer unfenced brokers than the replication factor asks for.
     #[error(
         "replication_factor {replication_factor} needs that many live brokers, {available} are registered and unfenced"

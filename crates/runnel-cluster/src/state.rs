@@ -92,6 +92,8 @@ pub enum Applied {
     BrokerFenced(BrokerId),
     /// A broker is unfenced (also when it already was).
     BrokerUnfenced(BrokerId),
+    /// A broker was removed; this is what it was.
+    BrokerUnregistered(Broker),
     /// A topic was created, with its assignments.
     TopicCreated(Topic),
     /// A topic was deleted; this is what it was.
@@ -179,7 +181,8 @@ impl Applied {
         match self {
             Applied::BrokerRegistered { .. }
             | Applied::BrokerFenced(_)
-            | Applied::BrokerUnfenced(_) => Vec::new(),
+            | Applied::BrokerUnfenced(_)
+            | Applied::BrokerUnregistered(_) => Vec::new(),
             Applied::TopicCreated(t) => create(t, 0),
             Applied::PartitionsCreated { topic, first } => create(topic, *first),
             Applied::TopicDeleted(t) => local(t, 0)
@@ -329,6 +332,16 @@ impl ClusterState {
         Ok(applied)
     }
 
+    /// What applying `command` next would do, without changing anything:
+    /// the same answer [`ClusterState::apply`] gives if nothing is applied
+    /// in between. A node calls it before proposing, to refuse at once
+    /// what would be refused (the answer that counts is still the one of
+    /// `apply`: another entry may land first). Costs a copy of the state.
+    pub fn check(&self, command: &Command) -> Result<Applied, ClusterError> {
+        let next = self.applied_index.saturating_add(1);
+        self.clone().execute(next, command)
+    }
+
     /// Validates `command` fully, then changes the state: an `Err` leaves
     /// it untouched.
     fn execute(&mut self, index: u64, command: &Command) -> Result<Applied, ClusterError> {
@@ -352,6 +365,19 @@ impl ClusterState {
             Command::UnfenceBroker { id } => {
                 self.broker_mut(*id)?.fenced = false;
                 Ok(Applied::BrokerUnfenced(*id))
+            }
+            Command::UnregisterBroker { id } => {
+                if !self.brokers.contains_key(id) {
+                    return Err(ClusterError::UnknownBroker(*id));
+                }
+                let replicas = self.broker_load().get(id).map_or(0, |l| l.replicas);
+                if replicas > 0 {
+                    return Err(ClusterError::BrokerInUse { id: *id, replicas });
+                }
+                self.brokers
+                    .remove(id)
+                    .map(Applied::BrokerUnregistered)
+                    .ok_or(ClusterError::UnknownBroker(*id))
             }
             Command::CreateTopic { name, settings } => {
                 validate_topic_name(name)?;

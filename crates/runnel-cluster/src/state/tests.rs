@@ -77,6 +77,28 @@ fn register_fence_unfence() {
     d.apply(Command::UnfenceBroker { id: 2 }).unwrap();
     assert!(!d.state.brokers()[&2].fenced);
     assert_eq!(d.state.metadata_version(), d.index);
+    let gone = d.state.brokers()[&2].clone();
+    assert_eq!(
+        d.apply(Command::UnregisterBroker { id: 2 }).unwrap(),
+        Applied::BrokerUnregistered(gone)
+    );
+    assert_eq!(
+        d.state.brokers().keys().copied().collect::<Vec<_>>(),
+        vec![1]
+    );
+}
+
+#[test]
+fn check_predicts_apply_and_changes_nothing() {
+    let mut d = Driver::with_brokers(3);
+    let before = d.state.clone();
+    let predicted = d.state.check(&create("t", 3, 2)).unwrap();
+    assert_eq!(d.state, before);
+    assert_eq!(d.apply(create("t", 3, 2)).unwrap(), predicted);
+    assert_eq!(
+        d.state.check(&create("t", 3, 2)).unwrap_err(),
+        ClusterError::TopicExists("t".into())
+    );
 }
 
 /// Refusals: each is the same on every node and changes no metadata.
@@ -119,6 +141,14 @@ fn refusals_change_nothing() {
         (
             Command::UnfenceBroker { id: 9 },
             ClusterError::UnknownBroker(9),
+        ),
+        (
+            Command::UnregisterBroker { id: 9 },
+            ClusterError::UnknownBroker(9),
+        ),
+        (
+            Command::UnregisterBroker { id: 1 },
+            ClusterError::BrokerInUse { id: 1, replicas: 2 },
         ),
         (
             create("a/b", 1, 1),
@@ -556,6 +586,7 @@ fn any_command() -> impl Strategy<Value = Command> {
             }),
         1 => (0..6u32).prop_map(|id| Command::FenceBroker { id }),
         1 => (0..6u32).prop_map(|id| Command::UnfenceBroker { id }),
+        1 => (0..6u32).prop_map(|id| Command::UnregisterBroker { id }),
         4 => (topic_name(), 0..12u32, 0..5u32).prop_map(|(n, p, rf)| create(&n, p, rf)),
         2 => topic_name().prop_map(|name| Command::DeleteTopic { name }),
         1 => (topic_name(), prop::option::of(-2..3i64))
@@ -621,7 +652,16 @@ proptest! {
             index += gaps[k];
             let c = Command::decode(&c.encode()).unwrap();
             let before = a.clone();
+            let checked = a.check(&c);
+            prop_assert_eq!(&a, &before);
             let ra = a.apply(index, &c);
+            // The dry run agrees (a topic id is the index: only the next
+            // one is predicted).
+            if gaps[k] == 1 {
+                prop_assert_eq!(&checked, &ra);
+            } else {
+                prop_assert_eq!(checked.is_ok(), ra.is_ok());
+            }
             let rb = b.apply(index, &c);
             prop_assert_eq!(&ra, &rb);
             prop_assert_eq!(&a, &b);
