@@ -399,6 +399,7 @@ impl Log {
         let last = segments.len() - 1;
         let active = &mut segments[last];
         sync_data(&active.file, &active.log_path, config.faults.as_deref())?;
+        active.durable_size = active.size;
         let log_end = active.next_offset;
         // Index entries rebuilt by recovery now point at durable data.
         active.publish_durable(log_end);
@@ -634,13 +635,15 @@ impl Log {
 
     /// fsyncs the active segment up to what is written now.
     fn sync_written(&self) -> Result<()> {
-        let (file, path, written, generation) = {
+        let (file, path, written, size, base, generation) = {
             let inner = self.writable()?;
             let a = inner.active();
             (
                 a.file.clone(),
                 a.log_path.clone(),
                 a.next_offset,
+                a.size,
+                a.base_offset,
                 inner.generation,
             )
         };
@@ -654,6 +657,12 @@ impl Log {
         // `written` and appended new bytes there: they are not covered.
         if inner.generation == generation {
             self.durable_offset.fetch_max(written, Ordering::AcqRel);
+            // The segment may have been sealed (and fully synced) meanwhile.
+            let at = inner.segment_for_offset(base);
+            let seg = &mut inner.segments[at];
+            if seg.base_offset == base {
+                seg.durable_size = seg.durable_size.max(size);
+            }
             inner.active_mut().publish_durable(written);
         }
         Ok(())
@@ -1021,6 +1030,7 @@ impl Log {
             seg.truncate_at(pos, new_end, index, prev_term)?;
             let faults = self.config.faults.clone();
             sync_data(&seg.file, &seg.log_path, faults.as_deref())?;
+            seg.durable_size = seg.size;
             seg.publish_durable(new_end);
             Ok(())
         })();
@@ -1033,7 +1043,9 @@ impl Log {
             return Err(self.fail(inner, e));
         }
         inner.generation += 1;
-        self.durable_offset.fetch_min(new_end, Ordering::AcqRel);
+        // Segments before `at` are sealed and synced, and `at` was just
+        // synced whole: everything below the new end is durable.
+        self.durable_offset.store(new_end, Ordering::Release);
         Ok(())
     }
 
@@ -1243,6 +1255,39 @@ impl Log {
         }
         Ok(())
     }
+
+    /// Simulates a power loss, for crash tests (here and in other crates'
+    /// deterministic simulations): closes the log without flushing and
+    /// cuts every segment's `.log` file to exactly the bytes made durable
+    /// by an fsync (a flush, a roll's seal, a truncation, open), as if the
+    /// rest had never reached the disk. [`Log::open`] then recovers the
+    /// durable prefix: everything below the [`Log::durable_offset`] the log
+    /// reported last, nothing after it. A later append or truncation
+    /// that was not yet synced is simply lost, as after a real crash.
+    ///
+    /// Everything else on disk is always durable when written (the state
+    /// file, directory entries) or derived and validated at open (indexes
+    /// only point at durable data). A file is cut by writing its durable
+    /// prefix to a new file renamed over it: batches read before the crash
+    /// (`Bytes` into the old file's map) stay valid.
+    ///
+    /// Not for production: a real process never chooses to lose data.
+    #[doc(hidden)]
+    pub fn crash(self) -> Result<()> {
+        let inner = self
+            .inner
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner);
+        for seg in &inner.segments {
+            let len = file_len(&seg.log_path)?;
+            if len > seg.durable_size {
+                keep_prefix(&seg.log_path, seg.durable_size)?;
+            }
+        }
+        sync_dir(&self.dir)?;
+        tracing::debug!(dir = %self.dir.display(), "simulated a crash");
+        Ok(())
+    }
 }
 
 /// A caller's turn to fsync for everyone (see `Log::sync_until`); ends on drop.
@@ -1315,6 +1360,7 @@ fn tail_of(seg: &mut Segment, faults: Option<&Faults>) -> Result<(u64, u64, u64)
             set_len(&seg.file, &seg.log_path, pos)?;
             sync_data(&seg.file, &seg.log_path, faults)?;
             seg.size = pos;
+            seg.durable_size = pos;
             break;
         }
         let h = reader.header(pos)?;
@@ -1325,6 +1371,36 @@ fn tail_of(seg: &mut Segment, faults: Option<&Faults>) -> Result<(u64, u64, u64)
         Some(h) => Ok((h.next_offset(), h.raft_index + 1, h.raft_term)),
         None => Ok((seg.base_offset, seg.base_index, 0)),
     }
+}
+
+fn file_len(path: &Path) -> Result<u64> {
+    Ok(fs::metadata(path)
+        .map_err(|e| StorageError::io("stat", path, e))?
+        .len())
+}
+
+/// Replaces the file at `path` with its first `len` bytes, as a new file
+/// renamed over it (maps of the old file stay valid).
+fn keep_prefix(path: &Path, len: u64) -> Result<()> {
+    use std::io::{Read, Write};
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(TMP_SUFFIX);
+    let tmp = PathBuf::from(tmp);
+    let mut from = fs::File::open(path).map_err(|e| StorageError::io("open", path, e))?;
+    let mut to = fs::File::create(&tmp).map_err(|e| StorageError::io("create", &tmp, e))?;
+    let copied = std::io::copy(&mut (&mut from).take(len), &mut to)
+        .map_err(|e| StorageError::io("copy", &tmp, e))?;
+    if copied != len {
+        return Err(StorageError::Invalid(format!(
+            "{} holds {copied} bytes, fewer than the {len} bytes synced",
+            path.display()
+        )));
+    }
+    to.flush().map_err(|e| StorageError::io("write", &tmp, e))?;
+    to.sync_all()
+        .map_err(|e| StorageError::io("fsync", &tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| StorageError::io("rename", path, e))?;
+    Ok(())
 }
 
 /// Whether a segment file holds no complete, valid first batch.

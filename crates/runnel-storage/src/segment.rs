@@ -54,6 +54,9 @@ pub(crate) struct Segment {
     pub(crate) next_index: u64,
     /// Bytes of valid data.
     pub(crate) size: u64,
+    /// Bytes of the `.log` file known to be on disk (covered by an fsync):
+    /// what a power loss keeps (see `Log::crash`).
+    pub(crate) durable_size: u64,
     pub(crate) log_path: PathBuf,
     pub(crate) file: Arc<File>,
     map: Arc<Mmap>,
@@ -111,6 +114,7 @@ impl Segment {
                 next_offset: base_offset,
                 next_index: base_index,
                 size: 0,
+                durable_size: 0,
                 log_path: log_path.clone(),
                 file: Arc::new(file),
                 map: Arc::new(map),
@@ -205,6 +209,7 @@ impl Segment {
             next_offset: base_offset,
             next_index: base_index,
             size,
+            durable_size: size,
             log_path: log_path.clone(),
             file: Arc::new(file),
             map: Arc::new(map),
@@ -307,6 +312,8 @@ impl Segment {
             next_offset: base_offset,
             next_index: base_index,
             size: 0,
+            // Set by the caller once it has fsynced the recovered data.
+            durable_size: 0,
             log_path: log_path.clone(),
             file: Arc::new(file),
             map,
@@ -642,6 +649,7 @@ impl Segment {
     pub(crate) fn seal(&mut self, faults: Option<&Faults>) -> Result<()> {
         set_len(&self.file, &self.log_path, self.size)?;
         sync_data(&self.file, &self.log_path, faults)?;
+        self.durable_size = self.size;
         self.seal_indexes()?;
         self.active = false;
         Ok(())
@@ -692,6 +700,7 @@ impl Segment {
         // batches back.
         set_len(&self.file, &self.log_path, pos)?;
         self.size = pos;
+        self.durable_size = self.durable_size.min(pos);
         self.writeback_started = self.writeback_started.min(pos);
         self.next_offset = next_offset;
         self.next_index = next_index;

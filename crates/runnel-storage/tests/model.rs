@@ -73,6 +73,8 @@ enum Op {
     Flush,
     Reopen,
     Close,
+    /// `Log::crash` then reopen: exactly the durable prefix survives.
+    Crash,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -95,6 +97,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Flush),
         4 => Just(Op::Reopen),
         1 => Just(Op::Close),
+        3 => Just(Op::Crash),
     ]
 }
 
@@ -144,6 +147,9 @@ struct Model {
     origin_offset: u64,
     compacted: u64,
     log_start: u64,
+    /// Offset below which the log must be durable (flushed, truncated,
+    /// reset, or reopened; rolls add more that the model does not track).
+    synced: u64,
     /// Term for the next append: never decreases.
     term: u64,
     /// Timestamp generator.
@@ -272,6 +278,7 @@ impl Harness {
         }
         let (log, report) =
             Log::open_with_report(self.dir.path(), self.config.clone()).expect("reopen");
+        self.model.synced = self.model.log_end();
         assert!(!report.state_rebuilt, "state file was rebuilt: {report:?}");
         assert_eq!(
             report.recovery.truncated, None,
@@ -430,6 +437,7 @@ impl Harness {
                     r.unwrap_or_else(|e| panic!("truncate_from_index({index}): {e}"));
                     let keep = m.pos(index);
                     m.batches.truncate(keep);
+                    m.synced = m.log_end();
                 }
             }
             Op::TruncateToOffset { at, boundary } => {
@@ -463,6 +471,7 @@ impl Harness {
                         r.unwrap_or_else(|e| panic!("truncate_to_offset({offset}): {e}"));
                         let keep = m.pos(b.index);
                         m.batches.truncate(keep);
+                        m.synced = m.log_end();
                     }
                 }
             }
@@ -517,14 +526,49 @@ impl Harness {
                 (m.origin, m.origin_term, m.origin_offset) = (index, term, start);
                 m.compacted = index;
                 m.log_start = start;
+                m.synced = start;
                 m.term = m.term.max(term);
                 assert_eq!(log.durable_offset(), start);
             }
             Op::Flush => {
                 log.flush().expect("flush");
                 assert_eq!(log.durable_offset(), m.log_end());
+                m.synced = m.log_end();
             }
             Op::Reopen => self.reopen(false),
+            Op::Crash => {
+                let durable = log.durable_offset();
+                assert!(
+                    durable >= m.synced && durable <= m.log_end(),
+                    "durable offset {durable} outside [{}, {}]",
+                    m.synced,
+                    m.log_end()
+                );
+                let log = self.log.take().expect("log is open");
+                log.crash().expect("crash");
+                let keep = m.batches.partition_point(|b| b.next_offset <= durable);
+                assert!(
+                    keep == m.batches.len() || m.batches[keep].base_offset == durable,
+                    "durable offset {durable} inside a batch"
+                );
+                m.batches.truncate(keep);
+                assert!(
+                    m.compacted <= m.last_index(),
+                    "a crash lost compacted entries"
+                );
+                m.log_start = m.log_start.min(m.log_end());
+                let (log, report) =
+                    Log::open_with_report(self.dir.path(), self.config.clone()).expect("reopen");
+                assert!(!report.state_rebuilt, "state file was rebuilt: {report:?}");
+                assert_eq!(report.recovery.truncated, None, "{report:?}");
+                // Only a new segment emptied by the crash may be removed.
+                for f in &report.removed_files {
+                    let name = f.file_name().unwrap().to_string_lossy();
+                    assert!(name.ends_with(".log"), "{report:?}");
+                }
+                m.synced = m.log_end();
+                self.log = Some(log);
+            }
             Op::Close => self.reopen(true),
         }
     }
@@ -753,6 +797,7 @@ fn run(config: LogConfig, ops: &[Op]) {
             origin_offset: 0,
             compacted: 0,
             log_start: 0,
+            synced: 0,
             term: 1,
             clock: 1_700_000_000_000,
         },

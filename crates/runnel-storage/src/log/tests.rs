@@ -428,3 +428,85 @@ fn term_before_the_first_index_survives_retention_and_reopen() {
     drop(log);
     check(&Log::open(dir.path(), small()).unwrap());
 }
+
+/// `crash` keeps exactly what was fsynced: a flush, a roll's seal, a
+/// truncation; appends after the last of them are lost, and batches read
+/// before the crash stay readable.
+#[test]
+fn crash_keeps_exactly_the_durable_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small()).unwrap();
+    for i in 0..10 {
+        log.append(&batch(2, 100, i), 1).unwrap();
+    }
+    log.flush().unwrap();
+    assert_eq!(log.durable_offset(), 20);
+    for i in 0..5 {
+        log.append(&batch(2, 100, i), 2).unwrap();
+    }
+    let unsynced = log.read(20, u64::MAX, usize::MAX).unwrap();
+    assert_eq!(log.durable_offset(), 20);
+    log.crash().unwrap();
+    assert_eq!(
+        unsynced.batch_count, 5,
+        "bytes read before the crash stay valid"
+    );
+    BatchView::new(&unsynced.bytes).unwrap();
+    let (log, report) = Log::open_with_report(dir.path(), small()).unwrap();
+    assert_eq!(report.recovery.truncated, None, "{report:?}");
+    assert_eq!(log.log_end_offset().unwrap(), 20);
+    assert_eq!(log.last_index().unwrap(), 10);
+    assert_eq!(log.term(10).unwrap(), 1);
+    assert!(matches!(
+        log.term(11),
+        Err(StorageError::Unavailable { .. })
+    ));
+    // A lost entry's term run does not outlive it: term 1 may go on.
+    log.append(&batch(1, 10, 0), 1).unwrap();
+
+    // Across rolls: sealed segments are durable, the active one's
+    // unsynced tail is lost; a truncation is durable at once.
+    for i in 0..100u64 {
+        log.append(&batch(2, 300, i as i64), 3).unwrap();
+    }
+    let segs = log.segments().unwrap();
+    assert!(segs.len() > 3);
+    let active_base = segs.last().unwrap().base_offset;
+    assert_eq!(
+        log.durable_offset(),
+        active_base,
+        "sealed segments are durable"
+    );
+    log.truncate_from_index(50).unwrap();
+    let end = log.log_end_offset().unwrap();
+    assert_eq!(log.durable_offset(), end);
+    log.append(&batch(2, 300, 0), 4).unwrap();
+    log.crash().unwrap();
+    let log = Log::open(dir.path(), small()).unwrap();
+    assert_eq!(
+        (log.log_end_offset().unwrap(), log.last_index().unwrap()),
+        (end, 49)
+    );
+    assert_eq!(log.term(49).unwrap(), 3);
+
+    // A reset is durable at once; under flush=always every append is.
+    log.reset_to(1000, 70, 5).unwrap();
+    log.crash().unwrap();
+    let config = LogConfig {
+        flush: FlushPolicy::Always,
+        ..small()
+    };
+    let log = Log::open(dir.path(), config.clone()).unwrap();
+    assert_eq!(
+        (log.first_index().unwrap(), log.log_end_offset().unwrap()),
+        (71, 1000)
+    );
+    for i in 0..30 {
+        log.append(&batch(2, 300, i), 5).unwrap();
+    }
+    let end = log.log_end_offset().unwrap();
+    log.crash().unwrap();
+    let log = Log::open(dir.path(), config).unwrap();
+    assert_eq!(log.log_end_offset().unwrap(), end);
+    assert_eq!(log.last_index().unwrap(), 100);
+}
