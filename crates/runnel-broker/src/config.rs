@@ -1,6 +1,7 @@
 //! Node configuration and topic settings (validated, with the defaults the
 //! proto documents).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -32,6 +33,9 @@ pub struct BrokerConfig {
     /// requests before closing them anyway (a frozen client must not keep
     /// the node up). Default 10 s.
     pub shutdown_grace: Duration,
+    /// Every node of the cluster, this one included, by id (`--peers`):
+    /// the address each serves clients and peers on. Empty: a single node.
+    pub peers: BTreeMap<u32, String>,
 }
 
 impl BrokerConfig {
@@ -45,6 +49,7 @@ impl BrokerConfig {
             tick_interval: Duration::from_millis(10),
             retention_interval: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
+            peers: BTreeMap::new(),
         }
     }
 
@@ -60,8 +65,66 @@ impl BrokerConfig {
                 "tick_interval and retention_interval must be above zero".into(),
             ));
         }
+        if !self.peers.is_empty() && !self.peers.contains_key(&self.node_id) {
+            return Err(BrokerError::InvalidArgument(format!(
+                "node {} is not in --peers ({}): add {}=HOST:PORT, or start with the id its entry has",
+                self.node_id,
+                format_peers(&self.peers),
+                self.node_id
+            )));
+        }
         Ok(())
     }
+}
+
+/// Most nodes in `--peers`.
+pub const MAX_PEERS: usize = 9;
+
+/// Parses `--peers`: `ID=HOST:PORT` entries separated by commas, e.g.
+/// `1=10.0.0.1:9740,2=10.0.0.2:9740,3=10.0.0.3:9740`. Ids are at least 1
+/// and distinct, at most [`MAX_PEERS`] entries. Host names are resolved
+/// when connecting (and again on every reconnect), not here: in Compose or
+/// Kubernetes a peer's name exists only once it runs.
+pub fn parse_peers(text: &str) -> std::result::Result<BTreeMap<u32, String>, String> {
+    let mut peers = BTreeMap::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (id, addr) = entry
+            .split_once('=')
+            .ok_or_else(|| format!("\"{entry}\" is not ID=HOST:PORT"))?;
+        let id: u32 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("\"{entry}\": the id must be a number"))?;
+        if id == 0 {
+            return Err(format!("\"{entry}\": node ids start at 1"));
+        }
+        let addr = addr.trim();
+        let port_ok = addr.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !port_ok {
+            return Err(format!("\"{entry}\": the address must be HOST:PORT"));
+        }
+        if peers.insert(id, addr.to_string()).is_some() {
+            return Err(format!("node {id} appears twice"));
+        }
+    }
+    if peers.is_empty() {
+        return Err("no peers given: expected ID=HOST:PORT[,ID=HOST:PORT...]".into());
+    }
+    if peers.len() > MAX_PEERS {
+        return Err(format!("{} peers: at most {MAX_PEERS}", peers.len()));
+    }
+    Ok(peers)
+}
+
+/// `--peers` syntax of `peers`.
+pub fn format_peers(peers: &BTreeMap<u32, String>) -> String {
+    peers
+        .iter()
+        .map(|(id, addr)| format!("{id}={addr}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Smallest `max_record_bytes` of a topic.
@@ -343,5 +406,49 @@ mod tests {
         for (i, (f, want)) in cases.into_iter().enumerate() {
             assert_eq!(cfg(f).err(), want, "case {i}");
         }
+    }
+}
+
+#[cfg(test)]
+mod peer_tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_print_back() {
+        let p = parse_peers("1=a:9740, 2=10.0.0.2:9740,3=[::1]:9740").unwrap();
+        assert_eq!(p.len(), 3);
+        assert_eq!(p[&3], "[::1]:9740");
+        assert_eq!(format_peers(&p), "1=a:9740,2=10.0.0.2:9740,3=[::1]:9740");
+    }
+
+    #[test]
+    fn bad_peers_are_refused_with_the_entry_named() {
+        for (text, says) in [
+            ("", "no peers"),
+            ("1", "ID=HOST:PORT"),
+            ("x=a:1", "number"),
+            ("0=a:1", "start at 1"),
+            ("1=a", "HOST:PORT"),
+            ("1=a:0", "HOST:PORT"),
+            ("1=:80", "HOST:PORT"),
+            ("1=a:1,1=b:2", "twice"),
+            (
+                "1=a:1,2=a:2,3=a:3,4=a:4,5=a:5,6=a:6,7=a:7,8=a:8,9=a:9,10=a:10",
+                "at most",
+            ),
+        ] {
+            let e = parse_peers(text).unwrap_err();
+            assert!(e.contains(says), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_node_must_be_among_its_peers() {
+        let mut c = BrokerConfig::new("/d", "a:1");
+        c.peers = parse_peers("2=a:1,3=b:1").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("node 1 is not in --peers"), "{e}");
+        c.node_id = 2;
+        c.validate().unwrap();
     }
 }

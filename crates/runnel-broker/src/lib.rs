@@ -83,8 +83,9 @@ mod server;
 mod service;
 
 pub use config::{
-    BrokerConfig, MAX_NAME_LEN, MAX_PARTITIONS, MAX_RECORD_BYTES, MAX_SEGMENT_BYTES,
-    MIN_RECORD_BYTES, MIN_SEGMENT_BYTES, TopicSettings, validate_topic_name,
+    BrokerConfig, MAX_NAME_LEN, MAX_PARTITIONS, MAX_PEERS, MAX_RECORD_BYTES, MAX_SEGMENT_BYTES,
+    MIN_RECORD_BYTES, MIN_SEGMENT_BYTES, TopicSettings, format_peers, parse_peers,
+    validate_topic_name,
 };
 pub use error::{BrokerError, Result};
 pub use registry::{LOCK_FILE, NODE_FILE, TOPIC_FILE, TOPICS_DIR};

@@ -76,6 +76,13 @@ impl Broker {
     /// partition. Must run inside a tokio runtime.
     pub async fn open(config: BrokerConfig) -> Result<Broker> {
         config.validate()?;
+        if config.peers.len() > 1 {
+            return Err(BrokerError::Unsupported(
+                "a cluster of several nodes (--peers) is not served by this build yet: \
+                 replication is being built (issue 5); run a single node without --peers"
+                    .into(),
+            ));
+        }
         let metrics = Arc::new(Metrics::new());
         let topics = Arc::new(TopicRegistry::open(&config, metrics.clone()).await?);
         Ok(Broker {

@@ -4,6 +4,7 @@
 //! TOML file (`--config`), then defaults, in that order of precedence; they
 //! are resolved into a [`BrokerSettings`] before anything starts.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -30,7 +31,8 @@ log is flushed and closed, exit status 0.
 
 Each setting is taken from its flag, else its RUNNEL_* environment variable,
 else the --config TOML file (same names in snake_case: id, listen,
-advertise, data_dir, flush, metrics_listen, log_format), else its default.
+advertise, data_dir, flush, metrics_listen, log_format, peers), else its
+default.
 
 Examples:
   # a durable node with the defaults
@@ -45,6 +47,10 @@ Examples:
   # reachable from other hosts
   runnel broker --listen 0.0.0.0:9740 --advertise broker1.example.com:9740
 
+  # node 2 of a 3-node cluster (run the same on every node, with its --id)
+  runnel broker --id 2 --listen 0.0.0.0:9740 --data-dir /var/lib/runnel \\
+    --peers 1=host1:9740,2=host2:9740,3=host3:9740
+
   # from a file; flags and RUNNEL_* variables still win
   runnel broker --config /etc/runnel/broker.toml
 
@@ -55,7 +61,8 @@ A config file:
   data_dir = \"/var/lib/runnel\"
   flush = \"always\"          # or \"never\", or a number of milliseconds: 100
   metrics_listen = \"0.0.0.0:9741\"   # or \"off\"
-  log_format = \"json\"";
+  log_format = \"json\"
+  peers = \"1=host1:9740,2=host2:9740,3=host3:9740\"";
 
 /// `runnel broker -h`: a pointer to the long help.
 const SHORT_HELP: &str = "\
@@ -113,6 +120,13 @@ pub(crate) struct BrokerArgs {
     #[arg(long, value_name = "HOST:PORT|off", env = "RUNNEL_METRICS_LISTEN")]
     metrics_listen: Option<String>,
 
+    /// Every node of the cluster, this one included: ID=HOST:PORT,... (the
+    /// address each node serves clients and peers on; this node's entry is
+    /// what it advertises unless --advertise says otherwise). Without it,
+    /// a single node.
+    #[arg(long, value_name = "ID=HOST:PORT,...", env = "RUNNEL_PEERS", value_parser = parse_peers_arg)]
+    peers: Option<BTreeMap<u32, String>>,
+
     /// TOML file with any of the settings above (snake_case names).
     #[arg(long, value_name = "FILE", env = "RUNNEL_CONFIG")]
     config: Option<PathBuf>,
@@ -124,6 +138,10 @@ pub(crate) struct BrokerArgs {
 
 fn parse_flush(s: &str) -> Result<FlushPolicy, String> {
     s.parse()
+}
+
+fn parse_peers_arg(s: &str) -> Result<BTreeMap<u32, String>, String> {
+    runnel_broker::parse_peers(s)
 }
 
 /// `flush` in the TOML file: a word or a number of milliseconds.
@@ -145,6 +163,7 @@ struct FileConfig {
     flush: Option<FileFlush>,
     metrics_listen: Option<String>,
     log_format: Option<LogFormat>,
+    peers: Option<String>,
 }
 
 impl FileConfig {
@@ -173,6 +192,8 @@ pub(crate) struct BrokerSettings {
     /// `None`: metrics off.
     metrics_listen: Option<String>,
     log_format: LogFormat,
+    /// Empty: a single node.
+    peers: BTreeMap<u32, String>,
 }
 
 impl BrokerSettings {
@@ -197,13 +218,29 @@ impl BrokerSettings {
         if id == 0 {
             bail!("--id must be at least 1");
         }
+        let peers = match (args.peers, file.peers) {
+            (Some(p), _) => p,
+            (None, Some(text)) => runnel_broker::parse_peers(&text)
+                .map_err(|e| anyhow::anyhow!("peers in the config file: {e}"))?,
+            (None, None) => BTreeMap::new(),
+        };
+        if !peers.is_empty() && !peers.contains_key(&id) {
+            bail!(
+                "node {id} is not in --peers ({}): add {id}=HOST:PORT or start with --id set to this node's entry",
+                runnel_broker::format_peers(&peers)
+            );
+        }
+        let advertise = args
+            .advertise
+            .or(file.advertise)
+            .or_else(|| peers.get(&id).cloned());
         Ok(BrokerSettings {
             id,
             listen: args
                 .listen
                 .or(file.listen)
                 .unwrap_or_else(|| DEFAULT_LISTEN.to_string()),
-            advertise: args.advertise.or(file.advertise),
+            advertise,
             data_dir: args
                 .data_dir
                 .or(file.data_dir)
@@ -211,6 +248,7 @@ impl BrokerSettings {
             flush,
             metrics_listen: (!metrics_listen.eq_ignore_ascii_case("off")).then_some(metrics_listen),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            peers,
         })
     }
 }
@@ -320,6 +358,7 @@ pub(crate) async fn run(args: BrokerArgs) -> anyhow::Result<ExitCode> {
     );
     config.node_id = settings.id;
     config.flush = settings.flush;
+    config.peers = settings.peers.clone();
     tracing::info!(id = settings.id, flush = ?settings.flush, data_dir = %data_dir.display(), "opening the data directory");
     let broker = Broker::open(config).await.with_context(|| {
         format!(
@@ -364,6 +403,7 @@ mod tests {
                 flush: FlushPolicy::Always,
                 metrics_listen: Some("127.0.0.1:9741".into()),
                 log_format: LogFormat::Text,
+                peers: BTreeMap::new(),
             }
         );
     }
@@ -411,6 +451,34 @@ mod tests {
         }
         let e = FileConfig::parse("colour = 1").unwrap_err();
         assert!(format!("{e:#}").contains("colour"), "{e:#}");
+    }
+
+    #[test]
+    fn peers_come_from_flag_or_file_and_name_the_advertised_address() {
+        let file = FileConfig::parse("id = 2\npeers = \"1=h1:9740,2=h2:9740,3=h3:9740\"").unwrap();
+        let s = BrokerSettings::resolve(BrokerArgs::default(), file).unwrap();
+        assert_eq!(s.peers.len(), 3);
+        assert_eq!(s.advertise.as_deref(), Some("h2:9740"));
+        let args = BrokerArgs {
+            id: Some(3),
+            advertise: Some("lb:1".into()),
+            peers: Some(runnel_broker::parse_peers("1=a:1,3=c:1").unwrap()),
+            ..Default::default()
+        };
+        let s = BrokerSettings::resolve(args, FileConfig::default()).unwrap();
+        assert_eq!(s.advertise.as_deref(), Some("lb:1"));
+        let file = FileConfig::parse("peers = \"2=a:1,3=b:1\"").unwrap();
+        let e = BrokerSettings::resolve(BrokerArgs::default(), file).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("node 1 is not in --peers"),
+            "{e:#}"
+        );
+        let file = FileConfig::parse("peers = \"1=a\"").unwrap();
+        let e = BrokerSettings::resolve(BrokerArgs::default(), file).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("peers in the config file"),
+            "{e:#}"
+        );
     }
 
     #[test]
