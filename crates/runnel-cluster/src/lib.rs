@@ -7,7 +7,7 @@
 //! (ordered replica lists, preferred leader first); the topic name rule;
 //! the [`Command`]s that change all this and their encoding; the
 //! deterministic [`ClusterState::apply`]; replica placement and preferred
-//! leader balancing ([`ClusterState::preferred_leader_moves`]); snapshots
+//! leader balancing ([`ClusterState::leader_moves`]); snapshots
 //! of the whole state.
 //!
 //! Does not own: Raft (runnel-raft runs the controller group and feeds
@@ -105,15 +105,33 @@
 //! [`ClusterState::apply`], so every node must compute the same
 //! one for the same entry. Changing it needs a new [`COMMAND_VERSION`].
 //!
-//! Leadership follows Raft elections, so it drifts from the preferred
-//! leaders after failures; [`ClusterState::preferred_leader_moves`] lists
-//! the transfers that restore them.
+//! # Leadership
+//!
+//! Raft elects partition leaders, so leadership drifts from the preferred
+//! leaders after failures. [`ClusterState::leader_moves`] takes the current
+//! leaders and lists the transfers (raft-rs `transfer_leader`) that
+//! balance them again, in two passes:
+//!
+//! 1. Every partition whose preferred leader is live (registered and
+//!    unfenced) moves back to it. Placement balanced preferred leaders, so
+//!    with every broker live this balances leadership.
+//! 2. The other partitions (preferred leader fenced or gone) are spread
+//!    over their live replicas: a partition led by a broker that is not
+//!    live moves to its live replica leading the fewest; then, while some
+//!    partition's leader leads at least two more than another live replica
+//!    of it, the widest such gap is closed by moving it (ties: topic,
+//!    partition, broker id). Each move lowers the sum of squared leader
+//!    counts, so this ends.
+//!
+//! Every move goes from the current leader to a live replica of the
+//! partition; no partition moves twice. The caller may pace them.
 
 #![deny(missing_docs)]
 
 mod command;
 mod error;
 mod format;
+mod leadership;
 mod placement;
 mod settings;
 mod state;
@@ -123,6 +141,7 @@ pub type BrokerId = u32;
 
 pub use command::{COMMAND_VERSION, Command};
 pub use error::{ClusterError, DecodeError};
+pub use leadership::{LeaderMove, PartitionKey};
 pub use placement::BrokerLoad;
 pub use settings::{
     CleanupPolicy, MAX_NAME_LEN, MAX_PARTITIONS, MAX_RECORD_BYTES, MAX_SEGMENT_BYTES,
@@ -130,6 +149,6 @@ pub use settings::{
     validate_topic_name,
 };
 pub use state::{
-    Applied, Broker, ClusterState, LeaderMove, MAX_ADDRESS_LEN, MAX_RACK_LEN, PartitionAssignment,
-    PartitionKey, ReplicaChange, SNAPSHOT_VERSION, Topic, TopicId,
+    Applied, Broker, ClusterState, MAX_ADDRESS_LEN, MAX_RACK_LEN, PartitionAssignment,
+    ReplicaChange, SNAPSHOT_VERSION, Topic, TopicId,
 };

@@ -8,6 +8,7 @@ use crate::BrokerId;
 use crate::command::Command;
 use crate::error::{ClusterError, DecodeError};
 use crate::format;
+use crate::leadership::{self, LeaderMove, PartitionKey};
 use crate::placement::{self, BrokerLoad};
 use crate::settings::{MAX_PARTITIONS, TopicSettings, validate_topic_name};
 
@@ -204,26 +205,6 @@ impl Applied {
                 .collect(),
         }
     }
-}
-
-/// A partition, named by topic and partition id.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PartitionKey {
-    /// Topic name.
-    pub topic: String,
-    /// Partition id.
-    pub partition: u32,
-}
-
-/// A leadership transfer that restores a partition's preferred leader.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LeaderMove {
-    /// The partition.
-    pub partition: PartitionKey,
-    /// Its current leader.
-    pub from: BrokerId,
-    /// Its preferred leader, to transfer leadership to.
-    pub to: BrokerId,
 }
 
 /// The controller's state: brokers, topics, settings, assignments.
@@ -469,38 +450,12 @@ impl ClusterState {
         self.topics.get_mut(name).ok_or_else(|| unknown_topic(name))
     }
 
-    /// The leadership transfers that put every partition back on its
-    /// preferred leader, given the current leaders (partitions missing from
-    /// `leaders` have none and are skipped: electing one is Raft's job).
-    ///
-    /// A partition moves when its preferred leader is registered, unfenced
-    /// and not the current leader. Since placement balances preferred
-    /// leaders, applying every move balances leadership. Ordered by topic
-    /// name, then partition.
-    pub fn preferred_leader_moves(
-        &self,
-        leaders: &BTreeMap<PartitionKey, BrokerId>,
-    ) -> Vec<LeaderMove> {
-        let mut moves = Vec::new();
-        for (key, from) in leaders {
-            let Some(a) = self
-                .topics
-                .get(&key.topic)
-                .and_then(|t| t.partitions.get(key.partition as usize))
-            else {
-                continue;
-            };
-            let to = a.preferred_leader();
-            let live = self.brokers.get(&to).is_some_and(|b| !b.fenced);
-            if live && *from != to {
-                moves.push(LeaderMove {
-                    partition: key.clone(),
-                    from: *from,
-                    to,
-                });
-            }
-        }
-        moves
+    /// The leadership transfers that balance leadership, given the current
+    /// leader of each partition (partitions missing from `leaders` have
+    /// none and are skipped: electing one is Raft's job), ordered by
+    /// partition. The rules are in the crate docs, "Leadership".
+    pub fn leader_moves(&self, leaders: &BTreeMap<PartitionKey, BrokerId>) -> Vec<LeaderMove> {
+        leadership::leader_moves(self, leaders)
     }
 
     /// The whole state as snapshot bytes (JSON in a versioned envelope,

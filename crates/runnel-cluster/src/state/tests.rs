@@ -428,7 +428,7 @@ fn create_partitions_places_only_the_new_ones() {
 }
 
 #[test]
-fn preferred_leader_moves() {
+fn leader_moves_restore_preferred_leaders() {
     let mut d = Driver::with_brokers(3);
     d.apply(create("t", 3, 3)).unwrap();
     let t = d.state.topic("t").unwrap().clone();
@@ -444,7 +444,7 @@ fn preferred_leader_moves() {
     // Unknown topics and partitions are skipped.
     leaders.insert(key("gone", 0), 2);
     leaders.insert(key("t", 7), 2);
-    let moves = d.state.preferred_leader_moves(&leaders);
+    let moves = d.state.leader_moves(&leaders);
     assert_eq!(
         moves,
         vec![
@@ -460,17 +460,70 @@ fn preferred_leader_moves() {
             },
         ]
     );
-    // A fenced preferred leader is not a target.
-    d.apply(Command::FenceBroker { id: 3 }).unwrap();
-    assert_eq!(
-        d.state.preferred_leader_moves(&leaders),
-        moves[1..].to_vec()
-    );
     // Balanced leadership asks for nothing.
     let balanced: BTreeMap<PartitionKey, BrokerId> = (0..3u32)
         .map(|p| (key("t", p), preferred[p as usize]))
         .collect();
-    assert!(d.state.preferred_leader_moves(&balanced).is_empty());
+    assert!(d.state.leader_moves(&balanced).is_empty());
+    // A fenced preferred leader is not a target: partition 1 stays on 2
+    // (2 leads two, 1 leads one: a gap of one is balanced enough).
+    d.apply(Command::FenceBroker { id: 3 }).unwrap();
+    assert_eq!(d.state.leader_moves(&leaders), moves[1..].to_vec());
+    // A fenced broker still leading hands over to the live replica leading
+    // fewest (1 and 2 lead one each: the lower id).
+    assert_eq!(
+        d.state.leader_moves(&balanced),
+        vec![LeaderMove {
+            partition: key("t", 1),
+            from: 3,
+            to: 1
+        }]
+    );
+}
+
+/// Broker 1 is fenced for long: its partitions' leadership spreads over
+/// the other live replicas instead of piling up where Raft put it.
+#[test]
+fn leader_moves_spread_the_partitions_of_a_fenced_broker() {
+    let mut d = Driver::with_brokers(4);
+    d.apply(create("t", 8, 3)).unwrap();
+    d.apply(Command::FenceBroker { id: 1 }).unwrap();
+    let t = d.state.topic("t").unwrap().clone();
+    // Raft elected the first live follower everywhere broker 1 led.
+    let leaders: BTreeMap<PartitionKey, BrokerId> = t
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(p, a)| {
+            let leader = if a.preferred_leader() == 1 {
+                a.replicas[1]
+            } else {
+                a.preferred_leader()
+            };
+            (
+                PartitionKey {
+                    topic: "t".into(),
+                    partition: p as u32,
+                },
+                leader,
+            )
+        })
+        .collect();
+    let moves = d.state.leader_moves(&leaders);
+    let mut after = leaders.clone();
+    for m in &moves {
+        assert_eq!(after[&m.partition], m.from);
+        after.insert(m.partition.clone(), m.to);
+    }
+    let mut counts: BTreeMap<BrokerId, u32> = BTreeMap::new();
+    for b in after.values() {
+        *counts.entry(*b).or_default() += 1;
+    }
+    assert!(!counts.contains_key(&1));
+    assert!(
+        spread(counts.values().copied()) <= 1,
+        "{counts:?} after {moves:?}"
+    );
 }
 
 #[test]
@@ -677,5 +730,62 @@ proptest! {
             }
         }
         prop_assert_eq!(ClusterState::from_snapshot(&a.to_snapshot()).unwrap(), a);
+    }
+}
+
+proptest! {
+    /// Leader moves go from the current leader to a live replica, put every
+    /// partition with a live preferred leader back on it, leave no gap of
+    /// two or more that a move of the others could close, and ask for
+    /// nothing once applied.
+    #[test]
+    fn leader_moves_balance(
+        commands in prop::collection::vec(any_command(), 0..60),
+        picks in prop::collection::vec(prop::option::of(any::<prop::sample::Index>()), 200),
+    ) {
+        let mut d = Driver::new();
+        for c in commands {
+            let _ = d.apply(c);
+        }
+        let s = &d.state;
+        let live = |id: BrokerId| s.brokers().get(&id).is_some_and(|b| !b.fenced);
+        let mut leaders = BTreeMap::new();
+        let mut picks = picks.into_iter().cycle();
+        for t in s.topics().values() {
+            for (p, a) in t.partitions.iter().enumerate() {
+                if let Some(Some(i)) = picks.next() {
+                    let key = PartitionKey { topic: t.name.clone(), partition: p as u32 };
+                    leaders.insert(key, a.replicas[i.index(a.replicas.len())]);
+                }
+            }
+        }
+        let moves = s.leader_moves(&leaders);
+        let mut after = leaders.clone();
+        let mut moved = BTreeSet::new();
+        for m in &moves {
+            prop_assert!(moved.insert(m.partition.clone()), "moved twice: {:?}", m);
+            prop_assert_eq!(leaders[&m.partition], m.from);
+            let a = &s.topic(&m.partition.topic).unwrap().partitions[m.partition.partition as usize];
+            prop_assert!(a.replicas.contains(&m.to) && live(m.to) && m.to != m.from, "{:?}", m);
+            after.insert(m.partition.clone(), m.to);
+        }
+        let mut counts: BTreeMap<BrokerId, u32> = BTreeMap::new();
+        for b in after.values() {
+            *counts.entry(*b).or_default() += 1;
+        }
+        let count = |id| counts.get(&id).copied().unwrap_or(0);
+        for (key, leader) in &after {
+            let a = &s.topic(&key.topic).unwrap().partitions[key.partition as usize];
+            if live(a.preferred_leader()) {
+                prop_assert_eq!(*leader, a.preferred_leader());
+            } else if live(*leader) {
+                for r in a.replicas.iter().filter(|r| live(**r)) {
+                    prop_assert!(count(*r) + 2 > count(*leader), "{:?}: {} could take it from {}", key, r, leader);
+                }
+            } else {
+                prop_assert!(!a.replicas.iter().any(|r| live(*r)), "{:?} stays on {}", key, leader);
+            }
+        }
+        prop_assert!(s.leader_moves(&after).is_empty());
     }
 }
