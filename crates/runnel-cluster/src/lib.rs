@@ -7,15 +7,18 @@
 //! (ordered replica lists, preferred leader first); the topic name rule;
 //! the [`Command`]s that change all this and their encoding; the
 //! deterministic [`ClusterState::apply`]; replica placement and preferred
-//! leader balancing ([`ClusterState::leader_moves`]); snapshots
-//! of the whole state.
+//! leader balancing ([`ClusterState::leader_moves`]); the change feed
+//! telling each broker which replicas to create, reconfigure or remove;
+//! snapshots of the whole state.
 //!
 //! Does not own: Raft (runnel-raft runs the controller group and feeds
 //! committed entries to [`ClusterState::apply`]), liveness detection
 //! (whoever notices a broker is gone proposes [`Command::FenceBroker`]),
 //! creating or removing replicas on disk (the broker, following
-//! [`Applied::replica_changes`]), the gRPC types (the broker converts
-//! between proto `TopicConfig` and [`TopicOverrides`] / [`TopicSettings`]).
+//! [`Applied::replica_changes`] as entries apply, and
+//! [`ClusterState::reconcile`] at startup or after installing a
+//! snapshot), the gRPC types (the broker converts between proto
+//! `TopicConfig` and [`TopicOverrides`] / [`TopicSettings`]).
 //!
 //! The crate is pure and synchronous: no I/O, no threads, no clock, no
 //! randomness. The same entries at the same Raft indexes give every node
@@ -130,6 +133,7 @@
 
 mod command;
 mod error;
+mod feed;
 mod format;
 mod leadership;
 mod placement;
@@ -141,6 +145,7 @@ pub type BrokerId = u32;
 
 pub use command::{COMMAND_VERSION, Command};
 pub use error::{ClusterError, DecodeError};
+pub use feed::{Applied, ReplicaChange, ReplicaId, ReplicaSpec};
 pub use leadership::{LeaderMove, PartitionKey};
 pub use placement::BrokerLoad;
 pub use settings::{
@@ -149,6 +154,6 @@ pub use settings::{
     validate_topic_name,
 };
 pub use state::{
-    Applied, Broker, ClusterState, MAX_ADDRESS_LEN, MAX_RACK_LEN, PartitionAssignment,
-    ReplicaChange, SNAPSHOT_VERSION, Topic, TopicId,
+    Broker, ClusterState, MAX_ADDRESS_LEN, MAX_RACK_LEN, PartitionAssignment, SNAPSHOT_VERSION,
+    Topic, TopicId,
 };

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::BrokerId;
 use crate::command::Command;
 use crate::error::{ClusterError, DecodeError};
+use crate::feed::{self, Applied, ReplicaChange, ReplicaId, ReplicaSpec};
 use crate::format;
 use crate::leadership::{self, LeaderMove, PartitionKey};
 use crate::placement::{self, BrokerLoad};
@@ -76,135 +77,6 @@ pub struct Topic {
     pub settings: TopicSettings,
     /// Assignment of each partition, by partition id.
     pub partitions: Vec<PartitionAssignment>,
-}
-
-/// What an applied command changed: the change feed a broker follows to
-/// create and remove its local replicas ([`Applied::replica_changes`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Applied {
-    /// A broker was added or re-registered.
-    BrokerRegistered {
-        /// The broker now.
-        broker: Broker,
-        /// The broker before, when it was registered already.
-        previous: Option<Broker>,
-    },
-    /// A broker is fenced (also when it already was).
-    BrokerFenced(BrokerId),
-    /// A broker is unfenced (also when it already was).
-    BrokerUnfenced(BrokerId),
-    /// A broker was removed; this is what it was.
-    BrokerUnregistered(Broker),
-    /// A topic was created, with its assignments.
-    TopicCreated(Topic),
-    /// A topic was deleted; this is what it was.
-    TopicDeleted(Topic),
-    /// A topic's settings changed.
-    TopicAltered {
-        /// The topic now.
-        topic: Topic,
-        /// Its settings before.
-        previous: TopicSettings,
-    },
-    /// Partitions were added to a topic.
-    PartitionsCreated {
-        /// The topic now.
-        topic: Topic,
-        /// Id of the first new partition (the count before).
-        first: u32,
-    },
-}
-
-/// What one broker must do to its local replicas after a command.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ReplicaChange {
-    /// Create the replica of a partition placed on this broker.
-    Create {
-        /// Topic name.
-        name: String,
-        /// Topic identity.
-        topic: TopicId,
-        /// Partition id.
-        partition: u32,
-        /// All replicas of the partition (its Raft group), preferred
-        /// leader first.
-        replicas: Vec<BrokerId>,
-        /// The topic's settings.
-        settings: TopicSettings,
-    },
-    /// Remove the replica and its data.
-    Remove {
-        /// Topic name.
-        name: String,
-        /// Topic identity.
-        topic: TopicId,
-        /// Partition id.
-        partition: u32,
-    },
-    /// Apply new settings to the replica.
-    Reconfigure {
-        /// Topic name.
-        name: String,
-        /// Topic identity.
-        topic: TopicId,
-        /// Partition id.
-        partition: u32,
-        /// The new settings.
-        settings: TopicSettings,
-    },
-}
-
-impl Applied {
-    /// The replica work this change asks of `broker`: one entry per
-    /// partition of an affected topic that has a replica on it.
-    pub fn replica_changes(&self, broker: BrokerId) -> Vec<ReplicaChange> {
-        let local = |t: &Topic, from: u32| {
-            t.partitions
-                .iter()
-                .enumerate()
-                .skip(from as usize)
-                .filter(|(_, a)| a.replicas.contains(&broker))
-                .map(|(p, a)| (p as u32, a.replicas.clone()))
-                .collect::<Vec<_>>()
-        };
-        let create = |t: &Topic, from: u32| {
-            local(t, from)
-                .into_iter()
-                .map(|(partition, replicas)| ReplicaChange::Create {
-                    name: t.name.clone(),
-                    topic: t.id,
-                    partition,
-                    replicas,
-                    settings: t.settings.clone(),
-                })
-                .collect()
-        };
-        match self {
-            Applied::BrokerRegistered { .. }
-            | Applied::BrokerFenced(_)
-            | Applied::BrokerUnfenced(_)
-            | Applied::BrokerUnregistered(_) => Vec::new(),
-            Applied::TopicCreated(t) => create(t, 0),
-            Applied::PartitionsCreated { topic, first } => create(topic, *first),
-            Applied::TopicDeleted(t) => local(t, 0)
-                .into_iter()
-                .map(|(partition, _)| ReplicaChange::Remove {
-                    name: t.name.clone(),
-                    topic: t.id,
-                    partition,
-                })
-                .collect(),
-            Applied::TopicAltered { topic, .. } => local(topic, 0)
-                .into_iter()
-                .map(|(partition, _)| ReplicaChange::Reconfigure {
-                    name: topic.name.clone(),
-                    topic: topic.id,
-                    partition,
-                    settings: topic.settings.clone(),
-                })
-                .collect(),
-        }
-    }
 }
 
 /// The controller's state: brokers, topics, settings, assignments.
@@ -448,6 +320,46 @@ impl ClusterState {
 
     fn topic_mut(&mut self, name: &str) -> Result<&mut Topic, ClusterError> {
         self.topics.get_mut(name).ok_or_else(|| unknown_topic(name))
+    }
+
+    /// Every replica placed on `broker`, by topic name and partition: what
+    /// its disk should hold.
+    pub fn replicas_on(&self, broker: BrokerId) -> Vec<ReplicaSpec> {
+        self.topics
+            .values()
+            .flat_map(|t| feed::replicas_of(t, broker, 0))
+            .collect()
+    }
+
+    /// What `broker` must do so that the replicas it holds (`present`, with
+    /// the settings each runs with) match the state: at startup, and after
+    /// installing a snapshot, whose commands it never saw as [`Applied`].
+    ///
+    /// Removes come first (a replica of an older topic of the same name,
+    /// told apart by its [`TopicId`], goes before the new one is created),
+    /// then creates and reconfigures, each by topic name and partition.
+    pub fn reconcile(
+        &self,
+        broker: BrokerId,
+        present: &BTreeMap<ReplicaId, TopicSettings>,
+    ) -> Vec<ReplicaChange> {
+        let wanted = self.replicas_on(broker);
+        let wanted_ids: BTreeSet<&ReplicaId> = wanted.iter().map(|r| &r.id).collect();
+        let mut changes: Vec<ReplicaChange> = present
+            .keys()
+            .filter(|id| !wanted_ids.contains(id))
+            .map(|id| ReplicaChange::Remove(id.clone()))
+            .collect();
+        for spec in wanted {
+            match present.get(&spec.id) {
+                None => changes.push(ReplicaChange::Create(spec)),
+                Some(settings) if *settings != spec.settings => {
+                    changes.push(ReplicaChange::Reconfigure(spec))
+                }
+                Some(_) => {}
+            }
+        }
+        changes
     }
 
     /// The leadership transfers that balance leadership, given the current

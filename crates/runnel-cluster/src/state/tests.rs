@@ -1,4 +1,5 @@
 use super::*;
+use crate::feed::{ReplicaId, ReplicaSpec};
 use crate::settings::{CleanupPolicy, TopicConfigChange};
 use proptest::prelude::*;
 
@@ -313,43 +314,39 @@ fn create_delete_recreate_and_the_change_feed() {
     let mine = created.replica_changes(1);
     assert_eq!(mine.len(), 4);
     for c in &mine {
-        let ReplicaChange::Create {
-            name,
-            topic,
-            partition,
-            replicas,
-            settings,
-        } = c
-        else {
+        let ReplicaChange::Create(spec) = c else {
             panic!("not a create: {c:?}")
         };
-        assert_eq!((name.as_str(), *topic), ("orders", t.id));
-        assert_eq!(replicas, &t.partitions[*partition as usize].replicas);
-        assert!(replicas.contains(&1));
-        assert_eq!(settings, &t.settings);
+        assert_eq!((spec.id.name.as_str(), spec.id.topic), ("orders", t.id));
+        assert_eq!(
+            spec.replicas,
+            t.partitions[spec.id.partition as usize].replicas
+        );
+        assert!(spec.replicas.contains(&1));
+        assert_eq!(spec.settings, t.settings);
     }
+    // The same as what the state says broker 1 holds.
+    let held: Vec<ReplicaChange> = d
+        .state
+        .replicas_on(1)
+        .into_iter()
+        .map(ReplicaChange::Create)
+        .collect();
+    assert_eq!(held, mine);
     let deleted = d
         .apply(Command::DeleteTopic {
             name: "orders".into(),
         })
         .unwrap();
     assert_eq!(deleted, Applied::TopicDeleted(t.clone()));
-    let removed: Vec<u32> = deleted
-        .replica_changes(1)
+    let removed: Vec<ReplicaChange> = mine
         .iter()
         .map(|c| match c {
-            ReplicaChange::Remove { partition, .. } => *partition,
-            other => panic!("not a remove: {other:?}"),
-        })
-        .collect();
-    let created_here: Vec<u32> = mine
-        .iter()
-        .map(|c| match c {
-            ReplicaChange::Create { partition, .. } => *partition,
+            ReplicaChange::Create(spec) => ReplicaChange::Remove(spec.id.clone()),
             _ => unreachable!(),
         })
         .collect();
-    assert_eq!(removed, created_here);
+    assert_eq!(deleted.replica_changes(1), removed);
     assert!(d.state.topics().is_empty());
     // Same name again: a new identity.
     let Applied::TopicCreated(again) = d.apply(create("orders", 1, 1)).unwrap() else {
@@ -391,9 +388,68 @@ fn alter_reconfigures_local_replicas() {
         let changes = applied.replica_changes(broker);
         assert_eq!(changes.len(), 1, "broker {broker}");
         assert!(
-            matches!(&changes[0], ReplicaChange::Reconfigure { settings, .. } if settings == &topic.settings)
+            matches!(&changes[0], ReplicaChange::Reconfigure(spec) if spec.settings == topic.settings)
         );
     }
+}
+
+/// A broker back from a long absence (or installing a snapshot) compares
+/// its disk with the state.
+#[test]
+fn reconcile_compares_the_disk_with_the_state() {
+    let mut d = Driver::with_brokers(2);
+    d.apply(create("kept", 2, 2)).unwrap();
+    d.apply(create("altered", 1, 2)).unwrap();
+    d.apply(create("recreated", 1, 2)).unwrap();
+    d.apply(create("deleted", 1, 2)).unwrap();
+    // What broker 1's disk holds: everything as of now.
+    let disk: BTreeMap<ReplicaId, TopicSettings> = d
+        .state
+        .replicas_on(1)
+        .into_iter()
+        .map(|r| (r.id, r.settings))
+        .collect();
+    assert!(d.state.reconcile(1, &disk).is_empty());
+    // While it was away:
+    d.apply(Command::AlterTopicConfig {
+        name: "altered".into(),
+        change: TopicConfigChange {
+            retention_ms: Some(-1),
+            ..TopicConfigChange::default()
+        },
+    })
+    .unwrap();
+    d.apply(Command::DeleteTopic {
+        name: "recreated".into(),
+    })
+    .unwrap();
+    d.apply(create("recreated", 1, 2)).unwrap();
+    d.apply(Command::DeleteTopic {
+        name: "deleted".into(),
+    })
+    .unwrap();
+    d.apply(create("new", 1, 2)).unwrap();
+    let id = |name: &str| d.state.topic(name).unwrap().id;
+    let old = |name: &str| disk.keys().find(|r| r.name == name).unwrap().clone();
+    let spec = |name: &str| {
+        d.state
+            .replicas_on(1)
+            .into_iter()
+            .find(|r| r.id.name == name)
+            .unwrap()
+    };
+    let changes = d.state.reconcile(1, &disk);
+    assert_eq!(
+        changes,
+        vec![
+            ReplicaChange::Remove(old("deleted")),
+            ReplicaChange::Remove(old("recreated")),
+            ReplicaChange::Reconfigure(spec("altered")),
+            ReplicaChange::Create(spec("new")),
+            ReplicaChange::Create(spec("recreated")),
+        ]
+    );
+    assert_ne!(old("recreated").topic, id("recreated"));
 }
 
 #[test]
@@ -416,10 +472,14 @@ fn create_partitions_places_only_the_new_ones() {
     assert_eq!(topic.id, before.id);
     for broker in 1..=3 {
         for c in applied.replica_changes(broker) {
-            let ReplicaChange::Create { partition, .. } = c else {
-                panic!("not a create")
-            };
-            assert!(partition >= 2);
+            match c {
+                ReplicaChange::Create(spec) => assert!(spec.id.partition >= 2),
+                ReplicaChange::Reconfigure(spec) => {
+                    assert!(spec.id.partition < 2);
+                    assert_eq!(spec.settings.partitions, 6);
+                }
+                ReplicaChange::Remove(id) => panic!("removes {id:?}"),
+            }
         }
     }
     let load = d.state.broker_load();
@@ -787,5 +847,78 @@ proptest! {
             }
         }
         prop_assert!(s.leader_moves(&after).is_empty());
+    }
+}
+
+/// A broker's disk as the change feed builds it.
+type Disk = BTreeMap<ReplicaId, (Vec<BrokerId>, TopicSettings)>;
+
+fn disk_of(specs: Vec<ReplicaSpec>) -> Disk {
+    specs
+        .into_iter()
+        .map(|r| (r.id, (r.replicas, r.settings)))
+        .collect()
+}
+
+/// Applies `changes` to `disk`, refusing a create of a present replica and
+/// a remove or reconfigure of an absent one.
+fn follow(disk: &mut Disk, changes: Vec<ReplicaChange>) -> Result<(), String> {
+    for c in changes {
+        match c {
+            ReplicaChange::Create(r) => {
+                if disk
+                    .insert(r.id.clone(), (r.replicas, r.settings))
+                    .is_some()
+                {
+                    return Err(format!("created twice: {:?}", r.id));
+                }
+            }
+            ReplicaChange::Remove(id) => {
+                disk.remove(&id)
+                    .ok_or(format!("removed but absent: {id:?}"))?;
+            }
+            ReplicaChange::Reconfigure(r) => {
+                let entry = disk
+                    .get_mut(&r.id)
+                    .ok_or(format!("reconfigured but absent: {:?}", r.id))?;
+                *entry = (r.replicas, r.settings);
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    /// A broker that follows the change feed from the start, and one that
+    /// reconciles after missing part of it (a restart, a snapshot), both
+    /// end up holding exactly what the state places on them.
+    #[test]
+    fn following_the_feed_or_reconciling_matches_the_state(
+        commands in prop::collection::vec(any_command(), 0..60),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let cut = cut.index(commands.len() + 1);
+        let mut d = Driver::new();
+        let mut followed: BTreeMap<BrokerId, Disk> = BTreeMap::new();
+        let mut stale: BTreeMap<BrokerId, Disk> = BTreeMap::new();
+        for (k, c) in commands.into_iter().enumerate() {
+            if k == cut {
+                stale = (0..6).map(|b| (b, disk_of(d.state.replicas_on(b)))).collect();
+            }
+            if let Ok(applied) = d.apply(c) {
+                for b in 0..6 {
+                    let disk = followed.entry(b).or_default();
+                    prop_assert_eq!(follow(disk, applied.replica_changes(b)), Ok(()));
+                }
+            }
+        }
+        for b in 0..6 {
+            let want = disk_of(d.state.replicas_on(b));
+            prop_assert_eq!(&followed.remove(&b).unwrap_or_default(), &want, "broker {} following", b);
+            let mut disk = stale.remove(&b).unwrap_or_default();
+            let present = disk.iter().map(|(id, (_, s))| (id.clone(), s.clone())).collect();
+            prop_assert_eq!(follow(&mut disk, d.state.reconcile(b, &present)), Ok(()));
+            prop_assert_eq!(&disk, &want, "broker {} reconciling", b);
+        }
     }
 }
