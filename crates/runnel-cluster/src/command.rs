@@ -77,6 +77,9 @@ pub enum Command {
         name: String,
         /// Resolved settings ([`crate::TopicOverrides::resolve`]).
         settings: TopicSettings,
+        /// Creation time, ms since the Unix epoch, from the proposer's
+        /// clock ([`crate::PartitionAssignment::created_ms`]).
+        created_ms: i64,
     },
     /// Deletes a topic and all its partitions.
     DeleteTopic {
@@ -97,6 +100,9 @@ pub enum Command {
         name: String,
         /// The new total number of partitions, above the current one.
         partitions: u32,
+        /// Creation time of the new partitions, ms since the Unix epoch,
+        /// from the proposer's clock.
+        created_ms: i64,
     },
 }
 
@@ -136,6 +142,7 @@ mod tests {
             Command::CreateTopic {
                 name: "orders".into(),
                 settings: TopicSettings::default(),
+                created_ms: 1_764_000_000_000,
             },
             Command::DeleteTopic {
                 name: "orders".into(),
@@ -151,6 +158,7 @@ mod tests {
             Command::CreatePartitions {
                 name: "orders".into(),
                 partitions: 12,
+                created_ms: 1_764_000_000_001,
             },
             Command::UnregisterBroker { id: 3 },
         ]
@@ -173,7 +181,7 @@ mod tests {
                 samples()[1].clone(),
             ),
             (
-                r#"{"version":1,"body":{"type":"create_topic","name":"orders","settings":{"partitions":1,"replication_factor":1,"retention_ms":604800000,"retention_bytes":-1,"max_record_bytes":8388608,"segment_bytes":1073741824,"cleanup_policy":"delete"}}}"#,
+                r#"{"version":1,"body":{"type":"create_topic","name":"orders","settings":{"partitions":1,"replication_factor":1,"retention_ms":604800000,"retention_bytes":-1,"max_record_bytes":8388608,"segment_bytes":1073741824,"cleanup_policy":"delete"},"created_ms":1764000000000}}"#,
                 samples()[4].clone(),
             ),
             (
@@ -267,7 +275,7 @@ mod tests {
         ) {
             let commands = [
                 Command::RegisterBroker { id, address: address.clone(), rack: Some(address) },
-                Command::CreatePartitions { name: name.clone(), partitions },
+                Command::CreatePartitions { name: name.clone(), partitions, created_ms: retention.unwrap_or(0) },
                 Command::AlterTopicConfig {
                     name,
                     change: TopicConfigChange { retention_ms: retention, ..TopicConfigChange::default() },

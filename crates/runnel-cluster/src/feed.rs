@@ -3,7 +3,7 @@
 
 use crate::BrokerId;
 use crate::settings::TopicSettings;
-use crate::state::{Broker, Topic, TopicId};
+use crate::state::{Broker, Topic, TopicId, group_id};
 
 /// What an applied command changed: the change feed a broker follows to
 /// create and remove its local replicas ([`Applied::replica_changes`]).
@@ -55,14 +55,20 @@ pub struct ReplicaId {
     pub partition: u32,
 }
 
-/// A replica as a broker should run it.
+/// A replica as a broker should run it: with `group`, `replicas` (the
+/// voters) and `created_ms` it opens the partition's Raft group, the same
+/// bootstrap on every replica.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplicaSpec {
     /// Which replica.
     pub id: ReplicaId,
-    /// All replicas of the partition (its Raft group), preferred leader
-    /// first.
+    /// The partition's Raft group id ([`crate::Topic::group`]).
+    pub group: u64,
+    /// All replicas of the partition (its Raft group's voters), preferred
+    /// leader first.
     pub replicas: Vec<BrokerId>,
+    /// The partition's creation time (ms since the Unix epoch).
+    pub created_ms: i64,
     /// The topic's settings.
     pub settings: TopicSettings,
 }
@@ -92,7 +98,9 @@ pub(crate) fn replicas_of(topic: &Topic, broker: BrokerId, from: u32) -> Vec<Rep
                 topic: topic.id,
                 partition: p as u32,
             },
+            group: group_id(topic.id, p as u32),
             replicas: a.replicas.clone(),
+            created_ms: a.created_ms,
             settings: topic.settings.clone(),
         })
         .collect()

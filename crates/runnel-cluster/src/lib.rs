@@ -43,16 +43,20 @@
 //!     replication_factor: Some(3),
 //!     ..TopicOverrides::default()
 //! }
-//! .resolve()?; // before proposing: the entry carries resolved settings
+//! .resolve()?; // before proposing: the entry carries resolved settings,
+//! let created_ms = 1_764_000_000_000; // and the proposer's clock
+//! let create = Command::CreateTopic { name: "orders".into(), settings, created_ms };
+//! state.check(&create)?; // refuse early what apply would refuse
 //! index += 1;
-//! let applied = state.apply(index, &Command::CreateTopic { name: "orders".into(), settings })?;
+//! let applied = state.apply(index, &create)?;
 //! let Applied::TopicCreated(topic) = &applied else { unreachable!() };
 //! assert_eq!(topic.partitions[0].replicas.len(), 3);
-//! // Broker 2 creates its replicas:
-//! assert_eq!(applied.replica_changes(2).len(), 6);
+//! // Broker 2 creates its replicas (Raft group id, voters, bootstrap time):
+//! let changes = applied.replica_changes(2);
+//! assert_eq!(changes.len(), 6);
 //! // A refusal is a result, the same on every node, and changes no metadata:
 //! index += 1;
-//! let again = Command::CreateTopic { name: "orders".into(), settings: topic.settings.clone() };
+//! let again = create.clone();
 //! assert!(state.apply(index, &again).is_err());
 //! assert_eq!(state.metadata_version(), index - 1);
 //! // Snapshots restore the same state:
@@ -129,6 +133,15 @@
 //! Every move goes from the current leader to a live replica of the
 //! partition; no partition moves twice. The caller may pace them.
 
+//! # Raft groups
+//!
+//! The controller group is [`CONTROLLER_GROUP`] (0). Partition `p` of a
+//! topic is group `topic id * GROUPS_PER_TOPIC + p` ([`Topic::group`]),
+//! never reused since topic ids are not. Every replica of a new partition
+//! bootstraps its group the same way from its [`ReplicaSpec`]: voters =
+//! `replicas`, bootstrap entry time = `created_ms` (set by the proposer,
+//! stored per partition).
+
 #![deny(missing_docs)]
 
 mod command;
@@ -154,6 +167,6 @@ pub use settings::{
     validate_topic_name,
 };
 pub use state::{
-    Broker, ClusterState, MAX_ADDRESS_LEN, MAX_RACK_LEN, PartitionAssignment, SNAPSHOT_VERSION,
-    Topic, TopicId,
+    Broker, CONTROLLER_GROUP, ClusterState, GROUPS_PER_TOPIC, MAX_ADDRESS_LEN, MAX_RACK_LEN,
+    MAX_TOPIC_ID, PartitionAssignment, SNAPSHOT_VERSION, Topic, TopicId,
 };

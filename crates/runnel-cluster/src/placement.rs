@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
 use crate::BrokerId;
-use crate::state::{Broker, PartitionAssignment};
+use crate::state::Broker;
 
 /// What a broker holds, summed over all topics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -19,7 +19,8 @@ pub struct BrokerLoad {
 }
 
 /// Places partitions `partitions` of a topic over `eligible` (sorted by
-/// id), updating `load`. `seed` (the topic id) sets the rotation start.
+/// id), updating `load`: one replica list per partition, preferred leader
+/// first. `seed` (the topic id) sets the rotation start.
 ///
 /// Panics when `replication_factor` is 0 or above `eligible.len()`: the
 /// caller checks both.
@@ -29,7 +30,7 @@ pub(crate) fn place(
     partitions: Range<u32>,
     replication_factor: u32,
     seed: u64,
-) -> Vec<PartitionAssignment> {
+) -> Vec<Vec<BrokerId>> {
     let n = eligible.len();
     let rf = replication_factor as usize;
     assert!(
@@ -92,7 +93,7 @@ pub(crate) fn place(
                 l.preferred_leaders += 1;
             }
         }
-        out.push(PartitionAssignment { replicas });
+        out.push(replicas);
     }
     out
 }
@@ -114,10 +115,6 @@ mod tests {
             .collect()
     }
 
-    fn lists(a: &[PartitionAssignment]) -> Vec<Vec<u32>> {
-        a.iter().map(|p| p.replicas.clone()).collect()
-    }
-
     #[test]
     fn three_brokers_rf3_rotates_leaders() {
         let b = brokers(&[None, None, None]);
@@ -125,7 +122,7 @@ mod tests {
         let mut load = BTreeMap::new();
         let got = place(&eligible, &mut load, 0..6, 3, 0);
         assert_eq!(
-            lists(&got),
+            got,
             vec![
                 vec![1, 2, 3],
                 vec![2, 3, 1],
@@ -167,11 +164,11 @@ mod tests {
         );
         let got = place(&eligible, &mut load, 0..1, 2, 0);
         // 3 and 4 hold nothing: they get the partition.
-        assert_eq!(lists(&got), vec![vec![3, 4]]);
+        assert_eq!(got, vec![vec![3, 4]]);
         let got = place(&eligible, &mut load, 0..2, 1, 7);
         // Then 2, 3 and 4 tie at one replica; 2 and 4 lead nothing, and
         // the rotation (start 7 mod 4 = 3) puts 4 first, then 2.
-        assert_eq!(lists(&got), vec![vec![4], vec![2]]);
+        assert_eq!(got, vec![vec![4], vec![2]]);
         let replicas: Vec<u32> = load.values().map(|l| l.replicas).collect();
         assert_eq!(replicas, vec![2, 2, 1, 2]);
     }
@@ -184,11 +181,10 @@ mod tests {
         let got = place(&eligible, &mut load, 0..4, 2, 0);
         for (p, a) in got.iter().enumerate() {
             let racks: BTreeSet<_> = a
-                .replicas
                 .iter()
                 .map(|id| b[*id as usize - 1].rack.clone())
                 .collect();
-            assert_eq!(racks.len(), 2, "partition {p}: {:?}", a.replicas);
+            assert_eq!(racks.len(), 2, "partition {p}: {a:?}");
         }
     }
 

@@ -44,13 +44,35 @@ pub struct Broker {
 #[serde(transparent)]
 pub struct TopicId(pub u64);
 
+/// Raft group id of the controller group. Partition groups are numbered
+/// from [`GROUPS_PER_TOPIC`] up ([`Topic::group`]).
+pub const CONTROLLER_GROUP: u64 = 0;
+/// Group ids reserved per topic: partition `p` of topic id `t` is group
+/// `t * GROUPS_PER_TOPIC + p` (room for more than [`MAX_PARTITIONS`]).
+pub const GROUPS_PER_TOPIC: u64 = 1 << 14;
+/// Largest topic id (creation index) whose group ids fit in a u64; a
+/// create at a higher Raft index is refused.
+pub const MAX_TOPIC_ID: u64 = u64::MAX / GROUPS_PER_TOPIC - 1;
+
+const _: () = assert!((MAX_PARTITIONS as u64) < GROUPS_PER_TOPIC);
+
+/// Group id of a partition; `partition < GROUPS_PER_TOPIC` and
+/// `topic <= MAX_TOPIC_ID`, which the state guarantees.
+pub(crate) fn group_id(topic: TopicId, partition: u32) -> u64 {
+    topic.0 * GROUPS_PER_TOPIC + u64::from(partition)
+}
+
 /// Where one partition's replicas live.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(deny_unknown_fields)]
 pub struct PartitionAssignment {
     /// Distinct broker ids, `replication_factor` of them; the first is the
     /// preferred leader.
     pub replicas: Vec<BrokerId>,
+    /// When the partition was created (ms since the Unix epoch, the
+    /// proposer's clock): the timestamp of the bootstrap entry every
+    /// replica of its Raft group writes identically.
+    pub created_ms: i64,
 }
 
 impl PartitionAssignment {
@@ -62,6 +84,14 @@ impl PartitionAssignment {
             Some(id) => *id,
             None => panic!("a partition assignment without replicas"),
         }
+    }
+}
+
+impl Topic {
+    /// Raft group id of `partition`, when the topic has it. Never
+    /// [`CONTROLLER_GROUP`], never reused by another topic or partition.
+    pub fn group(&self, partition: u32) -> Option<u64> {
+        ((partition as usize) < self.partitions.len()).then(|| group_id(self.id, partition))
     }
 }
 
@@ -232,15 +262,28 @@ impl ClusterState {
                     .map(Applied::BrokerUnregistered)
                     .ok_or(ClusterError::UnknownBroker(*id))
             }
-            Command::CreateTopic { name, settings } => {
+            Command::CreateTopic {
+                name,
+                settings,
+                created_ms,
+            } => {
                 validate_topic_name(name)?;
                 settings.validate()?;
                 if self.topics.contains_key(name) {
                     return Err(ClusterError::TopicExists(name.clone()));
                 }
+                if index > MAX_TOPIC_ID {
+                    return Err(ClusterError::InvalidArgument(format!(
+                        "Raft index {index} is above {MAX_TOPIC_ID}, the largest topic id"
+                    )));
+                }
                 let id = TopicId(index);
-                let partitions =
-                    self.place(0..settings.partitions, settings.replication_factor, id)?;
+                let partitions = self.place(
+                    0..settings.partitions,
+                    settings.replication_factor,
+                    id,
+                    *created_ms,
+                )?;
                 let topic = Topic {
                     id,
                     name: name.clone(),
@@ -266,7 +309,11 @@ impl ClusterState {
                     previous,
                 })
             }
-            Command::CreatePartitions { name, partitions } => {
+            Command::CreatePartitions {
+                name,
+                partitions,
+                created_ms,
+            } => {
                 let topic = self.topics.get(name).ok_or_else(|| unknown_topic(name))?;
                 let first = topic.settings.partitions;
                 if *partitions <= first || *partitions > MAX_PARTITIONS {
@@ -275,7 +322,7 @@ impl ClusterState {
                     )));
                 }
                 let (rf, id) = (topic.settings.replication_factor, topic.id);
-                let added = self.place(first..*partitions, rf, id)?;
+                let added = self.place(first..*partitions, rf, id, *created_ms)?;
                 let topic = self.topic_mut(name)?;
                 topic.partitions.extend(added);
                 topic.settings.partitions = *partitions;
@@ -294,6 +341,7 @@ impl ClusterState {
         partitions: std::ops::Range<u32>,
         replication_factor: u32,
         seed: TopicId,
+        created_ms: i64,
     ) -> Result<Vec<PartitionAssignment>, ClusterError> {
         let eligible: Vec<&Broker> = self.brokers.values().filter(|b| !b.fenced).collect();
         if replication_factor == 0 || replication_factor as usize > eligible.len() {
@@ -303,13 +351,14 @@ impl ClusterState {
             });
         }
         let mut load = self.broker_load();
-        Ok(placement::place(
-            &eligible,
-            &mut load,
-            partitions,
-            replication_factor,
-            seed.0,
-        ))
+        let lists = placement::place(&eligible, &mut load, partitions, replication_factor, seed.0);
+        Ok(lists
+            .into_iter()
+            .map(|replicas| PartitionAssignment {
+                replicas,
+                created_ms,
+            })
+            .collect())
     }
 
     fn broker_mut(&mut self, id: BrokerId) -> Result<&mut Broker, ClusterError> {
@@ -436,9 +485,13 @@ impl ClusterState {
             }
             validate_topic_name(name).map_err(|e| e.to_string())?;
             t.settings.validate().map_err(|e| what(e.to_string()))?;
-            if t.id.0 == 0 || t.id.0 > self.applied_index || !ids.insert(t.id) {
+            if t.id.0 == 0
+                || t.id.0 > self.applied_index
+                || t.id.0 > MAX_TOPIC_ID
+                || !ids.insert(t.id)
+            {
                 return Err(what(format!(
-                    "id {} is 0, above applied_index {} or not unique",
+                    "id {} is 0, above applied_index {}, above {MAX_TOPIC_ID} or not unique",
                     t.id.0, self.applied_index
                 )));
             }

@@ -39,6 +39,9 @@ fn register(id: BrokerId) -> Command {
     }
 }
 
+/// Creation time of every topic made by [`create`].
+const CREATED_MS: i64 = 1_764_000_000_000;
+
 fn create(name: &str, partitions: u32, replication_factor: u32) -> Command {
     Command::CreateTopic {
         name: name.into(),
@@ -47,6 +50,15 @@ fn create(name: &str, partitions: u32, replication_factor: u32) -> Command {
             replication_factor,
             ..TopicSettings::default()
         },
+        created_ms: CREATED_MS,
+    }
+}
+
+fn grow(name: &str, partitions: u32) -> Command {
+    Command::CreatePartitions {
+        name: name.into(),
+        partitions,
+        created_ms: CREATED_MS + 1,
     }
 }
 
@@ -208,31 +220,19 @@ fn refusals_change_nothing() {
             ),
         ),
         (
-            Command::CreatePartitions {
-                name: "orders".into(),
-                partitions: 2,
-            },
+            grow("orders", 2),
             ClusterError::InvalidArgument(
                 "partitions can only grow, up to 10000: topic \"orders\" has 2, asked for 2".into(),
             ),
         ),
         (
-            Command::CreatePartitions {
-                name: "orders".into(),
-                partitions: 10_001,
-            },
+            grow("orders", 10_001),
             ClusterError::InvalidArgument(
                 "partitions can only grow, up to 10000: topic \"orders\" has 2, asked for 10001"
                     .into(),
             ),
         ),
-        (
-            Command::CreatePartitions {
-                name: "t".into(),
-                partitions: 3,
-            },
-            ClusterError::UnknownTopic("t".into()),
-        ),
+        (grow("t", 3), ClusterError::UnknownTopic("t".into())),
     ];
     let mut d = Driver::with_brokers(3);
     d.apply(create("orders", 2, 3)).unwrap();
@@ -457,12 +457,7 @@ fn create_partitions_places_only_the_new_ones() {
     let mut d = Driver::with_brokers(3);
     d.apply(create("t", 2, 2)).unwrap();
     let before = d.state.topic("t").unwrap().clone();
-    let applied = d
-        .apply(Command::CreatePartitions {
-            name: "t".into(),
-            partitions: 6,
-        })
-        .unwrap();
+    let applied = d.apply(grow("t", 6)).unwrap();
     let Applied::PartitionsCreated { topic, first } = &applied else {
         panic!("not a partitions create")
     };
@@ -604,7 +599,7 @@ fn snapshot_round_trip_and_stable_bytes() {
     assert_eq!(restored.applied_index(), 6);
     assert_eq!(restored.metadata_version(), 5);
     // Version 1 snapshots look like this forever.
-    let v1 = r#"{"version":1,"body":{"applied_index":6,"metadata_version":5,"brokers":[{"id":1,"address":"n1:9092","rack":null,"fenced":false},{"id":2,"address":"n2:9092","rack":null,"fenced":false},{"id":3,"address":"n3:9092","rack":"r","fenced":true}],"topics":[{"id":5,"name":"t","settings":{"partitions":2,"replication_factor":2,"retention_ms":604800000,"retention_bytes":-1,"max_record_bytes":8388608,"segment_bytes":1073741824,"cleanup_policy":"delete"},"partitions":[[2,1],[1,2]]}]}}"#;
+    let v1 = r#"{"version":1,"body":{"applied_index":6,"metadata_version":5,"brokers":[{"id":1,"address":"n1:9092","rack":null,"fenced":false},{"id":2,"address":"n2:9092","rack":null,"fenced":false},{"id":3,"address":"n3:9092","rack":"r","fenced":true}],"topics":[{"id":5,"name":"t","settings":{"partitions":2,"replication_factor":2,"retention_ms":604800000,"retention_bytes":-1,"max_record_bytes":8388608,"segment_bytes":1073741824,"cleanup_policy":"delete"},"partitions":[{"replicas":[2,1],"created_ms":1764000000000},{"replicas":[1,2],"created_ms":1764000000000}]}]}}"#;
     assert_eq!(String::from_utf8(bytes).unwrap(), v1);
     assert_eq!(ClusterState::from_snapshot(v1.as_bytes()).unwrap(), d.state);
 }
@@ -619,18 +614,18 @@ fn corrupt_snapshots_are_refused() {
     let cases: [(&str, &str, &str); 9] = [
         (r#""id":2,"#, r#""id":1,"#, "broker 1 appears twice"),
         (
-            r#""partitions":[[2,1]]"#,
-            r#""partitions":[[2,9]]"#,
+            r#""replicas":[2,1]"#,
+            r#""replicas":[2,9]"#,
             "unregistered broker 9",
         ),
         (
-            r#""partitions":[[2,1]]"#,
-            r#""partitions":[[2,2]]"#,
+            r#""replicas":[2,1]"#,
+            r#""replicas":[2,2]"#,
             "not 2 distinct ones",
         ),
         (
-            r#""partitions":[[2,1]]"#,
-            r#""partitions":[[2,1],[1,2]]"#,
+            r#""partitions":[{"replicas":[2,1],"created_ms":1764000000000}]"#,
+            r#""partitions":[{"replicas":[2,1],"created_ms":1},{"replicas":[1,2],"created_ms":1}]"#,
             "2 assignments for 1 partitions",
         ),
         (r#""name":"t""#, r#""name":"a/b""#, "invalid topic name"),
@@ -684,7 +679,7 @@ fn create_only(brokers: u32) -> impl Strategy<Value = Command> {
         3 => (topic_name(), 0..20u32, 0..=brokers + 1)
             .prop_map(|(n, p, rf)| create(&n, p, rf)),
         1 => (topic_name(), 0..40u32)
-            .prop_map(|(name, partitions)| Command::CreatePartitions { name, partitions }),
+            .prop_map(|(name, partitions)| grow(&name, partitions)),
     ]
 }
 
@@ -711,7 +706,7 @@ fn any_command() -> impl Strategy<Value = Command> {
                 },
             }),
         1 => (topic_name(), 0..16u32)
-            .prop_map(|(name, partitions)| Command::CreatePartitions { name, partitions }),
+            .prop_map(|(name, partitions)| grow(&name, partitions)),
     ]
 }
 
@@ -921,4 +916,45 @@ proptest! {
             prop_assert_eq!(&disk, &want, "broker {} reconciling", b);
         }
     }
+}
+
+#[test]
+fn raft_groups_and_creation_times() {
+    let mut d = Driver::with_brokers(2);
+    d.apply(create("a", 3, 2)).unwrap();
+    d.apply(create("b", 2, 1)).unwrap();
+    d.apply(grow("b", 3)).unwrap();
+    let (a, b) = (d.state.topic("a").unwrap(), d.state.topic("b").unwrap());
+    let mut groups = BTreeSet::new();
+    for t in [a, b] {
+        for p in 0..t.settings.partitions {
+            let g = t.group(p).unwrap();
+            assert_ne!(g, CONTROLLER_GROUP);
+            assert!(groups.insert(g), "group {g} twice");
+        }
+        assert_eq!(t.group(t.settings.partitions), None);
+    }
+    assert_eq!(a.group(2), Some(a.id.0 * GROUPS_PER_TOPIC + 2));
+    // Partitions added later keep their own creation time.
+    let times: Vec<i64> = b.partitions.iter().map(|p| p.created_ms).collect();
+    assert_eq!(times, vec![CREATED_MS, CREATED_MS, CREATED_MS + 1]);
+    // The change feed hands a broker what opening the group needs.
+    for spec in d.state.replicas_on(1) {
+        let t = d.state.topic(&spec.id.name).unwrap();
+        let p = &t.partitions[spec.id.partition as usize];
+        assert_eq!(spec.group, t.group(spec.id.partition).unwrap());
+        assert_eq!(
+            (&spec.replicas, spec.created_ms),
+            (&p.replicas, p.created_ms)
+        );
+    }
+    // Group ids must fit in a u64: a create past MAX_TOPIC_ID is refused.
+    let before = d.state.clone();
+    let err = d
+        .state
+        .apply(MAX_TOPIC_ID + 1, &create("c", 1, 1))
+        .unwrap_err();
+    assert!(matches!(err, ClusterError::InvalidArgument(m) if m.contains("largest topic id")));
+    assert_eq!(d.state.topics(), before.topics());
+    assert!(d.state.apply(MAX_TOPIC_ID + 2, &register(3)).is_ok());
 }
