@@ -84,13 +84,12 @@ pub enum ReplicaChange {
     Reconfigure(ReplicaSpec),
 }
 
-/// The replicas of `topic` on `broker`, from partition `from` on.
-pub(crate) fn replicas_of(topic: &Topic, broker: BrokerId, from: u32) -> Vec<ReplicaSpec> {
+/// The replicas of `topic` on `broker`, by partition.
+pub(crate) fn replicas_of(topic: &Topic, broker: BrokerId) -> Vec<ReplicaSpec> {
     topic
         .partitions
         .iter()
         .enumerate()
-        .skip(from as usize)
         .filter(|(_, a)| a.replicas.contains(&broker))
         .map(|(p, a)| ReplicaSpec {
             id: ReplicaId {
@@ -121,12 +120,12 @@ impl Applied {
             | Applied::BrokerFenced(_)
             | Applied::BrokerUnfenced(_)
             | Applied::BrokerUnregistered(_) => Vec::new(),
-            Applied::TopicCreated(t) => replicas_of(t, broker, 0)
+            Applied::TopicCreated(t) => replicas_of(t, broker)
                 .into_iter()
                 .map(ReplicaChange::Create)
                 .collect(),
             // The old partitions see the new count in their settings.
-            Applied::PartitionsCreated { topic, first } => replicas_of(topic, broker, 0)
+            Applied::PartitionsCreated { topic, first } => replicas_of(topic, broker)
                 .into_iter()
                 .map(|r| {
                     if r.id.partition < *first {
@@ -136,11 +135,11 @@ impl Applied {
                     }
                 })
                 .collect(),
-            Applied::TopicDeleted(t) => replicas_of(t, broker, 0)
+            Applied::TopicDeleted(t) => replicas_of(t, broker)
                 .into_iter()
                 .map(|r| ReplicaChange::Remove(r.id))
                 .collect(),
-            Applied::TopicAltered { topic, .. } => replicas_of(topic, broker, 0)
+            Applied::TopicAltered { topic, .. } => replicas_of(topic, broker)
                 .into_iter()
                 .map(ReplicaChange::Reconfigure)
                 .collect(),

@@ -32,7 +32,8 @@ pub struct Broker {
     pub address: String,
     /// Failure domain; replicas of a partition prefer distinct racks.
     pub rack: Option<String>,
-    /// Fenced brokers get no new replicas and no preferred leader moves.
+    /// Fenced brokers get no new replicas and lead nothing after
+    /// [`ClusterState::leader_moves`]; their replicas stay.
     pub fenced: bool,
 }
 
@@ -87,14 +88,6 @@ impl PartitionAssignment {
     }
 }
 
-impl Topic {
-    /// Raft group id of `partition`, when the topic has it. Never
-    /// [`CONTROLLER_GROUP`], never reused by another topic or partition.
-    pub fn group(&self, partition: u32) -> Option<u64> {
-        ((partition as usize) < self.partitions.len()).then(|| group_id(self.id, partition))
-    }
-}
-
 /// A topic: its settings and where each partition lives.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -109,6 +102,14 @@ pub struct Topic {
     pub partitions: Vec<PartitionAssignment>,
 }
 
+impl Topic {
+    /// Raft group id of `partition`, when the topic has it. Never
+    /// [`CONTROLLER_GROUP`], never reused by another topic or partition.
+    pub fn group(&self, partition: u32) -> Option<u64> {
+        ((partition as usize) < self.partitions.len()).then(|| group_id(self.id, partition))
+    }
+}
+
 /// The controller's state: brokers, topics, settings, assignments.
 ///
 /// Changed only by [`ClusterState::apply`], which is deterministic: the
@@ -118,8 +119,9 @@ pub struct Topic {
 ///
 /// Invariants (checked on restore, [`ClusterState::check_invariants`]):
 /// every partition has exactly `replication_factor` distinct replicas, all
-/// registered brokers; topic names are valid and unique, topic ids unique
-/// and at most `applied_index`; `metadata_version <= applied_index`.
+/// registered brokers; settings are valid; topic names are valid and
+/// unique; topic ids are unique, at most `applied_index` and at most
+/// [`MAX_TOPIC_ID`]; `metadata_version <= applied_index`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClusterState {
     applied_index: u64,
@@ -376,7 +378,7 @@ impl ClusterState {
     pub fn replicas_on(&self, broker: BrokerId) -> Vec<ReplicaSpec> {
         self.topics
             .values()
-            .flat_map(|t| feed::replicas_of(t, broker, 0))
+            .flat_map(|t| feed::replicas_of(t, broker))
             .collect()
     }
 
