@@ -12,8 +12,9 @@
 //! snapshots of the whole state.
 //!
 //! Does not own: Raft (runnel-raft runs the controller group and feeds
-//! committed entries to [`ClusterState::apply`]), liveness detection
-//! (whoever notices a broker is gone proposes [`Command::FenceBroker`]),
+//! committed entries to [`ClusterState::apply`]), heartbeats and clocks
+//! (the controller leader passes the times it last heard of each broker
+//! to [`ClusterState::fencing_commands`] and proposes what it returns),
 //! creating or removing replicas on disk (the broker, following
 //! [`Applied::replica_changes`] as entries apply, and
 //! [`ClusterState::reconcile`] at startup or after installing a
@@ -149,6 +150,7 @@ mod error;
 mod feed;
 mod format;
 mod leadership;
+mod liveness;
 mod placement;
 mod settings;
 mod state;

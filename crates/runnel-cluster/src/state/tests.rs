@@ -958,3 +958,21 @@ fn raft_groups_and_creation_times() {
     assert_eq!(d.state.topics(), before.topics());
     assert!(d.state.apply(MAX_TOPIC_ID + 2, &register(3)).is_ok());
 }
+
+/// The largest topic over nine brokers: exact balance, quickly.
+#[test]
+fn large_topic_is_balanced() {
+    let mut d = Driver::with_brokers(9);
+    let start = std::time::Instant::now();
+    d.apply(create("big", MAX_PARTITIONS, 3)).unwrap();
+    d.apply(create("small", 7, 2)).unwrap();
+    let load = d.state.broker_load();
+    assert!(spread(load.values().map(|l| l.replicas)) <= 1, "{load:?}");
+    assert!(
+        spread(load.values().map(|l| l.preferred_leaders)) <= 1,
+        "{load:?}"
+    );
+    let restored = ClusterState::from_snapshot(&d.state.to_snapshot()).unwrap();
+    assert_eq!(restored, d.state);
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
+}
