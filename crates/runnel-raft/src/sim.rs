@@ -20,6 +20,10 @@
 //!   elects a leader, commits a new batch and all nodes converge within a
 //!   bound; then every acknowledged batch is on every node.
 //!
+//! A crash is, at random, a process crash (every write survives) or a
+//! power loss (each log is cut back to what was fsynced, `Log::crash`, and
+//! the `raft.state` record written since the last fsync is lost).
+//!
 //! Replay a failure: `RUNNEL_SIM_SEED=<n> cargo test -p runnel-raft sim`.
 //! More seeds: `RUNNEL_SIM_SEEDS=<n>` (default 1,000 in all).
 
@@ -326,10 +330,23 @@ impl Sim {
         let id = self.nodes[i].id;
         self.report.crashes += 1;
         self.event(("crash", id, keep));
-        // The logs are dropped without a flush; the page cache keeps what
-        // was written (a process crash). The state file loses its unsynced
-        // record half the time.
-        drop(node.crash(keep));
+        // Half the time a process crash (the page cache keeps every write),
+        // half the time a power loss: each log is cut back to what was
+        // fsynced and the state file loses its unsynced record.
+        for (g, log) in node.crash(keep) {
+            if keep {
+                continue;
+            }
+            let log = match Arc::try_unwrap(log) {
+                Ok(log) => log,
+                Err(_) => self.fail(format!(
+                    "node {id} group {g}: the log is still shared at a crash"
+                )),
+            };
+            if let Err(e) = log.crash() {
+                self.fail(format!("node {id} group {g}: crashing the log: {e}"));
+            }
+        }
         self.proposals.retain(|(n, _, _), _| *n != id);
         self.nodes[i].restart_at = self.now + 50 + self.rng.below(500);
     }
