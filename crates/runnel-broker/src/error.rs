@@ -149,6 +149,10 @@ pub enum BrokerError {
     /// A broken invariant or a background task that died.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The answer of another node this request was forwarded to (the
+    /// controller's leader), passed on unchanged.
+    #[error("{}", .0.message())]
+    Forwarded(Status),
 }
 
 fn leader_hint(id: u32, address: &str) -> String {
@@ -204,6 +208,15 @@ impl BrokerError {
                 _ => ErrorReason::Internal,
             },
             Io { .. } | DataDir(_) | Transport(_) | Internal(_) => ErrorReason::Internal,
+            Forwarded(status) => status
+                .metadata()
+                .get(runnel_proto::REASON_METADATA_KEY)
+                .and_then(|v| v.to_str().ok())
+                .and_then(ErrorReason::from_str_name)
+                .unwrap_or(match status.code() {
+                    Code::Unavailable => ErrorReason::Unavailable,
+                    _ => ErrorReason::Internal,
+                }),
         }
     }
 
@@ -268,6 +281,9 @@ pub fn status_for(
 
 impl From<BrokerError> for Status {
     fn from(e: BrokerError) -> Status {
+        if let BrokerError::Forwarded(status) = e {
+            return status;
+        }
         let mut info = HashMap::new();
         match &e {
             BrokerError::NotLeader {

@@ -55,7 +55,9 @@ pub(crate) struct Topic {
     /// Traffic counters, by partition id.
     pub(crate) counters: Vec<PartitionCounters>,
     /// Round-robin position for unkeyed records without a partition.
-    sticky: AtomicU32,
+    pub(crate) sticky: AtomicU32,
+    /// The controller's id of the topic (a cluster); `None` on a single node.
+    pub(crate) cluster_id: Option<u64>,
 }
 
 impl Topic {
@@ -139,6 +141,16 @@ impl TopicRegistry {
             .ok_or_else(|| BrokerError::UnknownTopic(name.chars().take(300).collect()))
     }
 
+    /// Adds (or replaces) a topic built elsewhere (a cluster's metadata).
+    pub(crate) fn insert(&self, topic: Arc<Topic>) {
+        self.write().insert(topic.name.clone(), topic);
+    }
+
+    /// Forgets a topic (a cluster's metadata deleted it).
+    pub(crate) fn remove(&self, name: &str) -> Option<Arc<Topic>> {
+        self.write().remove(name)
+    }
+
     /// Every topic, sorted by name.
     pub(crate) fn list(&self) -> Vec<Arc<Topic>> {
         self.read().values().cloned().collect()
@@ -170,6 +182,7 @@ impl TopicRegistry {
             partitions,
             counters,
             sticky: AtomicU32::new(0),
+            cluster_id: None,
         }))
     }
 

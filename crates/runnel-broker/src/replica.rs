@@ -106,6 +106,10 @@ pub enum ReplicaError {
     /// Too much is queued; retry later.
     #[error("the partition's append queue is full ({0} bytes waiting); retry later")]
     Busy(usize),
+    /// Replication could not take or confirm the write now (no leader
+    /// yet, leadership moved, outcome unknown); retry.
+    #[error("{0}")]
+    Unavailable(String),
     /// The log failed.
     #[error(transparent)]
     Storage(Arc<StorageError>),
@@ -478,70 +482,24 @@ impl Replica for LocalReplica {
         if self.shared.closed.load(Ordering::Acquire) {
             return Box::pin(std::future::ready(Err(ReplicaError::Closed)));
         }
-        let hwm = *self.shared.hwm.borrow();
-        let log_start = self.shared.log_start.load(Ordering::Acquire);
-        if offset < log_start || offset > hwm {
-            return Box::pin(std::future::ready(Err(ReplicaError::OffsetOutOfRange {
-                offset,
-                log_start,
-                high_watermark: hwm,
-            })));
-        }
-        if offset == hwm {
-            return Box::pin(std::future::ready(Ok(ReadBatches {
-                first_offset: offset,
-                next_offset: offset,
-                ..Default::default()
-            })));
-        }
-        let log = self.shared.log.clone();
-        Box::pin(async move {
-            let res =
-                tokio::task::spawn_blocking(move || log.read_unverified(offset, hwm, max_bytes))
-                    .await
-                    .map_err(|_| ReplicaError::Closed)?;
-            res.map_err(|e| match e {
-                StorageError::OffsetOutOfRange { log_start, .. } => {
-                    ReplicaError::OffsetOutOfRange {
-                        offset,
-                        log_start,
-                        high_watermark: hwm,
-                    }
-                }
-                e => e.into(),
-            })
-        })
+        read_committed(
+            self.shared.log.clone(),
+            *self.shared.hwm.borrow(),
+            self.shared.log_start.load(Ordering::Acquire),
+            offset,
+            max_bytes,
+        )
     }
 
     fn offset_for_timestamp(
         &self,
         timestamp: i64,
     ) -> BoxFuture<Result<Option<(u64, i64)>, ReplicaError>> {
-        let log = self.shared.log.clone();
-        let hwm = *self.shared.hwm.borrow();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || -> Result<Option<(u64, i64)>, ReplicaError> {
-                let Some(offset) = log.offset_for_timestamp(timestamp)? else {
-                    return Ok(None);
-                };
-                if offset >= hwm {
-                    return Ok(None);
-                }
-                let read = log.read(offset, hwm, 1)?;
-                let view = BatchView::new(&read.bytes).map_err(StorageError::from)?;
-                let base = view.base_offset();
-                let records = view.records().map_err(StorageError::from)?;
-                for r in records.iter() {
-                    let r = r.map_err(StorageError::from)?;
-                    if base + u64::from(r.offset_delta) == offset {
-                        return Ok(Some((offset, r.timestamp)));
-                    }
-                }
-                Ok(Some((offset, view.header().max_timestamp)))
-            })
-            .await
-            .map_err(|_| ReplicaError::Closed)?
-        })
+        committed_offset_for_timestamp(
+            self.shared.log.clone(),
+            *self.shared.hwm.borrow(),
+            timestamp,
+        )
     }
 
     fn offsets(&self) -> PartitionOffsets {
@@ -625,4 +583,75 @@ impl Replica for LocalReplica {
             res.map_err(ReplicaError::from)
         })
     }
+}
+
+/// Whole stored batches from the one holding `offset` below `hwm` (see
+/// [`Replica::read`]), read on the blocking pool; any replica serves reads
+/// this way, whatever keeps its high watermark.
+pub(crate) fn read_committed(
+    log: Arc<Log>,
+    hwm: u64,
+    log_start: u64,
+    offset: u64,
+    max_bytes: usize,
+) -> BoxFuture<Result<ReadBatches, ReplicaError>> {
+    if offset < log_start || offset > hwm {
+        return Box::pin(std::future::ready(Err(ReplicaError::OffsetOutOfRange {
+            offset,
+            log_start,
+            high_watermark: hwm,
+        })));
+    }
+    if offset == hwm {
+        return Box::pin(std::future::ready(Ok(ReadBatches {
+            first_offset: offset,
+            next_offset: offset,
+            ..Default::default()
+        })));
+    }
+    Box::pin(async move {
+        let res = tokio::task::spawn_blocking(move || log.read_unverified(offset, hwm, max_bytes))
+            .await
+            .map_err(|_| ReplicaError::Closed)?;
+        res.map_err(|e| match e {
+            StorageError::OffsetOutOfRange { log_start, .. } => ReplicaError::OffsetOutOfRange {
+                offset,
+                log_start,
+                high_watermark: hwm,
+            },
+            e => e.into(),
+        })
+    })
+}
+
+/// [`Replica::offset_for_timestamp`] over a log whose committed part ends
+/// at `hwm`.
+pub(crate) fn committed_offset_for_timestamp(
+    log: Arc<Log>,
+    hwm: u64,
+    timestamp: i64,
+) -> BoxFuture<Result<Option<(u64, i64)>, ReplicaError>> {
+    Box::pin(async move {
+        tokio::task::spawn_blocking(move || -> Result<Option<(u64, i64)>, ReplicaError> {
+            let Some(offset) = log.offset_for_timestamp(timestamp)? else {
+                return Ok(None);
+            };
+            if offset >= hwm {
+                return Ok(None);
+            }
+            let read = log.read(offset, hwm, 1)?;
+            let view = BatchView::new(&read.bytes).map_err(StorageError::from)?;
+            let base = view.base_offset();
+            let records = view.records().map_err(StorageError::from)?;
+            for r in records.iter() {
+                let r = r.map_err(StorageError::from)?;
+                if base + u64::from(r.offset_delta) == offset {
+                    return Ok(Some((offset, r.timestamp)));
+                }
+            }
+            Ok(Some((offset, view.header().max_timestamp)))
+        })
+        .await
+        .map_err(|_| ReplicaError::Closed)?
+    })
 }

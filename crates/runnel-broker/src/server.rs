@@ -11,6 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use runnel_proto::v1::admin_service_server::AdminServiceServer;
 use runnel_proto::v1::fetch_service_server::FetchServiceServer;
 use runnel_proto::v1::produce_service_server::ProduceServiceServer;
+use runnel_proto::v1::raft_service_server::RaftServiceServer;
 use runnel_storage::FlushPolicy;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -20,6 +21,7 @@ use tonic::transport::Server;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic_health::ServingStatus;
 
+use crate::cluster::node::ClusterNode;
 use crate::config::BrokerConfig;
 use crate::error::{BrokerError, Result};
 use crate::metrics::{Metrics, serve_metrics};
@@ -76,13 +78,6 @@ impl Broker {
     /// partition. Must run inside a tokio runtime.
     pub async fn open(config: BrokerConfig) -> Result<Broker> {
         config.validate()?;
-        if config.peers.len() > 1 {
-            return Err(BrokerError::Unsupported(
-                "a cluster of several nodes (--peers) is not served by this build yet: \
-                 replication is being built (issue 5); run a single node without --peers"
-                    .into(),
-            ));
-        }
         let metrics = Arc::new(Metrics::new());
         let topics = Arc::new(TopicRegistry::open(&config, metrics.clone()).await?);
         Ok(Broker {
@@ -112,10 +107,27 @@ impl Broker {
             topics,
         } = self;
         let (stop_tx, stop) = ShutdownSignal::new();
+        // A cluster (several --peers): replication, metadata and the Raft
+        // service between nodes.
+        let (cluster, raft_svc) = if config.peers.len() > 1 {
+            let (node, svc) =
+                ClusterNode::start(&config, topics.clone(), metrics.clone(), stop.clone()).await?;
+            (
+                Some(node),
+                Some(
+                    RaftServiceServer::new(svc)
+                        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                        .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                ),
+            )
+        } else {
+            (None, None)
+        };
         let ctx = Arc::new(NodeContext {
             topics: topics.clone(),
             metrics: metrics.clone(),
             shutdown: stop.clone(),
+            cluster: cluster.clone(),
         });
 
         let ticker = tokio::spawn(run_ticker(topics.clone(), config.clone(), stop.clone()));
@@ -187,6 +199,7 @@ impl Broker {
             .add_service(admin)
             .add_service(produce)
             .add_service(fetch)
+            .add_optional_service(raft_svc)
             .serve_with_incoming_shutdown(incoming, signal);
         // Graceful shutdown waits for every connection to close; a client
         // that stopped reading would hold the node up forever, so after the
@@ -219,6 +232,10 @@ impl Broker {
             tracing::error!(error = %e, "maintenance ticker failed");
         }
         let closed = topics.close_all().await;
+        if let Some(cluster) = &cluster {
+            let cluster = cluster.clone();
+            let _ = tokio::task::spawn_blocking(move || cluster.stop()).await;
+        }
         if let Some(server) = metrics_server {
             match server.await {
                 Ok(Err(e)) => tracing::warn!(error = %e, "metrics endpoint failed"),

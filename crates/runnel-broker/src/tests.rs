@@ -54,6 +54,12 @@ impl TestBroker {
             .connect()
             .await
             .unwrap();
+        // The port accepts connections as soon as it is bound; answering a
+        // call means the data directory is open (and locked).
+        AdminServiceClient::new(channel.clone())
+            .list_topics(ListTopicsRequest {})
+            .await
+            .unwrap();
         TestBroker {
             addr,
             metrics_addr,

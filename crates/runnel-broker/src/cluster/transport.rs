@@ -108,20 +108,22 @@ impl Transport {
         }
     }
 
-    /// Queues `messages` for node `to` without waiting. Messages to an
-    /// unknown node are dropped; a full queue drops them and reports the
-    /// peer unreachable.
-    pub fn send(&self, to: u32, messages: Vec<Envelope>) {
+    /// Queues `messages` for node `to` without waiting; false when they
+    /// were dropped: `to` is not a peer, or its queue is full (then the
+    /// peer is also reported unreachable).
+    pub fn send(&self, to: u32, messages: Vec<Envelope>) -> bool {
         if messages.is_empty() {
-            return;
+            return true;
         }
         let Some(queue) = self.queues.get(&to) else {
             tracing::warn!(to, "raft message for a node that is not a peer; dropped");
-            return;
+            return false;
         };
         if queue.try_send(messages).is_err() {
             (self.unreachable)(to);
+            return false;
         }
+        true
     }
 }
 

@@ -15,8 +15,8 @@ use super::NodeContext;
 use crate::config::TopicSettings;
 use crate::registry::Topic;
 
-/// Nodes in the cluster: one until replication lands.
-const CLUSTER_NODES: u32 = 1;
+/// Nodes of a node without --peers.
+const SINGLE_NODE: u32 = 1;
 
 pub(crate) struct AdminSvc(pub(crate) Arc<NodeContext>);
 
@@ -54,8 +54,13 @@ impl AdminService for AdminSvc {
         let _t = self.0.metrics.time("CreateTopic");
         let req = request.into_inner();
         crate::config::validate_topic_name(&req.name)?;
-        let settings = TopicSettings::resolve(req.config.as_ref(), CLUSTER_NODES)?;
-        let topic = self.0.topics.create(&req.name, settings).await?;
+        let topic = match &self.0.cluster {
+            Some(cluster) => cluster.create_topic(&req.name, req.config.as_ref()).await?,
+            None => {
+                let settings = TopicSettings::resolve(req.config.as_ref(), SINGLE_NODE)?;
+                self.0.topics.create(&req.name, settings).await?
+            }
+        };
         Ok(Response::new(CreateTopicResponse {
             topic: Some(describe(&topic)),
         }))
@@ -66,7 +71,11 @@ impl AdminService for AdminSvc {
         request: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
         let _t = self.0.metrics.time("DeleteTopic");
-        self.0.topics.delete(&request.into_inner().name).await?;
+        let name = request.into_inner().name;
+        match &self.0.cluster {
+            Some(cluster) => cluster.delete_topic(&name).await?,
+            None => self.0.topics.delete(&name).await?,
+        }
         Ok(Response::new(DeleteTopicResponse {}))
     }
 
@@ -106,13 +115,30 @@ impl AdminService for AdminSvc {
     ) -> Result<Response<DescribeClusterResponse>, Status> {
         let _t = self.0.metrics.time("DescribeCluster");
         let node = self.0.topics.node();
+        let (nodes, controller_id) = match &self.0.cluster {
+            Some(cluster) => (
+                cluster
+                    .peers()
+                    .iter()
+                    .map(|(&id, address)| NodeInfo {
+                        id,
+                        address: address.clone(),
+                    })
+                    .collect(),
+                cluster.controller_leader().unwrap_or(0),
+            ),
+            None => (
+                vec![NodeInfo {
+                    id: node.id,
+                    address: node.address.clone(),
+                }],
+                node.id,
+            ),
+        };
         Ok(Response::new(DescribeClusterResponse {
-            nodes: vec![NodeInfo {
-                id: node.id,
-                address: node.address.clone(),
-            }],
+            nodes,
             answered_by: node.id,
-            controller_id: node.id,
+            controller_id,
             version: env!("CARGO_PKG_VERSION").to_string(),
         }))
     }

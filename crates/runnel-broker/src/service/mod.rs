@@ -21,6 +21,8 @@ pub(crate) struct NodeContext {
     pub(crate) topics: Arc<TopicRegistry>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) shutdown: ShutdownSignal,
+    /// Replication and metadata, when the node is part of a cluster.
+    pub(crate) cluster: Option<Arc<crate::cluster::node::ClusterNode>>,
 }
 
 /// Fires once when the node starts shutting down: long polls return,
@@ -83,7 +85,9 @@ pub(crate) fn replica_error(topic: &str, partition: u32, e: ReplicaError) -> Bro
         ReplicaError::Closed => BrokerError::Unavailable(format!(
             "{topic}-{partition} is closed (the topic was deleted or the node is shutting down); retry"
         )),
-        ReplicaError::Busy(_) => BrokerError::Unavailable(format!("{topic}-{partition}: {e}")),
+        ReplicaError::Busy(_) | ReplicaError::Unavailable(_) => {
+            BrokerError::Unavailable(format!("{topic}-{partition}: {e}"))
+        }
         ReplicaError::Storage(source) => BrokerError::Storage {
             context: format!("{topic}-{partition}"),
             source,

@@ -1,0 +1,539 @@
+//! The Raft loop of a node: one OS thread owns the [`runnel_raft::Node`]
+//! (every partition group and the controller group of this node) and does,
+//! in a loop, what the node core asks: tick every [`RAFT_TICK`], feed
+//! received messages and proposals, call `ready()` (which appends and
+//! fsyncs), then hand messages to the transport, acknowledge proposals and
+//! publish high watermarks and leadership.
+//!
+//! Everything arriving while the thread is busy (an fsync) is taken in one
+//! go before the next `ready()`: many proposals and messages share one
+//! fsync (group commit), and a peer's messages for many groups are handled
+//! together. The thread is a plain OS thread because `ready()` blocks on
+//! disk by design; async callers talk to it through a channel and get
+//! their answers on oneshot channels.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use protobuf::Message as _;
+use runnel_batch::VerifiedBatch;
+use runnel_raft::eraftpb::Message;
+use runnel_raft::{
+    Acks, AppendInfo, Bootstrap, GroupId, GroupMessage, Node, NodeConfig, NodeId, Output,
+    ProposalError, ProposeError, Role,
+};
+use runnel_storage::Log;
+use tokio::sync::{oneshot, watch};
+
+use super::transport::{Envelope, Inbound, Transport};
+
+/// Length of one Raft tick. Elections time out after 10-20 ticks (1-2 s),
+/// leaders heartbeat every 2 ticks.
+pub(crate) const RAFT_TICK: Duration = Duration::from_millis(100);
+
+/// Most inputs taken before `ready()` runs (bounds the latency of a tick).
+const MAX_INPUTS_PER_ROUND: usize = 4096;
+
+/// Why a proposal did not end in an acknowledgement.
+#[derive(Clone, Debug, thiserror::Error)]
+pub(crate) enum ProposeFailure {
+    /// Not the leader; redirect to `leader` if known.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// Known leader.
+        leader: Option<NodeId>,
+    },
+    /// Retry later (no leader yet, transfer, too much uncommitted).
+    #[error("retry later: {0}")]
+    Retry(String),
+    /// Certainly not written (superseded by another leader's entry).
+    #[error("not written: {0}")]
+    NotWritten(String),
+    /// May or may not have been written.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+    /// The group is not open here or the loop stopped.
+    #[error("{0}")]
+    Closed(String),
+}
+
+/// What this node knows of a group's leadership and replicas.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct GroupView {
+    /// This node's role; `None` before the group ran.
+    pub(crate) role: Option<Role>,
+    /// Current term.
+    pub(crate) term: u64,
+    /// Known leader.
+    pub(crate) leader: Option<NodeId>,
+    /// Voters.
+    pub(crate) voters: Vec<NodeId>,
+    /// Voters caught up to the commit (known on the leader; elsewhere the
+    /// voters this node last saw in sync, or all voters).
+    pub(crate) in_sync: Vec<NodeId>,
+}
+
+/// A group as the rest of the node sees it: its log, its high watermark
+/// and its leadership, kept up to date by the loop.
+pub(crate) struct GroupShared {
+    /// The group.
+    pub(crate) group: GroupId,
+    /// Its partition log (readers read below the high watermark).
+    pub(crate) log: Arc<Log>,
+    /// The high watermark (changes whenever it moves, and once more on close).
+    pub(crate) hwm: watch::Sender<u64>,
+    /// Leadership and replicas.
+    pub(crate) view: Mutex<GroupView>,
+    /// Set once the group closed (or failed).
+    pub(crate) closed: AtomicBool,
+}
+
+impl GroupShared {
+    /// A group over `log` whose committed prefix ends at `hwm`.
+    pub(crate) fn new(group: GroupId, log: Arc<Log>, hwm: u64) -> Arc<GroupShared> {
+        Arc::new(GroupShared {
+            group,
+            log,
+            hwm: watch::Sender::new(hwm),
+            view: Mutex::new(GroupView::default()),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// The current view.
+    pub(crate) fn view(&self) -> GroupView {
+        self.view
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+type Reply<T> = oneshot::Sender<T>;
+
+enum Input {
+    Inbound(Inbound),
+    Propose {
+        group: GroupId,
+        batch: VerifiedBatch,
+        acks: Acks,
+        reply: Option<Reply<Result<AppendInfo, ProposeFailure>>>,
+    },
+    Open {
+        shared: Arc<GroupShared>,
+        bootstrap: Bootstrap,
+        reply: Reply<Result<(), String>>,
+    },
+    Close {
+        group: GroupId,
+        reply: Reply<()>,
+    },
+    Campaign(GroupId),
+    Unreachable(NodeId),
+    Stop,
+}
+
+/// The handle async code uses to reach the loop. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct RaftHandle {
+    tx: std_mpsc::Sender<Input>,
+    node_id: NodeId,
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for RaftHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftHandle")
+            .field("node_id", &self.node_id)
+            .finish()
+    }
+}
+
+impl RaftHandle {
+    /// Starts the loop of node `config.id`; messages go out through
+    /// `transport` (built with [`RaftHandle::unreachable_fn`] and
+    /// [`RaftHandle::inbox_fn`] of a handle made by [`RaftHandle::channel`]).
+    pub(crate) fn start(
+        config: NodeConfig,
+        transport: Transport,
+        channel: (RaftHandle, RaftInbox),
+    ) -> Result<RaftHandle, String> {
+        let (handle, inbox) = channel;
+        let node = Node::new(config).map_err(|e| format!("raft node: {e}"))?;
+        let thread = std::thread::Builder::new()
+            .name(format!("raft-{}", handle.node_id))
+            .spawn(move || run_loop(node, inbox.0, transport))
+            .map_err(|e| format!("cannot start the raft thread: {e}"))?;
+        *handle.thread.lock().unwrap_or_else(PoisonError::into_inner) = Some(thread);
+        Ok(handle)
+    }
+
+    /// A handle and the receiving end its loop will own; lets the
+    /// transport be built (it needs the inbox) before the loop starts.
+    pub(crate) fn channel(node_id: NodeId) -> (RaftHandle, RaftInbox) {
+        let (tx, rx) = std_mpsc::channel();
+        (
+            RaftHandle {
+                tx,
+                node_id,
+                thread: Arc::new(Mutex::new(None)),
+            },
+            RaftInbox(rx),
+        )
+    }
+
+    /// Where the transport delivers received messages.
+    pub(crate) fn inbox_fn(&self) -> super::transport::InboxFn {
+        let tx = Mutex::new(self.tx.clone());
+        Arc::new(move |m| {
+            tx.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .send(Input::Inbound(m))
+                .is_ok()
+        })
+    }
+
+    /// Where the transport reports a peer it dropped messages for.
+    pub(crate) fn unreachable_fn(&self) -> super::transport::UnreachableFn {
+        let tx = Mutex::new(self.tx.clone());
+        Arc::new(move |peer| {
+            let _ = tx
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .send(Input::Unreachable(u64::from(peer)));
+        })
+    }
+
+    /// Opens (recovering or bootstrapping) a group.
+    pub(crate) async fn open(
+        &self,
+        shared: Arc<GroupShared>,
+        bootstrap: Bootstrap,
+    ) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Input::Open {
+                shared,
+                bootstrap,
+                reply,
+            })
+            .map_err(|_| "the raft loop stopped".to_string())?;
+        rx.await.map_err(|_| "the raft loop stopped".to_string())?
+    }
+
+    /// Closes a group (pending proposals fail).
+    pub(crate) async fn close(&self, group: GroupId) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Input::Close { group, reply }).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Proposes a batch; resolves per `acks`. With `wait == false` (acks=0)
+    /// nothing is waited for and the result is `Ok(None)` once queued.
+    pub(crate) fn propose(
+        &self,
+        group: GroupId,
+        batch: VerifiedBatch,
+        acks: Acks,
+        wait: bool,
+    ) -> impl Future<Output = Result<Option<AppendInfo>, ProposeFailure>> + Send + 'static {
+        let (reply, rx) = if wait {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let sent = self
+            .tx
+            .send(Input::Propose {
+                group,
+                batch,
+                acks,
+                reply,
+            })
+            .is_ok();
+        async move {
+            if !sent {
+                return Err(ProposeFailure::Closed("the raft loop stopped".into()));
+            }
+            match rx {
+                None => Ok(None),
+                Some(rx) => match rx.await {
+                    Ok(r) => r.map(Some),
+                    Err(_) => Err(ProposeFailure::Unknown(
+                        "the raft loop stopped before answering".into(),
+                    )),
+                },
+            }
+        }
+    }
+
+    /// Asks the group to hold an election now (a node that should lead it).
+    pub(crate) fn campaign(&self, group: GroupId) {
+        let _ = self.tx.send(Input::Campaign(group));
+    }
+
+    /// Stops the loop and waits for it (every group's log stays open:
+    /// their owners close them).
+    pub(crate) fn stop(&self) {
+        let _ = self.tx.send(Input::Stop);
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The receiving end of a [`RaftHandle`]'s channel.
+pub(crate) struct RaftInbox(std_mpsc::Receiver<Input>);
+
+fn now_ms() -> i64 {
+    crate::service::now_ms()
+}
+
+struct LoopState {
+    node: Node,
+    transport: Transport,
+    groups: HashMap<GroupId, Arc<GroupShared>>,
+    waiting: HashMap<(GroupId, runnel_raft::Ticket), Reply<Result<AppendInfo, ProposeFailure>>>,
+}
+
+fn run_loop(node: Node, rx: std_mpsc::Receiver<Input>, transport: Transport) {
+    let mut st = LoopState {
+        node,
+        transport,
+        groups: HashMap::new(),
+        waiting: HashMap::new(),
+    };
+    let mut next_tick = Instant::now() + RAFT_TICK;
+    'run: loop {
+        let wait = next_tick.saturating_duration_since(Instant::now());
+        let mut inputs = 0;
+        match rx.recv_timeout(wait) {
+            Ok(input) => {
+                if !st.handle(input) {
+                    break 'run;
+                }
+                inputs += 1;
+                while inputs < MAX_INPUTS_PER_ROUND {
+                    match rx.try_recv() {
+                        Ok(input) => {
+                            if !st.handle(input) {
+                                break 'run;
+                            }
+                            inputs += 1;
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => break 'run,
+        }
+        let now = Instant::now();
+        if now >= next_tick {
+            st.node.tick(now_ms());
+            next_tick = now + RAFT_TICK;
+            st.refresh_views();
+        }
+        let out = st.node.ready();
+        st.carry_out(out);
+    }
+    for (_, reply) in st.waiting.drain() {
+        let _ = reply.send(Err(ProposeFailure::Unknown("the node is stopping".into())));
+    }
+    tracing::debug!("raft loop stopped");
+}
+
+impl LoopState {
+    /// Handles one input; false to stop.
+    fn handle(&mut self, input: Input) -> bool {
+        match input {
+            Input::Inbound(Inbound { from, messages }) => {
+                let mut decoded = Vec::with_capacity(messages.len());
+                for Envelope { group, message } in messages {
+                    match Message::parse_from_bytes(&message) {
+                        Ok(msg) => decoded.push(GroupMessage { group, msg }),
+                        Err(e) => {
+                            tracing::warn!(from, group, error = %e, "undecodable raft message dropped");
+                        }
+                    }
+                }
+                let unknown = self.node.step(u64::from(from), decoded);
+                for group in unknown {
+                    tracing::trace!(from, group, "raft message for a group not open here");
+                }
+            }
+            Input::Propose {
+                group,
+                batch,
+                acks,
+                reply,
+            } => match self.node.propose(group, batch, acks) {
+                Ok(ticket) => {
+                    if let Some(reply) = reply {
+                        self.waiting.insert((group, ticket), reply);
+                    }
+                }
+                Err(e) => {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(match e {
+                            ProposeError::NotLeader { leader, .. } => {
+                                ProposeFailure::NotLeader { leader }
+                            }
+                            ProposeError::Retry { reason, .. } => {
+                                ProposeFailure::Retry(reason.to_string())
+                            }
+                            e @ ProposeError::Invalid { .. } => {
+                                ProposeFailure::NotWritten(e.to_string())
+                            }
+                            e @ ProposeError::UnknownGroup(_) => {
+                                ProposeFailure::Closed(e.to_string())
+                            }
+                        }));
+                    }
+                }
+            },
+            Input::Open {
+                shared,
+                bootstrap,
+                reply,
+            } => {
+                let group = shared.group;
+                let res = self
+                    .node
+                    .open_group(group, shared.log.clone(), &bootstrap)
+                    .map_err(|e| e.to_string())
+                    .map(|status| {
+                        shared.hwm.send_replace(status.high_watermark);
+                        let mut v = shared.view.lock().unwrap_or_else(PoisonError::into_inner);
+                        v.role = Some(status.role);
+                        v.term = status.term;
+                        v.leader = status.leader;
+                        v.voters = status.voters.clone();
+                        v.in_sync = status.voters;
+                    });
+                if res.is_ok() {
+                    self.groups.insert(group, shared);
+                }
+                let _ = reply.send(res);
+            }
+            Input::Close { group, reply } => {
+                if self.node.close_group(group).is_ok()
+                    && let Some(shared) = self.groups.remove(&group)
+                {
+                    shared.closed.store(true, Ordering::Release);
+                    shared.hwm.send_modify(|_| {});
+                }
+                let _ = reply.send(());
+            }
+            Input::Campaign(group) => {
+                if let Err(e) = self.node.campaign(group) {
+                    tracing::debug!(group, error = %e, "campaign refused");
+                }
+            }
+            Input::Unreachable(peer) => self.node.report_unreachable(peer),
+            Input::Stop => return false,
+        }
+        true
+    }
+
+    /// Sends, acknowledges and publishes what `ready()` decided.
+    fn carry_out(&mut self, out: Output) {
+        if out.is_empty() {
+            return;
+        }
+        let snapshots: BTreeMap<NodeId, Vec<GroupId>> =
+            out.snapshots
+                .iter()
+                .fold(BTreeMap::new(), |mut m, &(group, to)| {
+                    m.entry(to).or_insert_with(Vec::new).push(group);
+                    m
+                });
+        for (to, messages) in out.messages {
+            let envelopes: Vec<Envelope> = messages
+                .into_iter()
+                .filter_map(|GroupMessage { group, msg }| match msg.write_to_bytes() {
+                    Ok(bytes) => Some(Envelope {
+                        group,
+                        message: bytes.into(),
+                    }),
+                    Err(e) => {
+                        tracing::error!(group, error = %e, "cannot encode a raft message");
+                        None
+                    }
+                })
+                .collect();
+            let delivered = u32::try_from(to).is_ok_and(|to| self.transport.send(to, envelopes));
+            for &group in snapshots.get(&to).into_iter().flatten() {
+                self.node.report_snapshot(group, to, delivered);
+            }
+        }
+        for c in out.completions {
+            if let Some(reply) = self.waiting.remove(&(c.group, c.ticket)) {
+                let _ = reply.send(c.result.map_err(|e| match e {
+                    ProposalError::Superseded { .. } => ProposeFailure::NotWritten(e.to_string()),
+                    ProposalError::Unknown { .. } => ProposeFailure::Unknown(e.to_string()),
+                }));
+            }
+        }
+        for (group, hwm) in out.high_watermarks {
+            if let Some(g) = self.groups.get(&group) {
+                g.hwm.send_if_modified(|h| {
+                    let moved = hwm > *h;
+                    *h = (*h).max(hwm);
+                    moved
+                });
+            }
+        }
+        for change in out.leadership {
+            if let Some(g) = self.groups.get(&change.group) {
+                let mut v = g.view.lock().unwrap_or_else(PoisonError::into_inner);
+                v.role = Some(change.role);
+                v.term = change.term;
+                v.leader = change.leader;
+            }
+            tracing::debug!(group = change.group, term = change.term, leader = ?change.leader, role = ?change.role, "leadership changed");
+        }
+        for (group, reason) in out.failed {
+            tracing::error!(group, %reason, "raft group failed and was closed");
+            if let Some(shared) = self.groups.remove(&group) {
+                shared.closed.store(true, Ordering::Release);
+                shared.hwm.send_modify(|_| {});
+            }
+        }
+    }
+
+    /// Refreshes every group's voters and in-sync set (once per tick).
+    fn refresh_views(&mut self) {
+        for (group, shared) in &self.groups {
+            let Some(status) = self.node.status(*group) else {
+                continue;
+            };
+            let in_sync = if status.role == Role::Leader {
+                status
+                    .replicas
+                    .iter()
+                    .filter(|r| r.in_sync)
+                    .map(|r| r.node)
+                    .collect()
+            } else {
+                status.voters.clone()
+            };
+            let mut v = shared.view.lock().unwrap_or_else(PoisonError::into_inner);
+            v.role = Some(status.role);
+            v.term = status.term;
+            v.leader = status.leader;
+            v.voters = status.voters;
+            v.in_sync = in_sync;
+        }
+    }
+}
