@@ -15,6 +15,7 @@
 //! | `append_never/{16KiB,64KiB,1MiB}` | appends `RUNNEL_BENCH_APPEND_MIB` of pre-built batches to a new log with `flush = never`, then `flush()` (one fdatasync) — the same work as `dd conv=fdatasync` |
 //! | `append_pagecache/...` | the same without the final fsync, `RUNNEL_BENCH_PAGECACHE_MIB` (below one segment): the CPU cost of the append path |
 //! | `append_always/{N}x64KiB` | N threads append `RUNNEL_BENCH_SYNC_MIB` in total with `flush = always` (group commit); fsyncs per append go to the extras |
+//! | `append_rolls/64KiB` | the broker's shape across rolls: one thread appends `RUNNEL_BENCH_ROLL_MIB` with `flush = never` to segments of `RUNNEL_BENCH_ROLL_SEGMENT_MIB` (256), while a syncer thread calls `flush()` back to back, then a final `flush()`; per-append latency percentiles and the slowest append go to the extras |
 //! | `crc32/1MiB` | `crc32fast` over 64 MiB of batches: the ceiling for verified reads |
 //! | `read_warm/64KiB` | reads a `RUNNEL_BENCH_READ_MIB` log from its start to its end with `Log::read(offset, u64::MAX, 1 MiB)`, pages cached and mapped |
 //! | `read_cold/64KiB` | the same after the log is closed and its pages evicted (`RUNNEL_BENCH_COLD`) |
@@ -65,6 +66,8 @@ struct Sizes {
     read_mib: u64,
     open_mib: u64,
     samples: usize,
+    roll_mib: u64,
+    roll_segment_mib: u64,
     evict: disk::Evict,
 }
 
@@ -80,6 +83,8 @@ impl Sizes {
             read_mib: disk::env_u64("RUNNEL_BENCH_READ_MIB", 1024, 4),
             open_mib: disk::env_u64("RUNNEL_BENCH_OPEN_MIB", 4096, 4),
             samples: disk::env_u64("RUNNEL_BENCH_SAMPLES", 10, 10) as usize,
+            roll_mib: disk::env_u64("RUNNEL_BENCH_ROLL_MIB", 2048, 4),
+            roll_segment_mib: disk::env_u64("RUNNEL_BENCH_ROLL_SEGMENT_MIB", 256, 1),
             evict: disk::Evict::from_env(),
         }
     }
@@ -171,6 +176,14 @@ fn config(flush: FlushPolicy) -> LogConfig {
     }
 }
 
+/// Ends one append iteration: closes the log, deletes it, and syncs the
+/// file system so that the next iteration starts without a backlog.
+fn end_iteration(log: Log, dir: tempfile::TempDir) {
+    log.close().expect("close");
+    drop(dir);
+    disk::sync_fs(&disk::data_dir());
+}
+
 fn mb_per_s(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / d.as_secs_f64() / 1e6
 }
@@ -252,9 +265,7 @@ fn append_never(c: &mut Criterion, sizes: &Sizes) {
                             ("segments", log.segments().expect("segments").len() as f64),
                         ],
                     );
-                    log.close().expect("close");
-                    drop(dir);
-                    disk::sync_fs(&disk::data_dir());
+                    end_iteration(log, dir);
                 }
                 timed
             });
@@ -299,9 +310,7 @@ fn append_pagecache(c: &mut Criterion, sizes: &Sizes) {
                         &format!("append_pagecache/{id}"),
                         &[("MB_per_s", mb_per_s(n * len, d))],
                     );
-                    log.close().expect("close");
-                    drop(dir);
-                    disk::sync_fs(&disk::data_dir());
+                    end_iteration(log, dir);
                 }
                 timed
             });
@@ -404,15 +413,88 @@ fn append_always(c: &mut Criterion, sizes: &Sizes) {
                                 ("p99_ms", percentile(&run.latencies_ms, 0.99)),
                             ],
                         );
-                        log.close().expect("close");
-                        drop(dir);
-                        disk::sync_fs(&disk::data_dir());
+                        end_iteration(log, dir);
                     }
                     timed
                 });
             });
         }
     }
+    g.finish();
+}
+
+/// One appender across rolls with a syncer flushing back to back (the
+/// broker's appender and syncer tasks): what a roll costs the appends.
+fn append_rolls(c: &mut Criterion, sizes: &Sizes) {
+    let mut g = c.benchmark_group("append_rolls");
+    g.sample_size(sizes.samples)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(1))
+        .measurement_time(Duration::from_millis(1));
+    let kib = 64;
+    let len = batch_len(kib, sizes);
+    let n = (sizes.roll_mib * MIB / len).max(1);
+    let segment_bytes = u32::try_from(sizes.roll_segment_mib * MIB).expect("segment below 4 GiB");
+    let cfg = LogConfig {
+        segment_bytes,
+        max_batch_bytes: segment_bytes.min(16 << 20),
+        ..config(FlushPolicy::Never)
+    };
+    g.throughput(Throughput::Bytes(n * len));
+    let mut pool = None;
+    g.bench_function(BenchmarkId::from_parameter(label(kib)), |b| {
+        let pool = pool.get_or_insert_with(|| Pool::for_kib(kib, sizes));
+        b.iter_custom(|iters| {
+            let mut timed = Duration::ZERO;
+            for _ in 0..iters {
+                let dir = disk::scratch_dir("append-rolls-");
+                let log = Log::open(dir.path().join("p"), cfg.clone()).expect("open");
+                log.append(pool.get(0), TERM).expect("first append");
+                let stop = std::sync::atomic::AtomicBool::new(false);
+                let mut lat_ms = Vec::with_capacity(n as usize);
+                let (d, flushes) = std::thread::scope(|s| {
+                    let syncer = s.spawn(|| {
+                        let mut flushes = 0u64;
+                        while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                            if log.durable_offset() < log.log_end_offset().expect("end") {
+                                log.flush().expect("flush");
+                                flushes += 1;
+                            } else {
+                                std::thread::sleep(Duration::from_micros(200));
+                            }
+                        }
+                        flushes
+                    });
+                    let t = Instant::now();
+                    for i in 0..n {
+                        let a = Instant::now();
+                        log.append(pool.get(1 + i as usize), TERM).expect("append");
+                        lat_ms.push(a.elapsed().as_secs_f64() * 1e3);
+                    }
+                    stop.store(true, std::sync::atomic::Ordering::Release);
+                    let flushes = syncer.join().expect("syncer");
+                    log.flush().expect("flush");
+                    (t.elapsed(), flushes)
+                });
+                timed += d;
+                lat_ms.sort_by(f64::total_cmp);
+                disk::note(
+                    &format!("append_rolls/{}", label(kib)),
+                    &[
+                        ("MB_per_s", mb_per_s(n * len, d)),
+                        ("p50_ms", percentile(&lat_ms, 0.5)),
+                        ("p99_ms", percentile(&lat_ms, 0.99)),
+                        ("p999_ms", percentile(&lat_ms, 0.999)),
+                        ("slowest_append_ms", lat_ms.last().copied().unwrap_or(0.0)),
+                        ("flushes", flushes as f64),
+                        ("segments", log.segments().expect("segments").len() as f64),
+                    ],
+                );
+                end_iteration(log, dir);
+            }
+            timed
+        });
+    });
     g.finish();
 }
 
@@ -748,6 +830,7 @@ fn main() {
     append_never(&mut c, &sizes);
     append_pagecache(&mut c, &sizes);
     append_always(&mut c, &sizes);
+    append_rolls(&mut c, &sizes);
     crc32_reference(&mut c, &sizes);
     reads(&mut c, &sizes);
     open(&mut c, &sizes);

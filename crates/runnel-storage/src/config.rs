@@ -14,7 +14,8 @@ pub enum FlushPolicy {
     /// fsync at most every this many milliseconds, driven by [`crate::Log::tick`].
     IntervalMs(u64),
     /// Never fsync on the append path; the OS writes back when it likes
-    /// (segments are still fsynced when they roll and on close).
+    /// (a sealed segment is still fsynced, at the next roll at the latest,
+    /// and everything on close).
     Never,
 }
 

@@ -29,6 +29,12 @@ use crate::error::{Result, StorageError};
 /// Size of one index entry in bytes (both index kinds).
 pub const ENTRY_LEN: usize = 12;
 
+/// fsyncs an index file (data and size).
+pub(crate) fn sync_index(file: &File, path: &Path) -> Result<()> {
+    file.sync_all()
+        .map_err(|e| StorageError::io("fsync", path, e))
+}
+
 /// One fixed-size index entry.
 pub(crate) trait IndexEntry: Copy + std::fmt::Debug {
     fn decode(b: &[u8]) -> Self;
@@ -314,14 +320,33 @@ impl<E: IndexEntry> IndexFile<E> {
     /// Publishes every entry, fsyncs the file and maps it read-only.
     /// Callers seal only after the log data is durable.
     pub(crate) fn seal(&mut self) -> Result<()> {
+        let file = self.finish_writes()?;
+        sync_index(&file, &self.path)?;
+        self.map_sealed()
+    }
+
+    /// The first step of [`IndexFile::seal`]: publishes every entry and
+    /// cuts the file after them. Returns a handle to fsync the file with
+    /// (outside the log's lock), before [`IndexFile::map_sealed`].
+    pub(crate) fn finish_writes(&mut self) -> Result<File> {
         self.publish_while(|_| true)?;
         if let Entries::Active { stored, .. } = &self.entries {
             // Cut anything past the entries (a failed write's leftovers).
             set_len(&self.file, &self.path, (*stored * ENTRY_LEN) as u64)?;
         }
         self.file
-            .sync_all()
-            .map_err(|e| StorageError::io("fsync", &self.path, e))?;
+            .try_clone()
+            .map_err(|e| StorageError::io("dup", &self.path, e))
+    }
+
+    /// The path of the index file.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The last step of [`IndexFile::seal`], once the written file is
+    /// fsynced: maps it read-only (no more entries can be pushed).
+    pub(crate) fn map_sealed(&mut self) -> Result<()> {
         if let Entries::Active { stored, .. } = &self.entries {
             let map = if *stored == 0 {
                 None

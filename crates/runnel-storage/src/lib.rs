@@ -28,8 +28,15 @@
 //! # Durability rules
 //!
 //! - A new segment file is created, fsynced, then its directory fsynced.
-//! - A sealed segment (after a roll) is always fsynced, whatever the flush
-//!   policy, so recovery only ever has to scan the active segment.
+//! - A roll does not wait for the sealed segment's fsync (it would stall
+//!   every appender and reader behind the log's lock for as long as the
+//!   segment's writeback takes): the next flush fsyncs it outside the lock,
+//!   or the next roll if none came first, whatever the flush policy. At
+//!   most one seal is unfinished at a time, so recovery only ever scans
+//!   the tails of the last two segments. [`Log::durable_offset`] stays
+//!   below a sealed segment until it is durable: an acknowledgement under
+//!   [`FlushPolicy::Always`] still follows the durability of its bytes and
+//!   of all bytes before them.
 //! - A failed append cuts back to where it began; a failed fsync fails the
 //!   log (it refuses writes until reopened: never retried, never ignored).
 //! - Small state is written to a temp file, fsynced and renamed.

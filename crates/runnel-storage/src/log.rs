@@ -8,10 +8,11 @@ use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use bytes::Bytes;
 use runnel_batch::{BatchHeader, BatchView, HEADER_LEN, VerifiedBatch, stamped_prefix};
 
-use crate::config::{FlushPolicy, LogConfig};
+use crate::config::{FlushPolicy, LogConfig, RecoveryPolicy};
 use crate::durable::{Faults, set_len, sync_data, sync_dir};
 use crate::error::{Result, StorageError};
 use crate::filename::{DELETED_SUFFIX, LOG_EXT, TMP_SUFFIX, parse_segment_file_name, segment_path};
+use crate::index::sync_index;
 use crate::segment::{RecoveryReport, Segment, SegmentReader};
 use crate::state::PartitionState;
 
@@ -93,6 +94,10 @@ struct Inner {
     /// Bumped whenever the log end moves back (truncation, reset): an
     /// fsync that began before cannot vouch for what is there now.
     generation: u64,
+    /// Base offset of the segment a roll sealed whose seal is not finished
+    /// (its data, or its indexes, not yet fsynced): always the one before
+    /// the active segment; every segment before it is sealed and durable.
+    sealing: Option<u64>,
 }
 
 impl Inner {
@@ -249,8 +254,8 @@ impl Log {
             }
         }
         // A last segment without one complete batch was created by a roll
-        // that may not have finished sealing its predecessor (appends to a
-        // new segment start only after the old one is sealed and fsynced).
+        // whose predecessor may not be durable (a roll leaves the sealed
+        // segment's fsync to the next flush), or lost its data in a crash.
         // Drop it, and recover the predecessor as the active segment: its
         // tail gets verified and a torn end cut, as for any active segment.
         while bases.len() >= 2 {
@@ -305,21 +310,21 @@ impl Log {
                 segments[i].next_offset = next_offset;
                 segments[i].next_index = next_index;
             }
-            // The last sealed segment's end comes from a short scan of its tail.
+            // The last sealed segment's seal may not have finished before a
+            // crash (a roll leaves its fsync to the next flush or roll): its
+            // end is taken from the next segment's first batch for now (the
+            // loop above left one there), and its data verified below.
+            let last_path = segment_path(&dir, *last, LOG_EXT);
             if let Some(prev) = segments.last_mut() {
-                let (next_offset, next_index, last_term) = tail_of(prev, config.faults.as_deref())?;
-                prev.next_offset = next_offset;
-                prev.next_index = next_index;
-                prev.last_term = last_term;
-                if next_offset != *last {
+                let Some(next) = first_batch(&last_path)? else {
                     return Err(StorageError::corrupt(
-                        &prev.log_path,
-                        prev.size,
-                        format!(
-                            "segment ends at offset {next_offset} but the next segment starts at {last}"
-                        ),
+                        &last_path,
+                        0,
+                        "no complete first batch",
                     ));
-                }
+                };
+                prev.next_offset = *last;
+                prev.next_index = next.raft_index;
             }
             // Segments wholly at or below the compacted index were deleted by
             // retention just before a crash: finish the job.
@@ -333,15 +338,60 @@ impl Log {
                     report.removed_files.push(gone.log_path.clone());
                 }
             }
-            let expected_index = match segments.last() {
-                Some(prev) => Some(prev.next_index),
-                None if state_ok => Some(state.compacted_index + 1),
-                None => None,
-            };
             let runs = state_ok.then(|| state.clone());
             let term_of = |index: u64| runs.as_ref().and_then(|s| s.term_of(index));
-            let (active, recovery) =
-                Segment::recover_active(&dir, *last, expected_index, &term_of, &config)?;
+            // The last sealed segment (if retention left it) is verified
+            // like an active one, from its last index entry (written only
+            // for durable data): intact, it is sealed again (a no-op fsync
+            // if it was durable); cut short, the active segment after it
+            // holds nothing that was acknowledged durable, and goes.
+            let mut recovered = None;
+            let prev_left = segments.last().is_some_and(|s| s.next_offset == *last);
+            let prev = if prev_left { segments.pop() } else { None };
+            if let Some(prev) = prev {
+                let (base, base_index, end) = (
+                    prev.base_offset,
+                    prev.base_index,
+                    (prev.next_offset, prev.next_index),
+                );
+                drop(prev);
+                let (mut seg, recovery) =
+                    Segment::recover_active(&dir, base, Some(base_index), &term_of, &config)?;
+                if (seg.next_offset, seg.next_index) == end {
+                    seg.seal(config.faults.as_deref())?;
+                    segments.push(seg);
+                } else {
+                    if config.recovery == RecoveryPolicy::Refuse {
+                        return Err(StorageError::corrupt(
+                            &seg.log_path,
+                            seg.size,
+                            format!(
+                                "segment ends at offset {} but the next segment starts at {last}; \
+                                 recovery policy is refuse, so nothing was cut",
+                                seg.next_offset
+                            ),
+                        ));
+                    }
+                    tracing::warn!(segment = %seg.log_path.display(), valid_end = recovery.valid_end,
+                        reason = ?recovery.truncated, next = *last,
+                        "the last sealed segment was not durable and ends short; dropping the segment after it");
+                    Segment::delete_files(&dir, *last)?;
+                    sync_dir(&dir)?;
+                    report.removed_files.push(last_path.clone());
+                    recovered = Some((seg, recovery));
+                }
+            }
+            let (active, recovery) = match recovered {
+                Some(r) => r,
+                None => {
+                    let expected_index = match segments.last() {
+                        Some(prev) => Some(prev.next_index),
+                        None if state_ok => Some(state.compacted_index + 1),
+                        None => None,
+                    };
+                    Segment::recover_active(&dir, *last, expected_index, &term_of, &config)?
+                }
+            };
             if let Some(why) = &recovery.truncated {
                 tracing::warn!(segment = %active.log_path.display(), valid_end = recovery.valid_end, reason = %why,
                     "truncated a torn or corrupt tail of the active segment");
@@ -412,6 +462,7 @@ impl Log {
                 failed: None,
                 last_flush_ms: None,
                 generation: 0,
+                sealing: None,
             }),
             sync_lock: Mutex::new(false),
             synced: Condvar::new(),
@@ -587,20 +638,108 @@ impl Log {
         Ok(info)
     }
 
-    /// Seals the active segment and starts a new one at the log end. A
-    /// failure to create the new segment changes nothing; a failure to seal
-    /// the old one fails the log.
+    /// Seals the active segment and starts a new one at the log end,
+    /// without waiting for the sealed segment's fsync: that happens in the
+    /// next flush ([`Log::finish_seal`], outside the lock), or at the next
+    /// roll if no flush came first (by then the data is long written back).
+    /// A failure to create the new segment changes nothing; a failure to
+    /// seal the old one fails the log.
     fn roll(&self, inner: &mut Inner) -> Result<()> {
+        // At most one seal is unfinished, so that recovery only ever has to
+        // scan the last two segments.
+        self.finish_seal_locked(inner)?;
         let (base_offset, base_index) = (inner.log_end(), inner.last_index() + 1);
         let new = Segment::create(&self.dir, base_offset, base_index, &self.config)?;
-        let faults = self.config.faults.clone();
-        if let Err(e) = inner.active_mut().seal(faults.as_deref()) {
+        if let Err(e) = inner.active_mut().seal_start() {
             return Err(self.fail(inner, e));
         }
-        self.fsyncs.fetch_add(1, Ordering::Relaxed);
-        self.durable_offset.fetch_max(base_offset, Ordering::AcqRel);
+        inner.sealing = Some(inner.active().base_offset);
         inner.segments.push(new);
         tracing::debug!(dir = %self.dir.display(), base_offset, "rolled to a new segment");
+        Ok(())
+    }
+
+    /// Finishes an unfinished seal under the lock (a roll, truncation or
+    /// close with one pending): fsyncs the segment's data and indexes.
+    fn finish_seal_locked(&self, inner: &mut Inner) -> Result<()> {
+        let Some(base) = inner.sealing else {
+            return Ok(());
+        };
+        let at = inner.segments.len() - 2;
+        let seg = &mut inner.segments[at];
+        debug_assert_eq!(seg.base_offset, base);
+        let faults = self.config.faults.clone();
+        if let Err(e) = seg.seal_finish(faults.as_deref()) {
+            return Err(self.fail(inner, e));
+        }
+        let end = seg.next_offset;
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.durable_offset.fetch_max(end, Ordering::AcqRel);
+        inner.sealing = None;
+        Ok(())
+    }
+
+    /// Finishes an unfinished seal with the fsyncs outside the lock, so
+    /// that appends and reads go on meanwhile: fsyncs the sealed data
+    /// (then everything below the active segment is durable), writes the
+    /// index entries, fsyncs the indexes and maps them. Called by the
+    /// group commit's syncer (`sync_written`), one at a time; a roll,
+    /// truncation or reset meanwhile makes it stop (they finish or drop
+    /// the seal themselves).
+    fn finish_seal(&self) -> Result<()> {
+        let still = |inner: &Inner, base: u64, generation: u64| {
+            inner.generation == generation && inner.sealing == Some(base)
+        };
+        let (file, path, size, base, generation) = {
+            let inner = self.writable()?;
+            let Some(base) = inner.sealing else {
+                return Ok(());
+            };
+            let seg = &inner.segments[inner.segments.len() - 2];
+            (
+                seg.file.clone(),
+                seg.log_path.clone(),
+                seg.size,
+                base,
+                inner.generation,
+            )
+        };
+        if let Err(e) = sync_data(&file, &path, self.config.faults.as_deref()) {
+            let mut inner = self.lock()?;
+            return Err(self.fail(&mut inner, e));
+        }
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        let indexes = {
+            let mut inner = self.writable()?;
+            if !still(&inner, base, generation) {
+                return Ok(());
+            }
+            let at = inner.segments.len() - 2;
+            let seg = &mut inner.segments[at];
+            seg.durable_size = size;
+            let end = seg.next_offset;
+            let indexes = seg.write_indexes();
+            // Every segment before this one is sealed and durable.
+            self.durable_offset.fetch_max(end, Ordering::AcqRel);
+            match indexes {
+                Ok(files) => files,
+                Err(e) => return Err(self.fail(&mut inner, e)),
+            }
+        };
+        for (file, path) in &indexes {
+            if let Err(e) = sync_index(file, path) {
+                let mut inner = self.lock()?;
+                return Err(self.fail(&mut inner, e));
+            }
+        }
+        let mut inner = self.writable()?;
+        if still(&inner, base, generation) {
+            let at = inner.segments.len() - 2;
+            if let Err(e) = inner.segments[at].map_indexes() {
+                return Err(self.fail(&mut inner, e));
+            }
+            inner.sealing = None;
+        }
         Ok(())
     }
 
@@ -635,17 +774,23 @@ impl Log {
 
     /// fsyncs the active segment up to what is written now.
     fn sync_written(&self) -> Result<()> {
-        let (file, path, written, size, base, generation) = {
+        let (file, path, written, size, base, generation) = loop {
+            // The segments before the active one must be durable first.
+            self.finish_seal()?;
             let inner = self.writable()?;
+            if inner.sealing.is_some() {
+                // A roll came in between: finish that seal too.
+                continue;
+            }
             let a = inner.active();
-            (
+            break (
                 a.file.clone(),
                 a.log_path.clone(),
                 a.next_offset,
                 a.size,
                 a.base_offset,
                 inner.generation,
-            )
+            );
         };
         if let Err(e) = sync_data(&file, &path, self.config.faults.as_deref()) {
             let mut inner = self.lock()?;
@@ -980,6 +1125,9 @@ impl Log {
         if index > inner.last_index() {
             return Ok(());
         }
+        // Everything before the cut must be durable when this returns
+        // (rare: Raft truncates seldom, and a seal is rarely pending).
+        self.finish_seal_locked(inner)?;
         let mut at = inner.segment_for_index(index);
         let pos = {
             let seg = &inner.segments[at];
@@ -1144,6 +1292,7 @@ impl Log {
             Err(e) => return Err(self.fail(inner, e)),
         };
         inner.segments = vec![new];
+        inner.sealing = None;
         inner.state = state;
         self.durable_offset.store(start_offset, Ordering::Release);
         tracing::info!(dir = %self.dir.display(), start_offset, index, term, "log reset");
@@ -1236,6 +1385,13 @@ impl Log {
         state.term_runs.drain(..keep_from.saturating_sub(1));
         state.store(&self.dir)?;
         inner.state = state;
+        if inner.sealing.is_some() && k + 1 == inner.segments.len() {
+            // The segment whose seal is unfinished goes: nothing to finish,
+            // and nothing below the remaining segment is left to be durable.
+            inner.sealing = None;
+            self.durable_offset
+                .fetch_max(inner.segments[k].base_offset, Ordering::AcqRel);
+        }
         for seg in inner.segments.drain(..k) {
             report.deleted_segments += 1;
             report.deleted_bytes += seg.size;
@@ -1252,6 +1408,8 @@ impl Log {
     pub fn close(self) -> Result<()> {
         if self.lock()?.failed.is_none() {
             self.flush()?;
+            let mut inner = self.lock()?;
+            self.finish_seal_locked(&mut inner)?;
         }
         Ok(())
     }
@@ -1405,13 +1563,19 @@ fn keep_prefix(path: &Path, len: u64) -> Result<()> {
 
 /// Whether a segment file holds no complete, valid first batch.
 fn lacks_complete_batch(path: &Path) -> Result<bool> {
+    Ok(first_batch(path)?.is_none())
+}
+
+/// The header of a segment file's first batch, if that batch is complete
+/// and valid.
+fn first_batch(path: &Path) -> Result<Option<BatchHeader>> {
     use std::io::Read;
     let mut file = fs::File::open(path).map_err(|e| StorageError::io("open", path, e))?;
     let mut head = [0u8; HEADER_LEN];
     let mut got = 0;
     while got < HEADER_LEN {
         match file.read(&mut head[got..]) {
-            Ok(0) => return Ok(true),
+            Ok(0) => return Ok(None),
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(StorageError::io("read", path, e)),
@@ -1423,14 +1587,14 @@ fn lacks_complete_batch(path: &Path) -> Result<bool> {
         .len();
     let header = match BatchHeader::parse(&head) {
         Ok(h) if u64::from(h.batch_len) <= len => h,
-        _ => return Ok(true),
+        _ => return Ok(None),
     };
     let mut batch = vec![0u8; header.batch_len as usize];
     batch[..HEADER_LEN].copy_from_slice(&head);
     if file.read_exact(&mut batch[HEADER_LEN..]).is_err() {
-        return Ok(true);
+        return Ok(None);
     }
-    Ok(BatchView::new(&batch).is_err())
+    Ok(BatchView::new(&batch).ok().map(|_| header))
 }
 
 /// Rebuilds the term runs by walking every batch header (only when the

@@ -647,12 +647,44 @@ impl Segment {
     /// Makes the segment immutable: trims the file to its data, records the
     /// final time index entry, fsyncs everything.
     pub(crate) fn seal(&mut self, faults: Option<&Faults>) -> Result<()> {
+        self.seal_start()?;
+        self.seal_finish(faults)
+    }
+
+    /// The part of [`Segment::seal`] a roll does: no more appends, the file
+    /// trimmed to its data. Its bytes and indexes are made durable later
+    /// ([`Segment::seal_finish`], or the steps of `Log::finish_seal`).
+    pub(crate) fn seal_start(&mut self) -> Result<()> {
         set_len(&self.file, &self.log_path, self.size)?;
-        sync_data(&self.file, &self.log_path, faults)?;
-        self.durable_size = self.size;
-        self.seal_indexes()?;
         self.active = false;
         Ok(())
+    }
+
+    /// The rest of [`Segment::seal`]: fsyncs the data, then writes, fsyncs
+    /// and maps the indexes.
+    pub(crate) fn seal_finish(&mut self, faults: Option<&Faults>) -> Result<()> {
+        sync_data(&self.file, &self.log_path, faults)?;
+        self.durable_size = self.size;
+        self.seal_indexes()
+    }
+
+    /// After the data of a sealed segment is durable: writes every index
+    /// entry and returns handles to fsync both index files with, outside
+    /// the log's lock, before [`Segment::map_indexes`].
+    pub(crate) fn write_indexes(&mut self) -> Result<[(File, PathBuf); 2]> {
+        self.push_time_entry();
+        let offsets = self.offset_index.finish_writes()?;
+        let times = self.time_index.finish_writes()?;
+        Ok([
+            (offsets, self.offset_index.path().to_owned()),
+            (times, self.time_index.path().to_owned()),
+        ])
+    }
+
+    /// Maps the indexes written by [`Segment::write_indexes`] once fsynced.
+    pub(crate) fn map_indexes(&mut self) -> Result<()> {
+        self.offset_index.map_sealed()?;
+        self.time_index.map_sealed()
     }
 
     /// Reopens a sealed segment for appends at `size` (before truncation).

@@ -1,6 +1,7 @@
 use super::*;
 use bytes::Bytes;
 use runnel_batch::{BatchBuilder, Compression, NewRecord};
+use std::sync::Arc;
 
 pub(crate) fn batch(n: usize, value_len: usize, ts: i64) -> Bytes {
     let mut b = BatchBuilder::new(Compression::None);
@@ -464,19 +465,21 @@ fn crash_keeps_exactly_the_durable_prefix() {
     // A lost entry's term run does not outlive it: term 1 may go on.
     log.append(&batch(1, 10, 0), 1).unwrap();
 
-    // Across rolls: sealed segments are durable, the active one's
-    // unsynced tail is lost; a truncation is durable at once.
+    // Across rolls: a roll leaves the sealed segment's fsync to the next
+    // flush or roll, so all sealed segments but the last are durable; the
+    // rest is lost. A truncation is durable at once.
     for i in 0..100u64 {
         log.append(&batch(2, 300, i as i64), 3).unwrap();
     }
     let segs = log.segments().unwrap();
     assert!(segs.len() > 3);
-    let active_base = segs.last().unwrap().base_offset;
-    assert_eq!(
-        log.durable_offset(),
-        active_base,
-        "sealed segments are durable"
-    );
+    let sealing_base = segs[segs.len() - 2].base_offset;
+    assert_eq!(log.durable_offset(), sealing_base);
+    let copy = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(dir.path()).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), copy.path().join(e.file_name())).unwrap();
+    }
     log.truncate_from_index(50).unwrap();
     let end = log.log_end_offset().unwrap();
     assert_eq!(log.durable_offset(), end);
@@ -487,6 +490,38 @@ fn crash_keeps_exactly_the_durable_prefix() {
         (log.log_end_offset().unwrap(), log.last_index().unwrap()),
         (end, 49)
     );
+    {
+        // The copy taken before the truncation, as a crash could have left
+        // it then: the last sealed segment torn half-way (not durable), the
+        // active one intact. Open cuts the torn batch and drops the active
+        // segment, which follows a hole.
+        let sealing = &segs[segs.len() - 2];
+        let len = batch(2, 300, 0).len() as u64;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(copy.path().join(sealing.path.file_name().unwrap()))
+            .unwrap();
+        f.set_len(sealing.size / 2 + 7).unwrap();
+        let whole = (sealing.size / 2 + 7) / len;
+        let (log, report) = Log::open_with_report(copy.path(), small()).unwrap();
+        assert_eq!(report.removed_files.len(), 1, "{report:?}");
+        assert!(report.recovery.truncated.is_some(), "{report:?}");
+        assert_eq!(
+            log.log_end_offset().unwrap(),
+            sealing.base_offset + 2 * whole
+        );
+        assert_eq!(log.segments().unwrap().len(), segs.len() - 1);
+        let refuse = LogConfig {
+            recovery: crate::RecoveryPolicy::Refuse,
+            ..small()
+        };
+        drop(log);
+        let log = Log::open(copy.path(), refuse).unwrap();
+        assert_eq!(
+            log.log_end_offset().unwrap(),
+            sealing.base_offset + 2 * whole
+        );
+    }
     assert_eq!(log.term(49).unwrap(), 3);
 
     // A reset is durable at once; under flush=always every append is.
@@ -509,4 +544,68 @@ fn crash_keeps_exactly_the_durable_prefix() {
     let log = Log::open(dir.path(), config).unwrap();
     assert_eq!(log.log_end_offset().unwrap(), end);
     assert_eq!(log.last_index().unwrap(), 100);
+}
+
+/// A roll does not fsync the sealed segment (it would stall the appender
+/// and everyone behind the log's lock): the next flush fsyncs it with the
+/// active segment, outside the lock; a failure there fails the log, and a
+/// reopen still finds everything that was written.
+#[test]
+fn a_roll_leaves_the_seal_fsync_to_the_next_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(crate::Faults::new());
+    let config = LogConfig {
+        faults: Some(faults.clone()),
+        ..small()
+    };
+    let log = Log::open(dir.path(), config.clone()).unwrap();
+    let mut end = 0;
+    while log.segments().unwrap().len() < 2 {
+        end = log.append(&batch(2, 300, 0), 1).unwrap().last_offset + 1;
+    }
+    let sealed = log.segments().unwrap()[0].clone();
+    assert_eq!(log.fsync_count(), 0, "the roll did not fsync the data");
+    assert_eq!(log.durable_offset(), 0, "nothing is durable yet");
+    // Reads of the sealed segment work meanwhile.
+    let r = log.read(0, u64::MAX, usize::MAX).unwrap();
+    assert_eq!(r.next_offset, sealed.next_offset);
+    log.flush().unwrap();
+    assert_eq!(
+        log.fsync_count(),
+        2,
+        "the sealed segment, then the active one"
+    );
+    assert_eq!(log.durable_offset(), end);
+    // The sealed segment's indexes are on disk and mapped.
+    let index = std::fs::metadata(dir.path().join(crate::filename::segment_file_name(
+        0,
+        crate::filename::INDEX_EXT,
+    )))
+    .unwrap()
+    .len();
+    assert!(index > 0 && index % crate::ENTRY_LEN as u64 == 0, "{index}");
+
+    // A second roll without a flush finishes the pending seal itself.
+    let segments = log.segments().unwrap().len();
+    while log.segments().unwrap().len() < segments + 2 {
+        end = log.append(&batch(2, 300, 0), 1).unwrap().last_offset + 1;
+    }
+    let segs = log.segments().unwrap();
+    assert_eq!(log.durable_offset(), segs[segs.len() - 2].base_offset);
+
+    // The fsync of the pending seal fails: the flush fails the log.
+    faults.fail_syncs(true);
+    let e = log.flush().unwrap_err();
+    assert!(matches!(e, StorageError::Io { op: "fsync", .. }), "{e}");
+    faults.clear();
+    assert!(matches!(
+        log.append(&batch(1, 10, 0), 1),
+        Err(StorageError::Failed { .. })
+    ));
+    drop(log);
+    let (log, report) = Log::open_with_report(dir.path(), config).unwrap();
+    assert_eq!(report.recovery.truncated, None, "{report:?}");
+    assert_eq!(log.log_end_offset().unwrap(), end);
+    assert_eq!(log.segments().unwrap().len(), segs.len());
+    log.close().unwrap();
 }
