@@ -7,13 +7,14 @@ use runnel_proto::v1::admin_service_client::AdminServiceClient;
 use runnel_proto::v1::fetch_service_client::FetchServiceClient;
 use runnel_proto::v1::produce_service_client::ProduceServiceClient;
 use runnel_proto::v1::{
-    CreateTopicRequest, DeleteTopicRequest, DescribeClusterRequest, DescribeClusterResponse,
-    DescribeTopicRequest, ErrorReason, ListOffsetsRequest, ListTopicsRequest, OffsetQuery,
-    TopicConfig, TopicDescription, TopicSummary,
+    CreateTopicRequest, DeleteTopicRequest, DescribeClusterResponse, ErrorReason,
+    ListOffsetsRequest, ListTopicsRequest, OffsetQuery, TopicConfig, TopicDescription,
+    TopicSummary,
 };
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{Error, Result, with_sources};
+use crate::metadata::{Metadata, Route};
 
 /// How the client talks to brokers.
 ///
@@ -36,6 +37,10 @@ pub struct ClientConfig {
     pub keepalive_interval: Duration,
     /// How long a keepalive ping may go unanswered. Default 20 s.
     pub keepalive_timeout: Duration,
+    /// Least time between two metadata refreshes of a topic (after
+    /// `NOT_LEADER`, an unreachable leader, or a partition without one), and
+    /// the wait before a request is retried after one. Default 100 ms.
+    pub metadata_backoff: Duration,
 }
 
 impl Default for ClientConfig {
@@ -47,6 +52,7 @@ impl Default for ClientConfig {
             max_message_bytes: 80 << 20,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
+            metadata_backoff: Duration::from_millis(100),
         }
     }
 }
@@ -83,8 +89,12 @@ impl OffsetSpec {
 /// [`Producer`](crate::Producer)s and [`Consumer`](crate::Consumer)s are built
 /// from.
 ///
-/// Cheap to clone: clones share one HTTP/2 connection, which multiplexes any
-/// number of concurrent calls.
+/// Cheap to clone: clones share the metadata cache and one HTTP/2
+/// connection per node, each multiplexing any number of concurrent calls.
+/// Admin calls go to any node (the default node: the bootstrap address that
+/// answered, or the next one that does when it fails); offset lookups,
+/// produce and fetch go to each partition's leader (see the
+/// [crate docs](crate#routing)).
 #[derive(Clone, Debug)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -92,10 +102,13 @@ pub struct Client {
 
 #[derive(Debug)]
 struct Inner {
-    channel: Channel,
+    metadata: Metadata,
     address: String,
-    config: ClientConfig,
 }
+
+/// Rounds of an offset lookup that may end in `NOT_LEADER` or an unreachable
+/// leader before it fails.
+const LOOKUP_ATTEMPTS: u32 = 5;
 
 impl Client {
     /// Connects to the first reachable broker of `bootstrap`
@@ -106,6 +119,9 @@ impl Client {
 
     /// Connects to the first reachable broker of `bootstrap`, trying each
     /// address in order; the error names every address and why it failed.
+    ///
+    /// The other addresses are kept: when the node connected to fails, calls
+    /// that any node serves move on to the next that answers.
     pub async fn connect_with(bootstrap: &str, config: ClientConfig) -> Result<Client> {
         let addresses = parse_bootstrap(bootstrap)?;
         let mut failures = Vec::new();
@@ -114,9 +130,8 @@ impl Client {
                 Ok(channel) => {
                     return Ok(Client {
                         inner: Arc::new(Inner {
-                            channel,
+                            metadata: Metadata::new(config, addresses.clone(), address, channel),
                             address: address.clone(),
-                            config,
                         }),
                     });
                 }
@@ -129,64 +144,74 @@ impl Client {
         })
     }
 
-    /// The broker address this client is connected to.
+    /// The bootstrap address this client first connected to.
     pub fn address(&self) -> &str {
         &self.inner.address
     }
 
     /// The configuration the client was built with.
     pub fn config(&self) -> &ClientConfig {
-        &self.inner.config
+        self.inner.metadata.config()
     }
 
     /// A client whose connection is never made (for unit tests).
     #[cfg(test)]
     pub(crate) fn for_tests() -> Client {
+        let address = "127.0.0.1:1";
         Client {
             inner: Arc::new(Inner {
-                channel: Endpoint::from_static("http://127.0.0.1:1").connect_lazy(),
-                address: "127.0.0.1:1".into(),
-                config: ClientConfig::default(),
+                metadata: Metadata::new(
+                    ClientConfig::default(),
+                    vec![address.into()],
+                    address,
+                    Endpoint::from_static("http://127.0.0.1:1").connect_lazy(),
+                ),
+                address: address.into(),
             }),
         }
     }
 
-    pub(crate) fn channel(&self) -> Channel {
-        self.inner.channel.clone()
+    /// The metadata cache and connections shared by this client's clones.
+    pub(crate) fn metadata(&self) -> &Metadata {
+        &self.inner.metadata
     }
 
-    pub(crate) fn admin(&self) -> AdminServiceClient<Channel> {
-        let limit = self.inner.config.max_message_bytes;
-        AdminServiceClient::new(self.channel())
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit)
+    fn limit(&self) -> usize {
+        self.config().max_message_bytes
     }
 
-    pub(crate) fn fetcher(&self) -> FetchServiceClient<Channel> {
-        let limit = self.inner.config.max_message_bytes;
-        FetchServiceClient::new(self.channel())
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit)
+    pub(crate) fn admin(&self, channel: Channel) -> AdminServiceClient<Channel> {
+        admin_stub(channel, self.limit())
     }
 
-    pub(crate) fn producer_stub(&self) -> ProduceServiceClient<Channel> {
-        let limit = self.inner.config.max_message_bytes;
-        ProduceServiceClient::new(self.channel())
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit)
+    pub(crate) fn fetcher(&self, channel: Channel) -> FetchServiceClient<Channel> {
+        FetchServiceClient::new(channel)
+            .max_decoding_message_size(self.limit())
+            .max_encoding_message_size(self.limit())
     }
 
-    /// Runs one unary call under the request timeout, mapping its status.
-    pub(crate) async fn call<T>(
-        &self,
-        call: impl Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
-    ) -> Result<T> {
-        let timeout = self.inner.config.request_timeout;
-        match tokio::time::timeout(timeout, call).await {
-            Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) => Err(Error::from_status(status, &self.inner.address)),
-            Err(_elapsed) => Err(Error::Timeout(timeout)),
+    pub(crate) fn producer_stub(&self, channel: Channel) -> ProduceServiceClient<Channel> {
+        ProduceServiceClient::new(channel)
+            .max_decoding_message_size(self.limit())
+            .max_encoding_message_size(self.limit())
+    }
+
+    /// Runs one call that must not be repeated (it changes something) on the
+    /// default node; when that node cannot be reached the next call goes to
+    /// another.
+    async fn call_once<T, Fut>(&self, call: impl FnOnce(Channel) -> Fut) -> Result<T>
+    where
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let metadata = self.metadata();
+        let route = metadata.default_route()?;
+        let result = metadata.call_on(&route.address, call(route.channel)).await;
+        if let Err(e) = &result
+            && e.is_connection_error()
+        {
+            metadata.node_failed(&route.address);
         }
+        result
     }
 
     /// Creates topic `name`; absent config fields take the broker's defaults.
@@ -196,7 +221,9 @@ impl Client {
             name: name.to_string(),
             config: Some(config),
         };
-        let response = self.call(self.admin().create_topic(request)).await?;
+        let response = self
+            .call_once(|channel| async move { self.admin(channel).create_topic(request).await })
+            .await?;
         response
             .topic
             .ok_or_else(|| Error::Protocol("CreateTopic answered without the topic".into()))
@@ -207,36 +234,35 @@ impl Client {
         let request = DeleteTopicRequest {
             name: name.to_string(),
         };
-        self.call(self.admin().delete_topic(request)).await?;
+        self.call_once(|channel| async move { self.admin(channel).delete_topic(request).await })
+            .await?;
         Ok(())
     }
 
     /// Lists every topic, sorted by name.
     pub async fn list_topics(&self) -> Result<Vec<TopicSummary>> {
         let response = self
-            .call(self.admin().list_topics(ListTopicsRequest {}))
+            .metadata()
+            .call_any(|channel| async move {
+                self.admin(channel).list_topics(ListTopicsRequest {}).await
+            })
             .await?;
         Ok(response.topics)
     }
 
     /// Describes topic `name`: config and per-partition leader and offsets.
+    /// Also refreshes the client's routes to the topic's leaders.
     pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription> {
-        let request = DescribeTopicRequest {
-            name: name.to_string(),
-        };
-        let response = self.call(self.admin().describe_topic(request)).await?;
-        response
-            .topic
-            .ok_or_else(|| Error::Protocol("DescribeTopic answered without the topic".into()))
+        self.metadata().describe_topic(name).await
     }
 
-    /// Describes the cluster: its nodes and which one answered.
+    /// Describes the cluster: its nodes and which one answered. Also
+    /// refreshes the client's list of node addresses.
     pub async fn describe_cluster(&self) -> Result<DescribeClusterResponse> {
-        self.call(self.admin().describe_cluster(DescribeClusterRequest {}))
-            .await
+        self.metadata().describe_cluster().await
     }
 
-    /// Looks up one offset of `topic`/`partition`.
+    /// Looks up one offset of `topic`/`partition`, on its leader.
     pub async fn list_offsets(&self, topic: &str, partition: u32, spec: OffsetSpec) -> Result<u64> {
         let offsets = self.list_offsets_many(topic, &[(partition, spec)]).await?;
         offsets
@@ -245,33 +271,103 @@ impl Client {
             .ok_or_else(|| Error::Protocol("ListOffsets answered no offset".into()))
     }
 
-    /// Looks up several offsets of `topic` in one call, in query order.
+    /// Looks up several offsets of `topic`, in query order: one call per
+    /// leader node; a partition whose leader moved (`NOT_LEADER`) or could
+    /// not be reached is asked again after a metadata update.
     pub async fn list_offsets_many(
         &self,
         topic: &str,
         queries: &[(u32, OffsetSpec)],
     ) -> Result<Vec<u64>> {
-        let request = ListOffsetsRequest {
-            topic: topic.to_string(),
-            queries: queries.iter().map(|(p, spec)| spec.query(*p)).collect(),
-        };
-        let response = self.call(self.fetcher().list_offsets(request)).await?;
-        if response.offsets.len() != queries.len() {
-            return Err(Error::Protocol(format!(
-                "ListOffsets answered {} offsets for {} queries",
-                response.offsets.len(),
-                queries.len()
-            )));
+        let metadata = self.metadata();
+        if metadata.version(topic).is_none() {
+            metadata.describe_topic(topic).await?;
         }
-        response
-            .offsets
-            .iter()
-            .map(|found| match &found.error {
-                Some(e) if e.reason != ErrorReason::Unspecified as i32 => Err(Error::from_proto(e)),
-                _ => Ok(found.offset),
-            })
+        let mut answers: Vec<Option<u64>> = vec![None; queries.len()];
+        let mut attempt = 0;
+        loop {
+            let seen = metadata.version(topic);
+            let mut groups: Vec<(Route, Vec<usize>)> = Vec::new();
+            for (i, (partition, _)) in queries.iter().enumerate() {
+                if answers[i].is_some() {
+                    continue;
+                }
+                let route = match metadata.route(topic, *partition) {
+                    Some(found) => found?.0,
+                    None => metadata.default_route()?,
+                };
+                match groups.iter_mut().find(|(r, _)| r.address == route.address) {
+                    Some((_, indexes)) => indexes.push(i),
+                    None => groups.push((route, vec![i])),
+                }
+            }
+            let mut retry: Option<Error> = None;
+            let mut refresh = false;
+            for (route, indexes) in groups {
+                let request = ListOffsetsRequest {
+                    topic: topic.to_string(),
+                    queries: indexes
+                        .iter()
+                        .map(|i| queries[*i].1.query(queries[*i].0))
+                        .collect(),
+                };
+                let mut stub = self.fetcher(route.channel.clone());
+                let call = stub.list_offsets(request);
+                let response = match metadata.call_on(&route.address, call).await {
+                    Ok(response) => response,
+                    Err(e) if e.is_retriable() => {
+                        for i in &indexes {
+                            refresh |=
+                                metadata.note_error(topic, queries[*i].0, &route.address, &e);
+                        }
+                        retry = Some(e);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                if response.offsets.len() != indexes.len() {
+                    return Err(Error::Protocol(format!(
+                        "ListOffsets answered {} offsets for {} queries",
+                        response.offsets.len(),
+                        indexes.len()
+                    )));
+                }
+                for (found, i) in response.offsets.iter().zip(&indexes) {
+                    match &found.error {
+                        Some(e) if e.reason != ErrorReason::Unspecified as i32 => {
+                            let e = Error::from_proto(e);
+                            if e.reason() != Some(ErrorReason::NotLeader) {
+                                return Err(e);
+                            }
+                            refresh |=
+                                metadata.note_error(topic, queries[*i].0, &route.address, &e);
+                            retry = Some(e);
+                        }
+                        _ => answers[*i] = Some(found.offset),
+                    }
+                }
+            }
+            let Some(error) = retry else { break };
+            attempt += 1;
+            if attempt >= LOOKUP_ATTEMPTS {
+                return Err(error);
+            }
+            if refresh {
+                metadata.refresh(topic, seen).await?;
+            }
+        }
+        answers
+            .into_iter()
+            .map(|a| a.ok_or_else(|| Error::Protocol("ListOffsets left a query unanswered".into())))
             .collect()
     }
+}
+
+/// An admin stub on `channel` with the message size limit.
+pub(crate) fn admin_stub(channel: Channel, limit: usize) -> AdminServiceClient<Channel> {
+    AdminServiceClient::new(channel)
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit)
 }
 
 /// Splits `host:port[,host:port...]`, refusing empty entries.

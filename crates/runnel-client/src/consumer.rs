@@ -1,15 +1,20 @@
 //! Reading partitions from explicit positions (no groups yet).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use runnel_batch::BatchIter;
 use runnel_proto::v1::{ErrorReason, FetchRequest, FetchResponse, PartitionData, PartitionFetch};
-use tokio::task::JoinHandle;
+use tokio::task::{self, AbortHandle, JoinHandle, JoinSet};
 
 use crate::client::{Client, OffsetSpec};
 use crate::error::{Error, Result};
+use crate::metadata::Route;
+
+/// How often a consumer waiting for a metadata refresh looks again.
+const REFRESH_POLL: Duration = Duration::from_millis(5);
 
 /// Where a [`Consumer`] starts in each partition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +43,13 @@ pub struct ConsumerConfig {
     pub min_bytes: u32,
     /// ...or this long (long poll), at most 60 s. Default 500 ms.
     pub max_wait: Duration,
+    /// Wait before fetching a partition again after its node failed or
+    /// answered `UNAVAILABLE` or `NOT_LEADER` without naming the leader
+    /// (metadata is re-read meanwhile). Default 100 ms.
+    pub retry_backoff: Duration,
+    /// How long a partition's fetches may keep failing with such retriable
+    /// errors before [`Consumer::poll`] returns the error. Default 30 s.
+    pub retry_timeout: Duration,
 }
 
 impl Default for ConsumerConfig {
@@ -47,6 +59,8 @@ impl Default for ConsumerConfig {
             partition_max_bytes: 4 << 20,
             min_bytes: 1,
             max_wait: Duration::from_millis(500),
+            retry_backoff: Duration::from_millis(100),
+            retry_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -76,38 +90,49 @@ struct PartitionState {
     id: u32,
     position: u64,
     high_watermark: Option<u64>,
+    /// Not fetched before this (after a retriable failure).
+    not_before: Option<Instant>,
+    /// Since when its fetches have failed with retriable errors.
+    failing_since: Option<Instant>,
 }
 
 /// Reads a set of partitions of one topic, each from its own position.
 ///
-/// Every [`Consumer::poll`] returns one `Fetch` call over all the
-/// partitions; the consumer verifies each batch's CRC, skips records below
-/// the position and advances the position past what it returns. The next
-/// fetch starts as soon as a poll returns, so the broker reads while the
-/// caller works (it is thrown away if [`Consumer::seek`] moves a position).
-/// Positions live only in the consumer (no groups, no commits yet).
+/// Partitions are grouped by leader node; every node gets one `Fetch` at a
+/// time covering its partitions. [`Consumer::poll`] returns what the first
+/// node (and any other already done) answered; the consumer verifies each
+/// batch's CRC, skips records below the position and advances the position
+/// past what it returns. The next fetch of a node starts as soon as a poll
+/// has taken its answer, so brokers read while the caller works (a fetch is
+/// thrown away if [`Consumer::seek`] moves one of its positions).
+///
+/// A partition whose leader moved (`NOT_LEADER`) is fetched from the new
+/// leader; a node that cannot be reached (or answers `UNAVAILABLE`) makes
+/// its partitions wait [`ConsumerConfig::retry_backoff`] and re-read the
+/// metadata, and fails the poll only when the partition has failed for
+/// [`ConsumerConfig::retry_timeout`]. Positions are kept throughout; they
+/// live only in the consumer (no groups, no commits yet).
 #[derive(Debug)]
 pub struct Consumer {
     client: Client,
     topic: Arc<str>,
     partitions: Vec<PartitionState>,
     config: ConsumerConfig,
-    prefetch: Option<Prefetch>,
+    /// Fetches in flight, one per node at most.
+    fetches: JoinSet<Result<FetchResponse>>,
+    /// What each fetch in flight asked for.
+    asked: HashMap<task::Id, NodeFetch>,
+    /// A metadata refresh running after a failure.
+    refresh: Option<JoinHandle<()>>,
 }
 
-/// A fetch started ahead, from `positions`.
+/// A fetch in flight to one node.
 #[derive(Debug)]
-struct Prefetch {
-    positions: Vec<u64>,
-    task: JoinHandle<Result<FetchResponse>>,
-}
-
-impl Drop for Consumer {
-    fn drop(&mut self) {
-        if let Some(prefetch) = self.prefetch.take() {
-            prefetch.task.abort();
-        }
-    }
+struct NodeFetch {
+    address: Arc<str>,
+    /// (partition, position) pairs, in request order.
+    positions: Vec<(u32, u64)>,
+    abort: AbortHandle,
 }
 
 impl Consumer {
@@ -153,21 +178,38 @@ impl Consumer {
                 resolve(client, topic, &ids, OffsetSpec::Timestamp(ts)).await?
             }
         };
-        Ok(Consumer {
+        Ok(Consumer::from_positions(
+            client,
+            topic,
+            ids.into_iter().zip(positions).collect(),
+            config,
+        ))
+    }
+
+    fn from_positions(
+        client: &Client,
+        topic: &str,
+        positions: Vec<(u32, u64)>,
+        config: ConsumerConfig,
+    ) -> Consumer {
+        Consumer {
             client: client.clone(),
             topic: Arc::from(topic),
-            partitions: ids
+            partitions: positions
                 .into_iter()
-                .zip(positions)
                 .map(|(id, position)| PartitionState {
                     id,
                     position,
                     high_watermark: None,
+                    not_before: None,
+                    failing_since: None,
                 })
                 .collect(),
             config,
-            prefetch: None,
-        })
+            fetches: JoinSet::new(),
+            asked: HashMap::new(),
+            refresh: None,
+        }
     }
 
     /// The topic read.
@@ -207,49 +249,167 @@ impl Consumer {
         self.partitions.iter().find(|p| p.id == partition)
     }
 
-    /// One fetch round: waits up to `max_wait` for `min_bytes`, then returns
-    /// what there is (possibly nothing), each partition's records in offset
-    /// order, partitions one after the other.
+    /// One fetch round: waits until a node answers (each fetch waits up to
+    /// `max_wait` for `min_bytes`), then returns what there is (possibly
+    /// nothing), each partition's records in offset order, partitions one
+    /// after the other.
     ///
-    /// A partition error (`OFFSET_OUT_OF_RANGE` after retention deleted the
-    /// position, for example) fails the call; positions are not reset.
+    /// A partition error other than a moved leader or an unavailable node
+    /// (`OFFSET_OUT_OF_RANGE` after retention deleted the position, for
+    /// example) fails the call when no other partition returned records;
+    /// positions are not reset, so the error comes back at the next poll.
+    ///
+    /// Cancel-safe: dropping the future loses no records and moves no
+    /// position.
     pub async fn poll(&mut self) -> Result<Vec<ConsumerRecord>> {
-        let positions = self.positions();
-        let fetch = match self.prefetch.take() {
-            Some(prefetch) if prefetch.positions == positions => prefetch,
-            Some(stale) => {
-                stale.task.abort();
-                self.start_fetch()
+        self.drop_stale_fetches();
+        loop {
+            self.start_fetches(Instant::now())?;
+            let wake = self.next_wake();
+            let joined = match (self.fetches.is_empty(), wake) {
+                (true, Some(at)) => {
+                    tokio::time::sleep_until(at.into()).await;
+                    continue;
+                }
+                (true, None) => {
+                    return Err(Error::InvalidArgument(
+                        "this consumer reads no partition".into(),
+                    ));
+                }
+                (false, Some(at)) => {
+                    tokio::select! {
+                        joined = self.fetches.join_next_with_id() => joined,
+                        () = tokio::time::sleep_until(at.into()) => continue,
+                    }
+                }
+                (false, None) => self.fetches.join_next_with_id().await,
+            };
+            let mut done = Vec::new();
+            done.extend(joined);
+            while let Some(more) = self.fetches.try_join_next_with_id() {
+                done.push(more);
             }
-            None => self.start_fetch(),
-        };
-        let response = fetch
-            .task
-            .await
-            .map_err(|e| Error::Protocol(format!("the fetch task failed: {e}")))??;
-        let mut records = Vec::new();
-        for data in &response.partitions {
-            self.take(data, &mut records)?;
+            let mut records = Vec::new();
+            let mut failure = None;
+            let mut answered = false;
+            for joined in done {
+                let (id, result) = match joined {
+                    Ok((id, result)) => (id, Ok(result)),
+                    Err(e) => (e.id(), Err(e)),
+                };
+                let Some(fetch) = self.asked.remove(&id) else {
+                    continue;
+                };
+                let response = match result {
+                    Ok(response) => response,
+                    Err(e) if e.is_cancelled() => continue,
+                    Err(e) => Err(Error::Protocol(format!("the fetch task failed: {e}"))),
+                };
+                answered = true;
+                if let Err(e) = self.on_fetched(fetch, response, &mut records) {
+                    failure.get_or_insert(e);
+                }
+            }
+            // Fetch the next round while the caller handles this one.
+            self.start_fetches(Instant::now())?;
+            match failure {
+                Some(e) if records.is_empty() => return Err(e),
+                _ if answered => return Ok(records),
+                _ => continue,
+            }
         }
-        // Fetch the next round while the caller handles this one.
-        self.prefetch = Some(self.start_fetch());
-        Ok(records)
     }
 
-    fn positions(&self) -> Vec<u64> {
-        self.partitions.iter().map(|p| p.position).collect()
+    /// Aborts fetches asked from positions that [`Consumer::seek`] moved.
+    fn drop_stale_fetches(&mut self) {
+        let partitions = &self.partitions;
+        let stale = |positions: &[(u32, u64)]| {
+            positions.iter().any(|(id, asked)| {
+                partitions
+                    .iter()
+                    .find(|p| p.id == *id)
+                    .is_none_or(|p| p.position != *asked)
+            })
+        };
+        self.asked.retain(|_, fetch| {
+            let keep = !stale(&fetch.positions);
+            if !keep {
+                fetch.abort.abort();
+            }
+            keep
+        });
     }
 
-    /// Starts a fetch from the current positions on its own task.
-    fn start_fetch(&self) -> Prefetch {
+    /// When a partition waiting out a backoff (or a metadata refresh) can be
+    /// fetched again.
+    fn next_wake(&self) -> Option<Instant> {
+        let covered = self.covered();
+        let waiting = self
+            .partitions
+            .iter()
+            .filter(|p| !covered.contains(&p.id))
+            .filter_map(|p| p.not_before)
+            .min()?;
+        let refreshing = self.refresh.as_ref().is_some_and(|r| !r.is_finished());
+        // While metadata is being re-read, look again every few ms.
+        Some(if refreshing {
+            waiting.max(Instant::now() + REFRESH_POLL)
+        } else {
+            waiting
+        })
+    }
+
+    /// Partitions some fetch in flight asked for.
+    fn covered(&self) -> HashSet<u32> {
+        self.asked
+            .values()
+            .flat_map(|f| f.positions.iter().map(|(id, _)| *id))
+            .collect()
+    }
+
+    /// Starts one fetch per leader node for the partitions no fetch covers,
+    /// except those waiting out a backoff or a metadata refresh, and those
+    /// whose node already has a fetch in flight (they join its next one).
+    fn start_fetches(&mut self, now: Instant) -> Result<()> {
+        let covered = self.covered();
+        let busy: HashSet<Arc<str>> = self.asked.values().map(|f| f.address.clone()).collect();
+        let refreshing = self.refresh.as_ref().is_some_and(|r| !r.is_finished());
+        let metadata = self.client.metadata();
+        let mut groups: Vec<(Route, Vec<(u32, u64)>)> = Vec::new();
+        for p in &self.partitions {
+            if covered.contains(&p.id) {
+                continue;
+            }
+            if p.not_before.is_some_and(|t| t > now || refreshing) {
+                continue;
+            }
+            let route = match metadata.route(&self.topic, p.id) {
+                Some(found) => found?.0,
+                None => metadata.default_route()?,
+            };
+            if busy.contains(&route.address) {
+                continue;
+            }
+            match groups.iter_mut().find(|(r, _)| r.address == route.address) {
+                Some((_, positions)) => positions.push((p.id, p.position)),
+                None => groups.push((route, vec![(p.id, p.position)])),
+            }
+        }
+        for (route, positions) in groups {
+            self.start_fetch(route, positions);
+        }
+        Ok(())
+    }
+
+    /// Starts a fetch of `positions` from the node of `route`, on its own task.
+    fn start_fetch(&mut self, route: Route, positions: Vec<(u32, u64)>) {
         let request = FetchRequest {
             topic: self.topic.to_string(),
-            partitions: self
-                .partitions
+            partitions: positions
                 .iter()
-                .map(|p| PartitionFetch {
-                    partition: p.id,
-                    offset: p.position,
+                .map(|(partition, offset)| PartitionFetch {
+                    partition: *partition,
+                    offset: *offset,
                     max_bytes: self.config.partition_max_bytes,
                 })
                 .collect(),
@@ -259,10 +419,118 @@ impl Consumer {
             decode: false,
         };
         let client = self.client.clone();
-        Prefetch {
-            positions: self.positions(),
-            task: tokio::spawn(async move { client.call(client.fetcher().fetch(request)).await }),
+        let address = route.address.clone();
+        let abort = self.fetches.spawn(async move {
+            let mut stub = client.fetcher(route.channel);
+            let call = stub.fetch(request);
+            client.metadata().call_on(&route.address, call).await
+        });
+        self.asked.insert(
+            abort.id(),
+            NodeFetch {
+                address,
+                positions,
+                abort,
+            },
+        );
+    }
+
+    /// Takes one node's answer: records into `out`, moved leaders and
+    /// failures into the routes and backoffs.
+    fn on_fetched(
+        &mut self,
+        fetch: NodeFetch,
+        response: Result<FetchResponse>,
+        out: &mut Vec<ConsumerRecord>,
+    ) -> Result<()> {
+        let now = Instant::now();
+        let response = match response {
+            Ok(response) => response,
+            Err(e) if e.is_retriable() => {
+                let mut result = Ok(());
+                for (id, _) in &fetch.positions {
+                    if let Err(e) = self.retry_later(*id, &fetch.address, &e, now) {
+                        result = Err(e);
+                    }
+                }
+                return result;
+            }
+            Err(e) => return Err(e),
+        };
+        let mut result = Ok(());
+        for data in &response.partitions {
+            let asked = fetch
+                .positions
+                .iter()
+                .find(|(id, _)| *id == data.partition)
+                .map(|(_, position)| *position);
+            let Some(asked) = asked else {
+                return Err(Error::Protocol(format!(
+                    "fetch answered partition {} which was not asked for",
+                    data.partition
+                )));
+            };
+            if self.position(data.partition) != Some(asked) {
+                continue; // moved by seek since: not what the caller wants
+            }
+            let error = data
+                .error
+                .as_ref()
+                .filter(|e| e.reason != ErrorReason::Unspecified as i32)
+                .map(Error::from_proto);
+            let outcome = match error {
+                Some(e)
+                    if matches!(
+                        e.reason(),
+                        Some(ErrorReason::NotLeader | ErrorReason::Unavailable)
+                    ) =>
+                {
+                    self.retry_later(data.partition, &fetch.address, &e, now)
+                }
+                Some(e) => Err(e),
+                None => self.take(data, out),
+            };
+            if let Err(e) = outcome {
+                result = Err(e);
+            }
         }
+        result
+    }
+
+    /// A retriable failure of `partition` at `address`: updates the routes,
+    /// waits (no wait when the new leader was named), and fails once the
+    /// partition has failed for `retry_timeout`.
+    fn retry_later(
+        &mut self,
+        partition: u32,
+        address: &str,
+        error: &Error,
+        now: Instant,
+    ) -> Result<()> {
+        let metadata = self.client.metadata();
+        let seen = metadata.version(&self.topic);
+        let refresh = metadata.note_error(&self.topic, partition, address, error);
+        if refresh && self.refresh.as_ref().is_none_or(JoinHandle::is_finished) {
+            let client = self.client.clone();
+            let topic = self.topic.clone();
+            self.refresh = Some(tokio::spawn(async move {
+                if let Err(error) = client.metadata().refresh(&topic, seen).await {
+                    tracing::debug!(%topic, %error, "metadata refresh failed");
+                }
+            }));
+        }
+        let (backoff, timeout) = (self.config.retry_backoff, self.config.retry_timeout);
+        let Some(state) = self.partitions.iter_mut().find(|p| p.id == partition) else {
+            return Ok(());
+        };
+        let since = *state.failing_since.get_or_insert(now);
+        if now.duration_since(since) >= timeout {
+            state.failing_since = None;
+            return Err(error.clone());
+        }
+        tracing::debug!(topic = %self.topic, partition, %error, "fetch failed, retrying");
+        state.not_before = Some(if refresh { now + backoff } else { now });
+        Ok(())
     }
 
     /// Decodes one partition's batches into `out`, advancing its position.
@@ -282,6 +550,8 @@ impl Consumer {
             return Err(Error::from_proto(error));
         }
         state.high_watermark = Some(data.high_watermark);
+        state.failing_since = None;
+        state.not_before = None;
         let corrupt = |position: u64, source| Error::Corrupt {
             topic: topic.to_string(),
             partition: data.partition,
@@ -360,17 +630,12 @@ mod tests {
     }
 
     fn consumer(position: u64) -> Consumer {
-        Consumer {
-            client: Client::for_tests(),
-            topic: Arc::from("t"),
-            partitions: vec![PartitionState {
-                id: 0,
-                position,
-                high_watermark: None,
-            }],
-            config: ConsumerConfig::default(),
-            prefetch: None,
-        }
+        Consumer::from_positions(
+            &Client::for_tests(),
+            "t",
+            vec![(0, position)],
+            ConsumerConfig::default(),
+        )
     }
 
     fn data(batches: Vec<u8>) -> PartitionData {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use runnel_batch::BatchError;
 use runnel_proto::REASON_METADATA_KEY;
 use runnel_proto::v1::ErrorReason;
+use tonic_types::StatusExt;
 
 /// A `Result` with the client's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -126,15 +127,24 @@ impl Error {
 
     /// Maps a failed gRPC call: a status with the `runnel-reason` trailer
     /// becomes [`Error::Status`], anything else [`Error::Transport`].
+    /// A `NOT_LEADER` status also names the leader, when the broker knows
+    /// it, in the `leader_id` and `leader_address` metadata of its
+    /// `google.rpc.ErrorInfo`.
     pub(crate) fn from_status(status: tonic::Status, address: &str) -> Error {
         match reason_of(&status) {
-            Some(reason) => Error::Status {
-                reason,
-                message: status.message().to_string(),
-                leader_id: 0,
-                leader_address: String::new(),
-                status: Some(Arc::new(status)),
-            },
+            Some(reason) => {
+                let (leader_id, leader_address) = match reason {
+                    ErrorReason::NotLeader => leader_of(&status),
+                    _ => (0, String::new()),
+                };
+                Error::Status {
+                    reason,
+                    message: status.message().to_string(),
+                    leader_id,
+                    leader_address,
+                    status: Some(Arc::new(status)),
+                }
+            }
             None => {
                 let message = if status.message().is_empty() {
                     format!("{:?}", status.code())
@@ -147,6 +157,42 @@ impl Error {
                     status: Some(Arc::new(status)),
                 }
             }
+        }
+    }
+
+    /// For `NOT_LEADER`: the leader's node id (0 if unknown) and address
+    /// (empty if unknown), as the broker named them.
+    pub(crate) fn leader(&self) -> Option<(u32, &str)> {
+        match self {
+            Error::Status {
+                reason: ErrorReason::NotLeader,
+                leader_id,
+                leader_address,
+                ..
+            } => Some((*leader_id, leader_address.as_str())),
+            _ => None,
+        }
+    }
+
+    /// True when the node could not be reached or the connection broke (as
+    /// opposed to a node that answered, even with an error): the client then
+    /// tries another node and refreshes its metadata.
+    pub(crate) fn is_connection_error(&self) -> bool {
+        match self {
+            Error::Connect { .. } | Error::Timeout(_) => true,
+            Error::Transport { status: None, .. } => true,
+            Error::Transport {
+                status: Some(status),
+                ..
+            } => matches!(
+                status.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::Unknown
+                    | tonic::Code::Cancelled
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Internal
+            ),
+            _ => false,
         }
     }
 
@@ -166,6 +212,24 @@ impl Error {
 pub(crate) fn reason_of(status: &tonic::Status) -> Option<ErrorReason> {
     let value = status.metadata().get(REASON_METADATA_KEY)?.to_str().ok()?;
     ErrorReason::from_str_name(value.trim())
+}
+
+/// The leader named by a `NOT_LEADER` status's `google.rpc.ErrorInfo`.
+fn leader_of(status: &tonic::Status) -> (u32, String) {
+    let Some(info) = status.get_details_error_info() else {
+        return (0, String::new());
+    };
+    let id = info
+        .metadata
+        .get("leader_id")
+        .and_then(|id| id.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    let address = info
+        .metadata
+        .get("leader_address")
+        .map(|a| a.trim().to_string())
+        .unwrap_or_default();
+    (id, address)
 }
 
 /// `message` followed by the chain of `error`'s sources, for errors whose
@@ -268,6 +332,51 @@ mod tests {
             transport.to_string(),
             "transport error talking to a:1: Unavailable: gone"
         );
+    }
+
+    #[test]
+    fn not_leader_statuses_name_the_leader() {
+        // (case, leader_id metadata, leader_address metadata, expected)
+        type Case<'a> = (u32, Option<&'a str>, Option<&'a str>, (u32, &'a str));
+        let cases: &[Case] = &[
+            (0, Some("2"), Some("h:2"), (2, "h:2")),
+            (1, Some("0"), Some(""), (0, "")),
+            (2, None, None, (0, "")),
+            (3, Some("x"), Some("h:3"), (0, "h:3")),
+        ];
+        for (case, id, address, want) in cases {
+            let mut info = std::collections::HashMap::new();
+            if let Some(id) = id {
+                info.insert("leader_id".to_string(), id.to_string());
+            }
+            if let Some(address) = address {
+                info.insert("leader_address".to_string(), address.to_string());
+            }
+            let details = tonic_types::ErrorDetails::with_error_info(
+                "NOT_LEADER",
+                runnel_proto::ERROR_DOMAIN,
+                info,
+            );
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            metadata.insert(
+                REASON_METADATA_KEY,
+                MetadataValue::from_static("NOT_LEADER"),
+            );
+            let status = tonic::Status::with_error_details_and_metadata(
+                tonic::Code::FailedPrecondition,
+                "not the leader",
+                details,
+                metadata,
+            );
+            let error = Error::from_status(status, "a:1");
+            assert_eq!(error.leader(), Some(*want), "case {case}");
+            assert!(!error.is_connection_error(), "case {case}");
+        }
+        let refused = Error::from_status(tonic::Status::unavailable("tcp connect error"), "a:1");
+        assert!(refused.is_connection_error());
+        assert_eq!(refused.leader(), None);
+        let unimplemented = Error::from_status(tonic::Status::unimplemented(""), "a:1");
+        assert!(!unimplemented.is_connection_error());
     }
 
     #[test]

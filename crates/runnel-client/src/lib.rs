@@ -1,14 +1,42 @@
 //! The Rust client of Runnel.
 //!
-//! - [`Client`]: a connection to a cluster (one HTTP/2 connection, tuned for
-//!   throughput) and the admin calls: create, delete, list and describe
-//!   topics, describe the cluster, look up offsets.
+//! - [`Client`]: a connection to a cluster (one HTTP/2 connection per node,
+//!   tuned for throughput), its metadata cache, and the admin calls: create,
+//!   delete, list and describe topics, describe the cluster, look up offsets.
 //! - [`Producer`]: batching per partition (size and linger), compression,
-//!   one produce stream with a window of requests in flight, retries,
-//!   acks 0/1/all. Delivery is at least once (see [`producer`]).
+//!   one produce stream per node with a window of requests in flight,
+//!   retries, acks 0/1/all. Delivery is at least once (see [`producer`]).
 //! - [`Consumer`]: reads a set of partitions from explicit positions
-//!   (earliest, latest, offset, timestamp) with long-poll fetches, decoding
-//!   and verifying batches itself.
+//!   (earliest, latest, offset, timestamp) with long-poll fetches from each
+//!   partition's leader, decoding and verifying batches itself.
+//!
+//! # Routing
+//!
+//! The client routes requests itself, as Kafka clients do:
+//!
+//! - The bootstrap list (`host:port[,host:port...]`) is tried in order until
+//!   a node answers; that node is the *default node*, which serves calls
+//!   that any node serves (topic admin, `DescribeTopic`, `DescribeCluster`,
+//!   `ListTopics`; the broker forwards what needs the controller). When it
+//!   cannot be reached, the next bootstrap address, then the other known
+//!   nodes, take over.
+//! - The first use of a topic loads its partition leaders (`DescribeTopic`)
+//!   and, for leaders not known yet, every node's address
+//!   (`DescribeCluster`). Produce, fetch and `ListOffsets` requests go to the
+//!   partition's leader, over one connection per node shared by the whole
+//!   client (made on first use).
+//! - A partition whose leader is unknown (leader 0, or no address for it)
+//!   goes to the default node, which forwards or redirects.
+//! - `NOT_LEADER` naming the new leader (id and address, in the partition's
+//!   error or the status's `google.rpc.ErrorInfo`) moves the partition at
+//!   once; `NOT_LEADER` without one, `UNAVAILABLE`, or an unreachable node
+//!   refreshes the topic's metadata. Refreshes are coalesced (concurrent
+//!   requests for the same stale routes share one call) and spaced by
+//!   [`ClientConfig::metadata_backoff`]; the failed request is then retried
+//!   against the new leader ([`producer`] says what that means for order).
+//!
+//! On a single node every route leads to that node, over the one connection
+//! made at [`Client::connect`].
 //!
 //! This crate owns the client side of the gRPC API in `runnel-proto` and
 //! speaks the batch format of `runnel-batch`. It knows nothing of storage or
@@ -32,7 +60,13 @@
 mod client;
 mod consumer;
 mod error;
+mod metadata;
 pub mod producer;
+
+#[cfg(test)]
+mod fake_cluster;
+#[cfg(test)]
+mod routing_tests;
 
 pub use client::{Client, ClientConfig, OffsetSpec};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, StartPosition};

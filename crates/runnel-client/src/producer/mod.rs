@@ -2,20 +2,39 @@
 //!
 //! Records are appended to per-partition batches (encoded as they arrive with
 //! [`runnel_batch::BatchBuilder`]); a background sender task takes batches
-//! that are full (`batch_bytes`) or whose `linger` expired, packs batches of
-//! several partitions of one topic into one request, and sends it as
-//! pre-encoded `batch` bytes over one `ProduceStream`, with up to
-//! `max_in_flight` requests unanswered.
+//! that are full (`batch_bytes`) or whose `linger` expired, routes each to
+//! its partition's leader (see the [crate docs](crate#routing)), packs
+//! batches of several partitions of one topic led by the same node into one
+//! request, and sends it as pre-encoded `batch` bytes over that node's
+//! `ProduceStream`: one stream per node, with up to `max_in_flight`
+//! requests unanswered on each.
 //!
 //! Delivery is **at least once**: a batch whose request failed with a
-//! retriable error (`UNAVAILABLE`, `NOT_LEADER` after a metadata refresh,
-//! `TIMEOUT`, a broken or silent connection, which is then re-opened) is sent
-//! again after `retry_backoff`, up to `retries` times, and may then be
-//! stored twice if the first attempt was in fact stored. Other errors fail
-//! the batch's records at once; a batch that runs out of retries fails with
-//! the last error. With more than one
-//! request in flight, a retried batch may also land after a later batch of
-//! the same partition. There is no idempotent producer yet.
+//! retriable error (`UNAVAILABLE`, `NOT_LEADER`, `TIMEOUT`, a broken or
+//! silent connection, which is then re-opened) is sent again, up to
+//! `retries` times, and may then be stored twice if the first attempt was in
+//! fact stored. A `NOT_LEADER` that names the new leader sends the batch
+//! there at once; other retriable errors refresh the topic's metadata and
+//! wait `retry_backoff` (doubling per attempt up to `retry_backoff_max`).
+//! Other errors fail the batch's records at once; a batch that runs out of
+//! retries fails with the last error. There is no idempotent producer yet.
+//!
+//! # Order within a partition
+//!
+//! - With `max_in_flight = 1` per node, a partition's batches are stored in
+//!   the order they were sent, across retries and leader moves.
+//! - With more in flight, the batches of a partition are pipelined in order
+//!   on one stream, and these rules keep retries in order: a batch waiting
+//!   for a retry holds back every later batch of its partition; while a
+//!   retried batch is in flight its partition has nothing else in flight;
+//!   and a partition's batches go to a new leader only once none is in
+//!   flight to the old one. When a leader moves, every batch in flight to it
+//!   fails with `NOT_LEADER` and all are retried, in order, on the new
+//!   leader: nothing is reordered.
+//! - What is not guaranteed (as with Kafka without idempotence): when a
+//!   batch fails with a transient error (`UNAVAILABLE`, `TIMEOUT`, a broken
+//!   stream) while later batches of its partition were already in flight and
+//!   succeed, the retried batch lands after them.
 
 mod accumulator;
 mod completion;
@@ -101,12 +120,18 @@ pub struct ProducerConfig {
     pub batch_bytes: usize,
     /// Compression of each batch's records. Default none.
     pub compression: Compression,
-    /// Requests sent and not yet answered, at most. Default 8.
+    /// Requests sent to one node and not yet answered, at most. Default 8.
     pub max_in_flight: usize,
-    /// Times a batch is sent again after a retriable error. Default 5.
+    /// Times a batch is sent again after a retriable error. Default 10,
+    /// which with the default backoffs rides out about 7 s of leader
+    /// elections and unreachable nodes.
     pub retries: u32,
-    /// Wait before sending a failed batch again. Default 100 ms.
+    /// Wait before sending a failed batch again, doubled per attempt.
+    /// Default 100 ms. (No wait after a `NOT_LEADER` that names the new
+    /// leader.)
     pub retry_backoff: Duration,
+    /// Longest wait between two attempts. Default 1 s.
+    pub retry_backoff_max: Duration,
     /// Longest wait for a request's answer before the connection is taken
     /// for dead and its requests retried. Default 30 s.
     pub request_timeout: Duration,
@@ -123,8 +148,9 @@ impl Default for ProducerConfig {
             batch_bytes: 1 << 20,
             compression: Compression::None,
             max_in_flight: 8,
-            retries: 5,
+            retries: 10,
             retry_backoff: Duration::from_millis(100),
+            retry_backoff_max: Duration::from_secs(1),
             request_timeout: Duration::from_secs(30),
             buffer_bytes: 64 << 20,
         }
@@ -336,7 +362,7 @@ impl Producer {
         }
     }
 
-    /// Fetches and caches `topic`'s partition count.
+    /// Fetches `topic`'s metadata (partition count and leaders).
     async fn load_metadata(&self, topic: &str) -> Result<()> {
         let description =
             self.inner

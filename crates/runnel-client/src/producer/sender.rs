@@ -1,10 +1,11 @@
-//! The producer's background task: encodes closed batches, sends them over
-//! one `ProduceStream`, matches answers by sequence, retries, completes.
+//! The producer's background task: encodes closed batches, routes each to
+//! its partition's leader, sends them over one `ProduceStream` per node,
+//! matches answers by sequence, retries, completes.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use runnel_proto::v1::partition_records::Data;
@@ -13,14 +14,15 @@ use runnel_proto::v1::{
     ProduceStreamResponse,
 };
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Streaming;
 
 use super::Shared;
 use super::accumulator::ClosedBatch;
 use super::completion::BatchCompletion;
 use crate::client::Client;
 use crate::error::{Error, Result};
+use crate::metadata::Route;
 
 /// Most batch bytes packed into one request (a single larger batch still
 /// goes, alone).
@@ -45,41 +47,95 @@ impl Batch {
     fn eligible(&self, now: Instant) -> bool {
         self.not_before.is_none_or(|t| t <= now)
     }
+
+    fn key(&self) -> (Arc<str>, u32) {
+        (self.topic.clone(), self.partition)
+    }
 }
 
 /// A request sent and not yet answered.
 #[derive(Debug)]
 struct InFlight {
+    /// The node it went to.
+    address: Arc<str>,
     /// Its batches; empty with acks=0, whose batches complete when sent.
     batches: Vec<Batch>,
     sent_at: Instant,
 }
 
-/// An open `ProduceStream`.
+/// An open `ProduceStream` to one node.
 #[derive(Debug)]
 struct Connection {
+    /// Tells this stream's answers from those of an earlier one to the node.
+    id: u64,
     requests: mpsc::Sender<ProduceStreamRequest>,
-    responses: Streaming<ProduceStreamResponse>,
+    /// Forwards the stream's answers to the sender's event queue.
+    reader: JoinHandle<()>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // Dropping `requests` ends the request stream (the broker ends the
+        // call); the reader's answers would be for nobody.
+        self.reader.abort();
+    }
+}
+
+/// A partition's batches in flight: the per-partition order rules.
+#[derive(Debug, Default)]
+struct PartitionFlight {
+    /// Batches of it in flight (acks 1 or all).
+    in_flight: usize,
+    /// The node they went to.
+    address: Option<Arc<str>>,
+    /// The first batch of it waiting to be retried: until it is answered,
+    /// the partition has at most one batch in flight.
+    retrying: Option<u64>,
+}
+
+/// What the sender's background helpers report.
+#[derive(Debug)]
+enum Event {
+    /// An answer, the end, or the failure of a produce stream.
+    Stream {
+        connection: u64,
+        item: std::result::Result<Option<ProduceStreamResponse>, tonic::Status>,
+    },
+    /// A metadata refresh of this topic ended (well or not).
+    Refreshed(Arc<str>),
 }
 
 /// What woke the sender.
-enum Event {
-    Response(std::result::Result<Option<ProduceStreamResponse>, tonic::Status>),
+enum Wake {
+    Event(Event),
     Woken,
     Deadline,
 }
 
+/// The next request: batches of one topic for one node.
+struct Selection {
+    topic: Arc<str>,
+    route: Route,
+    /// Indexes into `pending`, ascending.
+    indexes: Vec<usize>,
+}
+
 /// Runs until the producer is closed and every batch is completed.
 pub(crate) async fn run(client: Client, shared: Arc<Shared>) {
+    let (events_tx, events) = mpsc::unbounded_channel();
     let mut sender = Sender {
         client,
         shared,
         pending: VecDeque::new(),
         in_flight: BTreeMap::new(),
         next_sequence: 0,
-        connection: None,
-        reconnect_at: None,
-        refreshed: HashMap::new(),
+        connections: HashMap::new(),
+        next_connection: 0,
+        reconnect_at: HashMap::new(),
+        partitions: HashMap::new(),
+        refreshing: HashSet::new(),
+        events,
+        events_tx,
     };
     sender.run().await;
 }
@@ -91,20 +147,25 @@ struct Sender {
     pending: VecDeque<Batch>,
     in_flight: BTreeMap<u64, InFlight>,
     next_sequence: u64,
-    connection: Option<Connection>,
-    /// After a failed connect: not before this.
-    reconnect_at: Option<Instant>,
-    /// When each topic's metadata was last refreshed after `NOT_LEADER`.
-    refreshed: HashMap<Arc<str>, Instant>,
+    /// One produce stream per node address.
+    connections: HashMap<Arc<str>, Connection>,
+    next_connection: u64,
+    /// After a failed connect to a node: not before this.
+    reconnect_at: HashMap<Arc<str>, Instant>,
+    /// Partitions with batches in flight or being retried.
+    partitions: HashMap<(Arc<str>, u32), PartitionFlight>,
+    /// Topics whose metadata is being refreshed: their batches wait for it.
+    refreshing: HashSet<Arc<str>>,
+    events: mpsc::UnboundedReceiver<Event>,
+    events_tx: mpsc::UnboundedSender<Event>,
 }
 
 impl Sender {
     async fn run(&mut self) {
-        let max_in_flight = self.shared.config.max_in_flight;
         loop {
             let now = Instant::now();
             let closing = self.shared.closed.load(Ordering::Acquire);
-            if self.in_flight.len() < max_in_flight && !self.has_eligible(now) {
+            if !self.window_full() && self.select(now).is_none() {
                 let closed = self.shared.lock().drain(now, closing);
                 for batch in closed {
                     self.encode(batch);
@@ -120,31 +181,23 @@ impl Sender {
             }
             let deadline = self.deadline(now);
             match self.wait(deadline).await {
-                Event::Response(Ok(Some(response))) => self.on_response(response),
-                Event::Response(Ok(None)) => {
-                    self.on_broken(self.transport_error("the broker closed the produce stream"))
+                Wake::Event(Event::Stream { connection, item }) => {
+                    self.on_stream(connection, item);
                 }
-                Event::Response(Err(status)) => {
-                    let error = Error::from_status(status, self.client.address());
-                    self.on_broken(error);
+                Wake::Event(Event::Refreshed(topic)) => {
+                    self.refreshing.remove(&topic);
                 }
-                Event::Woken => {}
-                Event::Deadline => self.check_timeouts(Instant::now()),
+                Wake::Woken => {}
+                Wake::Deadline => self.check_timeouts(Instant::now()),
             }
         }
-        // Ends the request stream: the broker ends the call.
-        self.connection = None;
+        // Ends the request streams: the brokers end the calls.
+        self.connections.clear();
     }
 
-    /// Waits for an answer, a wake-up from the producer, or `deadline`.
-    async fn wait(&mut self, deadline: Option<Instant>) -> Event {
+    /// Waits for an event, a wake-up from the producer, or `deadline`.
+    async fn wait(&mut self, deadline: Option<Instant>) -> Wake {
         let shared = self.shared.clone();
-        let response = async {
-            match self.connection.as_mut() {
-                Some(c) => c.responses.message().await,
-                None => std::future::pending().await,
-            }
-        };
         let sleep = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -153,10 +206,18 @@ impl Sender {
         };
         tokio::select! {
             biased;
-            r = response => Event::Response(r),
-            () = shared.wake.notified() => Event::Woken,
-            () = sleep => Event::Deadline,
+            // Never `None`: the sender holds `events_tx`.
+            Some(event) = self.events.recv() => Wake::Event(event),
+            () = shared.wake.notified() => Wake::Woken,
+            () = sleep => Wake::Deadline,
         }
+    }
+
+    /// Every node's window is full (`max_in_flight` requests per node with
+    /// a stream; one node when there is none yet).
+    fn window_full(&self) -> bool {
+        let nodes = self.connections.len().max(1);
+        self.in_flight.len() >= self.shared.config.max_in_flight * nodes
     }
 
     /// The next moment something is due: a linger, a retry, a reconnect, or a
@@ -164,7 +225,7 @@ impl Sender {
     fn deadline(&self, now: Instant) -> Option<Instant> {
         let timeout = self.shared.config.request_timeout;
         let oldest = self.in_flight.values().map(|f| f.sent_at + timeout).min();
-        if self.in_flight.len() >= self.shared.config.max_in_flight {
+        if self.window_full() {
             return oldest;
         }
         let linger = self.shared.lock().next_deadline();
@@ -174,14 +235,16 @@ impl Sender {
             .filter_map(|b| b.not_before)
             .filter(|t| *t > now)
             .min();
-        [oldest, linger, retry, self.reconnect_at]
+        let reconnect = self
+            .reconnect_at
+            .values()
+            .filter(|t| **t > now)
+            .min()
+            .copied();
+        [oldest, linger, retry, reconnect]
             .into_iter()
             .flatten()
             .min()
-    }
-
-    fn has_eligible(&self, now: Instant) -> bool {
-        self.pending.iter().any(|b| b.eligible(now))
     }
 
     fn encode(&mut self, closed: ClosedBatch) {
@@ -211,27 +274,115 @@ impl Sender {
         }
     }
 
-    /// Sends requests while the window has room and batches are eligible.
-    async fn send_eligible(&mut self, now: Instant) {
+    /// Where `batch` goes now: its partition's leader, or the default node.
+    fn route(&self, batch: &Batch) -> Result<Route> {
+        let metadata = self.client.metadata();
+        match metadata.route(&batch.topic, batch.partition) {
+            Some(found) => found.map(|(route, _)| route),
+            None => metadata.default_route(),
+        }
+    }
+
+    /// Picks the next request without taking it: eligible batches of one
+    /// topic for one node, one per partition, in batch order, up to
+    /// `MAX_REQUEST_BYTES`, on a node with room in its window. A batch that
+    /// cannot go holds back the later batches of its partition: one waiting
+    /// for its backoff or for its topic's metadata; one whose partition
+    /// still has batches in flight to another node (its leader moved), or
+    /// has a retried batch in flight.
+    fn select(&self, now: Instant) -> Option<Selection> {
         let max_in_flight = self.shared.config.max_in_flight;
-        while self.in_flight.len() < max_in_flight && self.has_eligible(now) {
-            if self.connection.is_none() && !self.connect(now).await {
-                return;
+        let mut per_node: HashMap<&str, usize> = HashMap::new();
+        for flight in self.in_flight.values() {
+            *per_node.entry(&flight.address).or_default() += 1;
+        }
+        let node_ready = |address: &str| {
+            per_node.get(address).copied().unwrap_or(0) < max_in_flight
+                && self.reconnect_at.get(address).is_none_or(|t| *t <= now)
+        };
+        let mut chosen: Option<(Arc<str>, Route)> = None;
+        let mut indexes: Vec<usize> = Vec::new();
+        let mut bytes = 0usize;
+        let mut held: HashSet<(Arc<str>, u32)> = HashSet::new();
+        for (i, batch) in self.pending.iter().enumerate() {
+            let key = batch.key();
+            if held.contains(&key) {
+                continue;
             }
-            let Some((topic, batches)) = self.next_request(now) else {
-                return;
+            if !batch.eligible(now) || self.refreshing.contains(&batch.topic) {
+                held.insert(key);
+                continue;
+            }
+            let Ok(route) = self.route(batch) else {
+                held.insert(key);
+                continue;
             };
+            let blocked = self.partitions.get(&key).is_some_and(|p| {
+                p.in_flight > 0
+                    && (p.retrying.is_some() || p.address.as_ref() != Some(&route.address))
+            });
+            if blocked || !node_ready(&route.address) {
+                held.insert(key);
+                continue;
+            }
+            match &chosen {
+                None => chosen = Some((batch.topic.clone(), route)),
+                Some((topic, to)) => {
+                    if *topic != batch.topic || to.address != route.address {
+                        continue;
+                    }
+                    if indexes
+                        .iter()
+                        .any(|j| self.pending[*j].partition == batch.partition)
+                    {
+                        held.insert(key);
+                        continue;
+                    }
+                    if bytes + batch.bytes.len() > MAX_REQUEST_BYTES {
+                        break;
+                    }
+                }
+            }
+            bytes += batch.bytes.len();
+            indexes.push(i);
+        }
+        chosen.map(|(topic, route)| Selection {
+            topic,
+            route,
+            indexes,
+        })
+    }
+
+    /// Sends requests while nodes have room and batches can go.
+    async fn send_eligible(&mut self, now: Instant) {
+        while let Some(selection) = self.select(now) {
+            let address = selection.route.address.clone();
+            if !self.connections.contains_key(&address)
+                && !self.connect(&selection.route, now).await
+            {
+                continue; // its batches were rescheduled; others may go
+            }
+            let mut batches = Vec::with_capacity(selection.indexes.len());
+            for i in selection.indexes.iter().rev() {
+                if let Some(batch) = self.pending.remove(*i) {
+                    batches.push(batch);
+                }
+            }
+            batches.reverse();
             let sequence = self.next_sequence;
             self.next_sequence += 1;
-            let request = self.request(sequence, &topic, &batches);
-            let sent = match &self.connection {
+            let request = self.request(sequence, &selection.topic, &batches);
+            let sent = match self.connections.get(&address) {
                 Some(c) => c.requests.send(request).await.is_ok(),
                 None => false,
             };
             if !sent {
                 // Never reached the broker: not an attempt.
                 self.requeue(batches);
-                self.on_broken(self.transport_error("the produce stream is closed"));
+                self.reconnect_at
+                    .insert(address.clone(), now + self.shared.config.retry_backoff);
+                let error = transport_error(&address, "the produce stream is closed");
+                self.on_broken(&address, error);
                 return;
             }
             let batches = if self.shared.config.acks == super::Acks::None {
@@ -240,11 +391,17 @@ impl Sender {
                 }
                 Vec::new()
             } else {
+                for batch in &batches {
+                    let flight = self.partitions.entry(batch.key()).or_default();
+                    flight.in_flight += 1;
+                    flight.address = Some(address.clone());
+                }
                 batches
             };
             self.in_flight.insert(
                 sequence,
                 InFlight {
+                    address,
                     batches,
                     sent_at: Instant::now(),
                 },
@@ -252,84 +409,71 @@ impl Sender {
         }
     }
 
-    /// Opens the produce stream; on failure, counts an attempt against every
-    /// pending batch and backs off. Returns whether a connection is open.
-    async fn connect(&mut self, now: Instant) -> bool {
-        if self.reconnect_at.is_some_and(|t| t > now) {
-            return false;
-        }
-        match self.open().await {
+    /// Opens the produce stream to `route`'s node; on failure, counts an
+    /// attempt against every pending batch for that node and backs off.
+    /// Returns whether a stream is open.
+    async fn connect(&mut self, route: &Route, now: Instant) -> bool {
+        match self.open(route).await {
             Ok(connection) => {
-                self.connection = Some(connection);
-                self.reconnect_at = None;
+                tracing::debug!(address = %route.address, leader = route.leader, "produce stream open");
+                self.connections.insert(route.address.clone(), connection);
+                self.reconnect_at.remove(&route.address);
                 true
             }
             Err(error) => {
-                tracing::debug!(%error, "cannot open the produce stream");
-                self.reconnect_at = Some(now + self.shared.config.retry_backoff);
+                tracing::debug!(address = %route.address, %error, "cannot open the produce stream");
+                self.reconnect_at.insert(
+                    route.address.clone(),
+                    now + self.shared.config.retry_backoff,
+                );
                 let pending: Vec<Batch> = self.pending.drain(..).collect();
                 for batch in pending {
-                    self.retry_or_fail(batch, error.clone(), now);
+                    let to_node = self.route(&batch).is_ok_and(|r| r.address == route.address);
+                    if to_node {
+                        self.retry_or_fail(batch, &route.address, error.clone(), now);
+                    } else {
+                        self.pending.push_back(batch);
+                    }
                 }
                 false
             }
         }
     }
 
-    async fn open(&self) -> Result<Connection> {
+    async fn open(&mut self, route: &Route) -> Result<Connection> {
         let config = &self.shared.config;
         let (requests, receiver) = mpsc::channel(config.max_in_flight + 1);
-        let mut stub = self.client.producer_stub();
+        let mut stub = self.client.producer_stub(route.channel.clone());
         let call = stub.produce_stream(ReceiverStream::new(receiver));
         let response = tokio::time::timeout(config.request_timeout, call)
             .await
             .map_err(|_| Error::Timeout(config.request_timeout))?
-            .map_err(|status| Error::from_status(status, self.client.address()))?;
+            .map_err(|status| Error::from_status(status, &route.address))?;
+        let mut responses = response.into_inner();
+        let id = self.next_connection;
+        self.next_connection += 1;
+        let events = self.events_tx.clone();
+        let reader = tokio::spawn(async move {
+            loop {
+                let item = responses.message().await;
+                let end = !matches!(item, Ok(Some(_)));
+                if events
+                    .send(Event::Stream {
+                        connection: id,
+                        item,
+                    })
+                    .is_err()
+                    || end
+                {
+                    break;
+                }
+            }
+        });
         Ok(Connection {
+            id,
             requests,
-            responses: response.into_inner(),
+            reader,
         })
-    }
-
-    /// Takes the next request's batches: eligible batches of one topic, one
-    /// per partition, in batch order, up to `MAX_REQUEST_BYTES`. A batch
-    /// waiting for its backoff holds back the later batches of its partition.
-    fn next_request(&mut self, now: Instant) -> Option<(Arc<str>, Vec<Batch>)> {
-        let mut topic: Option<Arc<str>> = None;
-        let mut chosen: Vec<Batch> = Vec::new();
-        let mut bytes = 0usize;
-        let mut held: HashSet<(Arc<str>, u32)> = HashSet::new();
-        let mut i = 0;
-        while i < self.pending.len() {
-            let batch = &self.pending[i];
-            let key = (batch.topic.clone(), batch.partition);
-            if held.contains(&key) {
-                i += 1;
-                continue;
-            }
-            let same_topic = topic.as_ref().is_none_or(|t| *t == batch.topic);
-            if !batch.eligible(now)
-                || (same_topic && chosen.iter().any(|c| c.partition == batch.partition))
-            {
-                held.insert(key);
-                i += 1;
-                continue;
-            }
-            if !same_topic {
-                i += 1;
-                continue;
-            }
-            if !chosen.is_empty() && bytes + batch.bytes.len() > MAX_REQUEST_BYTES {
-                break;
-            }
-            let Some(batch) = self.pending.remove(i) else {
-                break;
-            };
-            bytes += batch.bytes.len();
-            topic.get_or_insert_with(|| batch.topic.clone());
-            chosen.push(batch);
-        }
-        topic.map(|t| (t, chosen))
     }
 
     fn request(&self, sequence: u64, topic: &str, batches: &[Batch]) -> ProduceStreamRequest {
@@ -352,6 +496,33 @@ impl Sender {
         }
     }
 
+    /// Takes what a produce stream reported, unless it is an old stream's.
+    fn on_stream(
+        &mut self,
+        connection: u64,
+        item: std::result::Result<Option<ProduceStreamResponse>, tonic::Status>,
+    ) {
+        let Some(address) = self
+            .connections
+            .iter()
+            .find(|(_, c)| c.id == connection)
+            .map(|(address, _)| address.clone())
+        else {
+            return;
+        };
+        match item {
+            Ok(Some(response)) => self.on_response(response),
+            Ok(None) => {
+                let error = transport_error(&address, "the broker closed the produce stream");
+                self.on_broken(&address, error);
+            }
+            Err(status) => {
+                let error = Error::from_status(status, &address);
+                self.on_broken(&address, error);
+            }
+        }
+    }
+
     fn on_response(&mut self, response: ProduceStreamResponse) {
         let now = Instant::now();
         let Some(flight) = self.in_flight.remove(&response.sequence) else {
@@ -361,6 +532,10 @@ impl Sender {
             );
             return;
         };
+        let address = flight.address;
+        for batch in &flight.batches {
+            self.landed(batch);
+        }
         if let Some(error) = response
             .error
             .as_ref()
@@ -368,7 +543,7 @@ impl Sender {
         {
             let error = Error::from_proto(error);
             for batch in flight.batches {
-                self.retry_or_fail(batch, error.clone(), now);
+                self.retry_or_fail(batch, &address, error.clone(), now);
             }
             return;
         }
@@ -386,7 +561,7 @@ impl Sender {
             };
             match (&result.error, result.base_offset) {
                 (Some(e), _) if e.reason != ErrorReason::Unspecified as i32 => {
-                    self.retry_or_fail(batch, Error::from_proto(e), now);
+                    self.retry_or_fail(batch, &address, Error::from_proto(e), now);
                 }
                 (_, Some(base)) => self.finish(batch, Ok(Some(base))),
                 (_, None) => {
@@ -402,70 +577,108 @@ impl Sender {
         }
     }
 
-    /// The stream broke (or went silent): drop it and retry what was in flight.
-    fn on_broken(&mut self, error: Error) {
-        tracing::debug!(%error, "produce stream broken");
-        self.connection = None;
+    /// A batch left flight (answered, or its stream broke).
+    fn landed(&mut self, batch: &Batch) {
+        if let Some(flight) = self.partitions.get_mut(&batch.key()) {
+            flight.in_flight = flight.in_flight.saturating_sub(1);
+            if flight.in_flight == 0 {
+                flight.address = None;
+            }
+        }
+    }
+
+    /// The stream to `address` broke (or went silent): drop it and retry
+    /// what was in flight on it.
+    fn on_broken(&mut self, address: &Arc<str>, error: Error) {
+        tracing::debug!(%address, %error, "produce stream broken");
+        self.connections.remove(address);
         let now = Instant::now();
-        let flights = std::mem::take(&mut self.in_flight);
-        for flight in flights.into_values() {
+        let sequences: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.address == *address)
+            .map(|(s, _)| *s)
+            .collect();
+        for sequence in sequences {
+            let Some(flight) = self.in_flight.remove(&sequence) else {
+                continue;
+            };
+            for batch in &flight.batches {
+                self.landed(batch);
+            }
             for batch in flight.batches {
-                self.retry_or_fail(batch, error.clone(), now);
+                self.retry_or_fail(batch, address, error.clone(), now);
             }
         }
     }
 
     fn check_timeouts(&mut self, now: Instant) {
         let timeout = self.shared.config.request_timeout;
-        if self.in_flight.values().any(|f| f.sent_at + timeout <= now) {
-            self.on_broken(Error::Timeout(timeout));
+        let late: HashSet<Arc<str>> = self
+            .in_flight
+            .values()
+            .filter(|f| f.sent_at + timeout <= now)
+            .map(|f| f.address.clone())
+            .collect();
+        for address in late {
+            self.on_broken(&address, Error::Timeout(timeout));
         }
     }
 
-    /// Schedules `batch` again after the backoff if `error` is retriable
-    /// and attempts remain; fails it otherwise.
-    fn retry_or_fail(&mut self, mut batch: Batch, error: Error, now: Instant) {
-        if error.reason() == Some(ErrorReason::NotLeader) {
-            self.refresh_metadata(&batch.topic, now);
-        }
-        let config = &self.shared.config;
-        if error.is_retriable() && batch.attempts < config.retries {
-            batch.attempts += 1;
-            batch.not_before = Some(now + config.retry_backoff);
-            tracing::debug!(topic = %batch.topic, partition = batch.partition, attempt = batch.attempts, %error, "retrying batch");
-            self.requeue(vec![batch]);
-        } else {
+    /// Schedules `batch` (which failed at `address` with `error`) again if
+    /// `error` is retriable and attempts remain; fails it otherwise. What the
+    /// error says about leaders goes to the metadata first: a named new
+    /// leader is used at once (no backoff), otherwise the topic's metadata
+    /// is refreshed and the batch waits for it and for the backoff.
+    fn retry_or_fail(&mut self, mut batch: Batch, address: &str, error: Error, now: Instant) {
+        let config = self.shared.clone();
+        let config = &config.config;
+        if !error.is_retriable() || batch.attempts >= config.retries {
             self.finish(batch, Err(error));
-        }
-    }
-
-    /// Re-reads `topic`'s metadata in the background, at most once per
-    /// retry backoff. Today it refreshes the partition count only: requests
-    /// still go to the bootstrap connection, which forwards or redirects;
-    /// routing to leaders comes with replication.
-    fn refresh_metadata(&mut self, topic: &Arc<str>, now: Instant) {
-        let backoff = self.shared.config.retry_backoff;
-        if self
-            .refreshed
-            .get(topic)
-            .is_some_and(|last| now < *last + backoff)
-        {
             return;
         }
-        self.refreshed.insert(topic.clone(), now);
+        let metadata = self.client.metadata();
+        let refresh = metadata.note_error(&batch.topic, batch.partition, address, &error);
+        if refresh {
+            self.request_refresh(&batch.topic);
+        }
+        batch.attempts += 1;
+        batch.not_before = if error.leader().is_some() && !refresh {
+            None
+        } else {
+            Some(now + backoff(config, batch.attempts))
+        };
+        tracing::debug!(topic = %batch.topic, partition = batch.partition, attempt = batch.attempts, %error, "retrying batch");
+        let flight = self.partitions.entry(batch.key()).or_default();
+        flight.retrying = Some(flight.retrying.map_or(batch.id, |r| r.min(batch.id)));
+        self.requeue(vec![batch]);
+    }
+
+    /// Re-reads `topic`'s metadata in the background (one refresh per topic
+    /// at a time; the metadata cache coalesces with other users and spaces
+    /// refreshes), then updates its partition count.
+    fn request_refresh(&mut self, topic: &Arc<str>) {
+        if !self.refreshing.insert(topic.clone()) {
+            return;
+        }
+        let seen = self.client.metadata().version(topic);
         let client = self.client.clone();
         let shared = self.shared.clone();
+        let events = self.events_tx.clone();
         let topic = topic.clone();
         tokio::spawn(async move {
-            match client.describe_topic(&topic).await {
-                Ok(description) => {
-                    let partitions = u32::try_from(description.partitions.len()).unwrap_or(0);
-                    if partitions > 0 {
+            let metadata = client.metadata();
+            match metadata.refresh(&topic, seen).await {
+                Ok(()) => {
+                    if let Some(partitions) = metadata.partition_count(&topic)
+                        && partitions > 0
+                    {
                         shared.lock().set_partitions(&topic, partitions);
                     }
                 }
                 Err(error) => tracing::debug!(%topic, %error, "metadata refresh failed"),
             }
+            let _gone = events.send(Event::Refreshed(topic));
         });
     }
 
@@ -476,6 +689,15 @@ impl Sender {
     }
 
     fn finish(&mut self, batch: Batch, result: Result<Option<u64>>) {
+        let key = batch.key();
+        if let Some(flight) = self.partitions.get_mut(&key) {
+            if flight.retrying == Some(batch.id) {
+                flight.retrying = None;
+            }
+            if flight.in_flight == 0 && flight.retrying.is_none() {
+                self.partitions.remove(&key);
+            }
+        }
         batch.completion.complete(result);
         self.release(batch.buffered, batch.id);
     }
@@ -484,12 +706,21 @@ impl Sender {
         self.shared.buffer.add_permits(buffered);
         self.shared.lock().finished(id);
     }
+}
 
-    fn transport_error(&self, message: &str) -> Error {
-        Error::Transport {
-            address: self.client.address().to_string(),
-            message: message.to_string(),
-            status: None,
-        }
+/// The wait before attempt `attempts` + 1: `retry_backoff` doubled per
+/// attempt, at most `retry_backoff_max`.
+fn backoff(config: &super::ProducerConfig, attempts: u32) -> Duration {
+    let doubled = config
+        .retry_backoff
+        .saturating_mul(1u32 << attempts.saturating_sub(1).min(16));
+    doubled.min(config.retry_backoff_max.max(config.retry_backoff))
+}
+
+fn transport_error(address: &str, message: &str) -> Error {
+    Error::Transport {
+        address: address.to_string(),
+        message: message.to_string(),
+        status: None,
     }
 }
