@@ -196,7 +196,8 @@ pub struct ReplicaStatus {
     pub node: NodeId,
     /// Highest Raft index known to be on it.
     pub matched: u64,
-    /// Whether it is caught up to the commit index.
+    /// In the in-sync set: recently heard from and replicating as a
+    /// stream (Raft's `Replicate` state), or the leader itself.
     pub in_sync: bool,
 }
 
@@ -213,6 +214,10 @@ pub struct GroupStatus {
     pub leader: Option<NodeId>,
     /// Commit index.
     pub commit: u64,
+    /// On a leader: an entry of its own term is committed, so its commit
+    /// index (and HWM) covers everything any earlier leader committed.
+    /// Until then a new leader's HWM may be below what the old one served.
+    pub committed_in_term: bool,
     /// High watermark: the end offset of the entry at the applied (=
     /// commit) index. Consumers read below it.
     pub high_watermark: u64,
@@ -231,6 +236,13 @@ struct Pending {
     term: u64,
     ticket: Ticket,
     acks: Acks,
+}
+
+/// A group's Ready between its writes (phase 1) and its advance (phase 3).
+struct InFlight {
+    rd: raft::Ready,
+    /// acks=leader proposals decided by this Ready's append.
+    leader_acks: Vec<(Ticket, Result<AppendInfo, ProposalError>)>,
 }
 
 struct Group {
@@ -282,6 +294,13 @@ pub struct Node {
     next_ticket: u64,
     /// Completions decided outside `ready` (closed groups), handed out by the next `ready`.
     carried: Vec<Completion>,
+    /// Test hook: the next `ready` stops after sending early messages,
+    /// before any fsync (the simulation then crashes the node).
+    #[cfg(test)]
+    pub(crate) crash_before_sync: bool,
+    /// Test hook: set when `crash_before_sync` fired.
+    #[cfg(test)]
+    pub(crate) stopped_before_sync: bool,
 }
 
 impl std::fmt::Debug for Node {
@@ -308,6 +327,10 @@ impl Node {
             now_ms: 0,
             next_ticket: 1,
             carried: Vec::new(),
+            #[cfg(test)]
+            crash_before_sync: false,
+            #[cfg(test)]
+            stopped_before_sync: false,
         })
     }
 
@@ -572,10 +595,15 @@ impl Node {
         let mut replicas = Vec::new();
         if raft.state == StateRole::Leader {
             for (id, pr) in raft.prs().iter() {
+                // In sync: the leader itself, or a follower heard from within
+                // the election timeout that takes appends as a stream
+                // (Replicate), i.e. not probing nor waiting for a snapshot.
+                let in_sync = *id == self.config.id
+                    || (pr.recent_active && pr.state == raft::ProgressState::Replicate);
                 replicas.push(ReplicaStatus {
                     node: *id,
                     matched: pr.matched,
-                    in_sync: pr.matched >= commit,
+                    in_sync,
                 });
             }
             replicas.sort_by_key(|r| r.node);
@@ -586,6 +614,7 @@ impl Node {
             term: raft.term,
             leader: (raft.leader_id != 0).then_some(raft.leader_id),
             commit,
+            committed_in_term: raft.state == StateRole::Leader && raft.commit_to_current_term(),
             high_watermark: g.hwm,
             first_index: store.first_index_cached(),
             last_index: store.last_index_cached(),
@@ -599,36 +628,93 @@ impl Node {
     /// batch of `tick`/`step`/`propose` calls; nothing else runs between a
     /// group's `ready()` and its `advance()` (trap 10).
     pub fn ready(&mut self) -> Output {
+        self.ready_with(|to, msgs| {
+            // Without an early channel, leader messages simply leave with
+            // the rest (always safe).
+            let _ = (to, msgs);
+        })
+    }
+
+    /// [`Node::ready`], handing the messages a leader may send before its
+    /// own fsync (trap 8: appends and heartbeats, never votes or
+    /// responses) to `send_early` after the writes of every group and
+    /// before any fsync, so that followers write while the leader syncs.
+    /// [`Output::messages`] holds the rest, to send after this returns.
+    /// [`Output::snapshots`] lists snapshot messages sent either way.
+    ///
+    /// Each round runs three phases over all groups with work: (1) take the
+    /// Ready, apply a snapshot, append entries, note the hard state;
+    /// (2) fsync each log that must sync, then its state record; (3) send
+    /// persisted messages, apply committed entries, advance. A Ready's
+    /// advance can make more ready (a leader's own append commits); up to
+    /// four rounds settle it.
+    pub fn ready_with(&mut self, mut send_early: impl FnMut(NodeId, Vec<GroupMessage>)) -> Output {
         let mut out = Output {
             completions: std::mem::take(&mut self.carried),
             ..Default::default()
         };
         let mut messages: BTreeMap<NodeId, Vec<GroupMessage>> = BTreeMap::new();
-        let ids: Vec<GroupId> = self.groups.keys().copied().collect();
-        for group in ids {
-            let Some(mut g) = self.groups.remove(&group) else {
-                continue;
-            };
-            let mut result = Ok(());
-            // A Ready's advance can make more ready (the leader's own
-            // append commits); a few rounds settle it.
-            for _ in 0..4 {
-                if !g.raw.has_ready() {
-                    break;
-                }
-                result = self.handle_ready(group, &mut g, &mut out, &mut messages);
-                if result.is_err() {
-                    break;
+        for _round in 0..4 {
+            let ids: Vec<GroupId> = self
+                .groups
+                .iter()
+                .filter(|(_, g)| g.raw.has_ready())
+                .map(|(id, _)| *id)
+                .collect();
+            if ids.is_empty() {
+                break;
+            }
+            // Phase 1: writes, no fsync.
+            let mut early: BTreeMap<NodeId, Vec<GroupMessage>> = BTreeMap::new();
+            let mut flights = Vec::with_capacity(ids.len());
+            for group in ids {
+                let Some(mut g) = self.groups.remove(&group) else {
+                    continue;
+                };
+                match self.write_ready(group, &mut g, &mut out, &mut early) {
+                    Ok(flight) => flights.push((group, g, flight)),
+                    Err(e) => self.fail_group(group, g, e, &mut out),
                 }
             }
-            if let Err(e) = result {
-                tracing::error!(node = self.config.id, group, error = %e, "raft group failed; closing it");
-                out.completions
-                    .extend(Self::fail_all(group, g, "the group failed"));
-                out.failed.push((group, e.to_string()));
-                continue;
+            for (to, msgs) in early {
+                send_early(to, msgs);
             }
-            self.fix_election_timeout(&mut g);
+            #[cfg(test)]
+            if self.crash_before_sync {
+                // The simulation crashes the node here: early messages are
+                // out, nothing is synced. The groups are gone with it.
+                self.stopped_before_sync = true;
+                return out;
+            }
+            // Phase 2: fsync, each log before its state record.
+            let mut synced = Vec::with_capacity(flights.len());
+            for (group, mut g, flight) in flights {
+                let result = if flight.rd.must_sync() {
+                    g.raw
+                        .mut_store()
+                        .sync_log()
+                        .and_then(|()| g.raw.mut_store().persist(true))
+                } else {
+                    Ok(())
+                };
+                match result {
+                    Ok(()) => synced.push((group, g, flight)),
+                    Err(e) => self.fail_group(group, g, e, &mut out),
+                }
+            }
+            // Phase 3: persisted messages, apply, advance.
+            for (group, mut g, flight) in synced {
+                match self.finish_ready(group, &mut g, flight, &mut out, &mut messages) {
+                    Ok(()) => {
+                        self.groups.insert(group, g);
+                    }
+                    Err(e) => self.fail_group(group, g, e, &mut out),
+                }
+            }
+        }
+        let mut groups = std::mem::take(&mut self.groups);
+        for (&group, g) in groups.iter_mut() {
+            self.fix_election_timeout(g);
             let raft = &g.raw.raft;
             let now = (raft.state, raft.term, raft.leader_id);
             if now != g.reported {
@@ -640,24 +726,31 @@ impl Node {
                     role: now.0.into(),
                 });
             }
-            self.groups.insert(group, g);
         }
+        self.groups = groups;
         out.messages = messages.into_iter().collect();
         out
     }
 
-    fn handle_ready(
+    fn fail_group(&mut self, group: GroupId, g: Group, e: RaftError, out: &mut Output) {
+        tracing::error!(node = self.config.id, group, error = %e, "raft group failed; closing it");
+        out.completions
+            .extend(Self::fail_all(group, g, "the group failed"));
+        out.failed.push((group, e.to_string()));
+    }
+
+    /// Phase 1 of a Ready (trap 9, steps 1-3): the snapshot, the entries,
+    /// the hard state (noted, written in phase 2 or 3).
+    fn write_ready(
         &mut self,
         group: GroupId,
         g: &mut Group,
         out: &mut Output,
-        messages: &mut BTreeMap<NodeId, Vec<GroupMessage>>,
-    ) -> Result<(), RaftError> {
+        early: &mut BTreeMap<NodeId, Vec<GroupMessage>>,
+    ) -> Result<InFlight, RaftError> {
         let mut rd = g.raw.ready();
-        // Trap 8: a leader's messages do not wait for its own fsync (they
-        // leave with everything else, after this call, in this design).
-        push_messages(group, rd.take_messages(), messages, out);
-        // Trap 9, step 1: the snapshot.
+        // Trap 8: raft-rs fills `messages` only on a leader.
+        push_messages(group, rd.take_messages(), early, out);
         if !rd.snapshot().is_empty() {
             let snap = rd.snapshot().clone();
             g.raw.mut_store().apply_snapshot(&snap)?;
@@ -673,7 +766,7 @@ impl Node {
                 });
             }
         }
-        // Step 2: the entries (truncating a conflicting suffix).
+        // The entries, truncating a conflicting suffix first.
         let mut leader_acks = Vec::new();
         if !rd.entries().is_empty() {
             let infos = g.raw.mut_store().append(rd.entries(), self.now_ms)?;
@@ -685,28 +778,35 @@ impl Node {
                     continue;
                 }
                 g.pending.remove(&info.raft_index);
-                if p.term == info.raft_term {
-                    leader_acks.push((p.ticket, Ok(info)));
+                let result = if p.term == info.raft_term {
+                    Ok(info)
                 } else {
-                    leader_acks.push((
-                        p.ticket,
-                        Err(ProposalError::Superseded {
-                            index: info.raft_index,
-                        }),
-                    ));
-                }
+                    Err(ProposalError::Superseded {
+                        index: info.raft_index,
+                    })
+                };
+                leader_acks.push((p.ticket, result));
             }
         }
-        // Step 3: the hard state; step 4: fsync, the log before the state.
         if let Some(hs) = rd.hs() {
             g.raw.mut_store().set_hard_state(hs);
         }
-        if rd.must_sync() {
-            g.raw.mut_store().sync_log()?;
-            g.raw.mut_store().persist(true)?;
-        } else {
-            g.raw.mut_store().persist(false)?;
-        }
+        Ok(InFlight { rd, leader_acks })
+    }
+
+    /// Phase 3 of a Ready (trap 9, steps 5-8), after its fsync.
+    fn finish_ready(
+        &mut self,
+        group: GroupId,
+        g: &mut Group,
+        flight: InFlight,
+        out: &mut Output,
+        messages: &mut BTreeMap<NodeId, Vec<GroupMessage>>,
+    ) -> Result<(), RaftError> {
+        let InFlight {
+            mut rd,
+            leader_acks,
+        } = flight;
         for (ticket, result) in leader_acks {
             out.completions.push(Completion {
                 group,
@@ -714,12 +814,11 @@ impl Node {
                 result,
             });
         }
-        // Step 5: what followers and candidates say goes out only now.
+        // What followers and candidates say goes out only now.
         push_messages(group, rd.take_persisted_messages(), messages, out);
         // Entries committed before this Ready (already durable here).
         let committed = rd.take_committed_entries();
         self.apply(group, g, committed, out)?;
-        // Step 6: advance; step 7: the light ready.
         let mut light = g.raw.advance_append(rd);
         if let Some(commit) = light.commit_index() {
             g.raw.mut_store().set_commit(commit);
@@ -727,8 +826,8 @@ impl Node {
         push_messages(group, light.take_messages(), messages, out);
         let committed = light.take_committed_entries();
         self.apply(group, g, committed, out)?;
-        // Step 8.
         g.raw.advance_apply();
+        // The commit and applied index; fsynced with the next must_sync.
         g.raw.mut_store().persist(false)?;
         let hwm = g
             .raw

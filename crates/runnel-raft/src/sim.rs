@@ -20,9 +20,11 @@
 //!   elects a leader, commits a new batch and all nodes converge within a
 //!   bound; then every acknowledged batch is on every node.
 //!
-//! A crash is, at random, a process crash (every write survives) or a
+//! A crash is, at random, a process crash (every write survives), a
 //! power loss (each log is cut back to what was fsynced, `Log::crash`, and
-//! the `raft.state` record written since the last fsync is lost).
+//! the `raft.state` record written since the last fsync is lost), or a
+//! power loss in the middle of a `ready`: after a leader's early messages
+//! went out and before any fsync.
 //!
 //! Replay a failure: `RUNNEL_SIM_SEED=<n> cargo test -p runnel-raft sim`.
 //! More seeds: `RUNNEL_SIM_SEEDS=<n>` (default 1,000 in all).
@@ -323,7 +325,21 @@ impl Sim {
     }
 
     fn crash(&mut self, i: usize) {
-        let keep = self.rng.below(2) == 0;
+        match self.rng.below(3) {
+            0 => {
+                // Crash at the node's next Ready, after its early sends.
+                if let Some(node) = self.nodes[i].node.as_mut() {
+                    node.crash_before_sync = true;
+                }
+                self.event(("arm-crash", i));
+            }
+            1 => self.crash_with(i, true),
+            _ => self.crash_with(i, false),
+        }
+    }
+
+    /// Crashes node `i` now: a process crash if `keep`, else a power loss.
+    fn crash_with(&mut self, i: usize, keep: bool) {
         let Some(node) = self.nodes[i].node.take() else {
             return;
         };
@@ -352,7 +368,20 @@ impl Sim {
     }
 
     fn send(&mut self, from: NodeId, out: &mut Output) {
-        for (to, msgs) in std::mem::take(&mut out.messages) {
+        let messages = std::mem::take(&mut out.messages);
+        self.route(from, messages);
+        for (group, to) in std::mem::take(&mut out.snapshots) {
+            self.report.snapshots += 1;
+            let delivered = !self.cut.contains(&(from, to));
+            if let Some(node) = self.node_mut(from) {
+                node.report_snapshot(group, to, delivered);
+            }
+        }
+    }
+
+    /// Puts messages on the network, through its faults.
+    fn route(&mut self, from: NodeId, messages: Vec<(NodeId, Vec<GroupMessage>)>) {
+        for (to, msgs) in messages {
             let link_up = !self.cut.contains(&(from, to));
             if !link_up {
                 if let Some(node) = self.node_mut(from) {
@@ -383,13 +412,6 @@ impl Sim {
                 }
             }
         }
-        for (group, to) in std::mem::take(&mut out.snapshots) {
-            self.report.snapshots += 1;
-            let delivered = !self.cut.contains(&(from, to));
-            if let Some(node) = self.node_mut(from) {
-                node.report_snapshot(group, to, delivered);
-            }
-        }
     }
 
     fn node_mut(&mut self, id: NodeId) -> Option<&mut Node> {
@@ -407,8 +429,18 @@ impl Sim {
                 let Some(node) = self.nodes[i].node.as_mut() else {
                     return;
                 };
-                out = node.ready();
-                if out.is_empty() {
+                let mut early = Vec::new();
+                out = node.ready_with(|to, msgs| early.push((to, msgs)));
+                let stopped = node.stopped_before_sync;
+                let sent_early = !early.is_empty();
+                self.route(self.nodes[i].id, early);
+                if stopped {
+                    // Power loss between the leader's early sends and its fsync.
+                    self.event(("crash-mid-ready", self.nodes[i].id));
+                    self.crash_with(i, false);
+                    return;
+                }
+                if out.is_empty() && !sent_early {
                     break;
                 }
             }
