@@ -19,6 +19,7 @@ mod bench;
 mod broker;
 mod connect;
 mod consume;
+mod dev_cluster;
 mod log;
 mod output;
 mod produce;
@@ -63,6 +64,8 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Consume records and print them.
     Consume(consume::ConsumeArgs),
+    /// Start a local cluster of broker processes (Ctrl-C stops them).
+    DevCluster(dev_cluster::DevClusterArgs),
     /// Measure throughput and latency of a running cluster.
     Bench(bench::BenchArgs),
     /// Dump and verify a partition's files on disk (offline, read-only).
@@ -101,6 +104,7 @@ fn main() -> ExitCode {
             Command::Topic(args) => topic::run(args).await,
             Command::Produce(args) => produce::run(args).await,
             Command::Consume(args) => consume::run(args).await,
+            Command::DevCluster(args) => dev_cluster::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Log(_) => unreachable!("handled above"),
         }

@@ -344,7 +344,14 @@ fn run_loop(node: Node, rx: std_mpsc::Receiver<Input>, transport: Transport) {
             next_tick = now + RAFT_TICK;
             st.refresh_views();
         }
-        let out = st.node.ready();
+        // A leader's appends and heartbeats leave before its own fsync, so
+        // followers write while it syncs (RAFT.md trap 8); the rest after.
+        let transport = st.transport.clone();
+        let out = st.node.ready_with(|to, messages| {
+            if let Ok(to) = u32::try_from(to) {
+                transport.send(to, encode(messages));
+            }
+        });
         st.carry_out(out);
     }
     for (_, reply) in st.waiting.drain() {
@@ -459,19 +466,7 @@ impl LoopState {
                     m
                 });
         for (to, messages) in out.messages {
-            let envelopes: Vec<Envelope> = messages
-                .into_iter()
-                .filter_map(|GroupMessage { group, msg }| match msg.write_to_bytes() {
-                    Ok(bytes) => Some(Envelope {
-                        group,
-                        message: bytes.into(),
-                    }),
-                    Err(e) => {
-                        tracing::error!(group, error = %e, "cannot encode a raft message");
-                        None
-                    }
-                })
-                .collect();
+            let envelopes = encode(messages);
             let delivered = u32::try_from(to).is_ok_and(|to| self.transport.send(to, envelopes));
             for &group in snapshots.get(&to).into_iter().flatten() {
                 self.node.report_snapshot(group, to, delivered);
@@ -536,4 +531,22 @@ impl LoopState {
             v.in_sync = in_sync;
         }
     }
+}
+
+/// Protobuf-encodes messages for the wire (an unencodable one is dropped
+/// and logged: Raft resends what matters).
+fn encode(messages: Vec<GroupMessage>) -> Vec<Envelope> {
+    messages
+        .into_iter()
+        .filter_map(|GroupMessage { group, msg }| match msg.write_to_bytes() {
+            Ok(bytes) => Some(Envelope {
+                group,
+                message: bytes.into(),
+            }),
+            Err(e) => {
+                tracing::error!(group, error = %e, "cannot encode a raft message");
+                None
+            }
+        })
+        .collect()
 }

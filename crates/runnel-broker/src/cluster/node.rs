@@ -124,6 +124,11 @@ impl ClusterNode {
         raft.open(controller.clone(), bootstrap)
             .await
             .map_err(|e| BrokerError::Internal(format!("controller group: {e}")))?;
+        // The lowest id asks for votes at once: a cluster starting together
+        // has a controller without waiting for an election timeout.
+        if peers.keys().next() == Some(&node_id) {
+            raft.campaign(CONTROLLER_GROUP);
+        }
 
         let node = Arc::new(ClusterNode {
             node_id,
@@ -489,8 +494,9 @@ impl ClusterNode {
     ) -> Result<Arc<Topic>> {
         crate::config::validate_topic_name(name)?;
         let settings = TopicSettings::resolve(config, self.peers.len() as u32)?;
-        match self.controller_leader() {
+        match self.wait_for_controller().await {
             Some(l) if l == self.node_id => {
+                self.wait_for_registrations().await;
                 let cmd = Command::CreateTopic {
                     name: name.to_string(),
                     settings: runnel_cluster::TopicSettings {
@@ -525,7 +531,7 @@ impl ClusterNode {
     /// Deletes a topic through the controller (forwarded to its leader).
     pub(crate) async fn delete_topic(&self, name: &str) -> Result<()> {
         self.topics.get(name)?;
-        match self.controller_leader() {
+        match self.wait_for_controller().await {
             Some(l) if l == self.node_id => {
                 self.propose(&Command::DeleteTopic {
                     name: name.to_string(),
@@ -544,6 +550,33 @@ impl ClusterNode {
             None => return Err(no_controller()),
         }
         self.wait_for_topic(name, false).await.map(|_| ())
+    }
+
+    /// The controller's leader, waiting for an election in progress (a
+    /// cluster that just started) up to the admin timeout.
+    async fn wait_for_controller(&self) -> Option<u32> {
+        let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
+        loop {
+            if let Some(l) = self.controller_leader() {
+                return Some(l);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// On the controller's leader: gives the registration of every node
+    /// of `--peers` (done right after the election) a moment to commit, so
+    /// that placement sees every node.
+    async fn wait_for_registrations(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.state().brokers().len() < self.peers.len()
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Waits until the topic exists (or not) in this node's registry.
