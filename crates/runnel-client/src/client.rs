@@ -292,10 +292,7 @@ impl Client {
                 if answers[i].is_some() {
                     continue;
                 }
-                let route = match metadata.route(topic, *partition) {
-                    Some(found) => found?.0,
-                    None => metadata.default_route()?,
-                };
+                let route = metadata.route(topic, *partition)?;
                 match groups.iter_mut().find(|(r, _)| r.address == route.address) {
                     Some((_, indexes)) => indexes.push(i),
                     None => groups.push((route, vec![i])),

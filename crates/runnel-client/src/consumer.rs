@@ -383,10 +383,7 @@ impl Consumer {
             if p.not_before.is_some_and(|t| t > now || refreshing) {
                 continue;
             }
-            let route = match metadata.route(&self.topic, p.id) {
-                Some(found) => found?.0,
-                None => metadata.default_route()?,
-            };
+            let route = metadata.route(&self.topic, p.id)?;
             if busy.contains(&route.address) {
                 continue;
             }

@@ -37,12 +37,10 @@ use tonic::transport::Channel;
 use crate::client::{ClientConfig, admin_stub, endpoint};
 use crate::error::{Error, Result};
 
-/// Where the requests for one partition (or for any node) go.
+/// Where the requests for one partition (or for any node) go: the leader,
+/// or the default node (which forwards or redirects) when none is known.
 #[derive(Clone, Debug)]
 pub(crate) struct Route {
-    /// The leader's node id; 0 when no leader is known and the request goes
-    /// to the default node, which forwards or redirects it.
-    pub(crate) leader: u32,
     /// The node's address (the key of its connection).
     pub(crate) address: Arc<str>,
     /// The shared connection to it.
@@ -131,35 +129,38 @@ impl Metadata {
         Ok(channel)
     }
 
-    fn route_to(&self, leader: u32, address: Arc<str>) -> Result<Route> {
+    fn route_to(&self, address: Arc<str>) -> Result<Route> {
         let channel = self.channel(&address)?;
-        Ok(Route {
-            leader,
-            address,
-            channel,
-        })
+        Ok(Route { address, channel })
     }
 
     /// The default node: where calls that any node serves go.
     pub(crate) fn default_route(&self) -> Result<Route> {
         let address = self.lock().default.clone();
-        self.route_to(0, address)
+        self.route_to(address)
     }
 
-    /// Where `topic`/`partition`'s requests go, and the version of the
-    /// topic's routes it was read from; `None` when the topic is not loaded.
-    /// A partition without a known leader goes to the default node.
-    pub(crate) fn route(&self, topic: &str, partition: u32) -> Option<Result<(Route, u64)>> {
-        let (leader, address, version) = {
-            let state = self.lock();
-            let routes = state.topics.get(topic)?;
-            let leader = routes.leaders.get(partition as usize).copied().unwrap_or(0);
-            match state.nodes.get(&leader).filter(|_| leader != 0) {
-                Some(address) => (leader, address.clone(), routes.version),
-                None => (0, state.default.clone(), routes.version),
-            }
-        };
-        Some(self.route_to(leader, address).map(|route| (route, version)))
+    /// Where `topic`/`partition`'s requests go, without the connection: the
+    /// leader's id and address, or leader 0 and the default node's address
+    /// when no leader is known (or the topic is not loaded).
+    pub(crate) fn target(&self, topic: &str, partition: u32) -> (u32, Arc<str>) {
+        let state = self.lock();
+        let leader = state
+            .topics
+            .get(topic)
+            .and_then(|t| t.leaders.get(partition as usize))
+            .copied()
+            .unwrap_or(0);
+        match state.nodes.get(&leader).filter(|_| leader != 0) {
+            Some(address) => (leader, address.clone()),
+            None => (0, state.default.clone()),
+        }
+    }
+
+    /// [`Metadata::target`] with the connection to it.
+    pub(crate) fn route(&self, topic: &str, partition: u32) -> Result<Route> {
+        let (_, address) = self.target(topic, partition);
+        self.route_to(address)
     }
 
     /// The version of `topic`'s routes, `None` when it is not loaded.
@@ -191,10 +192,12 @@ impl Metadata {
         }
         let mut state = self.lock();
         if !leader_address.is_empty() {
-            state
-                .nodes
-                .entry(leader_id)
-                .or_insert_with(|| Arc::from(leader_address));
+            // The node's address as its peers know it now (it may have
+            // restarted elsewhere).
+            let address = reachable(leader_address, &state.default);
+            if state.nodes.get(&leader_id).is_none_or(|a| **a != *address) {
+                state.nodes.insert(leader_id, Arc::from(address.as_str()));
+            }
         }
         if !state.nodes.contains_key(&leader_id) {
             return false;
@@ -432,8 +435,13 @@ impl Metadata {
                 tokio::time::sleep_until(due.into()).await;
             }
         }
-        // Leaders may have moved to nodes that joined: re-read the nodes too.
+        // Leaders may have moved to nodes that joined or restarted at
+        // another address: re-read the nodes too (failing that, the routes
+        // still refresh; unknown nodes go through the default node).
         self.lock().cluster_refreshed_at = None;
+        if let Err(error) = self.refresh_cluster().await {
+            tracing::debug!(%error, "DescribeCluster failed during a refresh");
+        }
         self.describe_topic(topic).await.map(|_| ())
     }
 }

@@ -18,7 +18,7 @@ fn config() -> ClientConfig {
 /// The leader each partition routes to.
 fn leaders(client: &Client, partitions: u32) -> Vec<u32> {
     (0..partitions)
-        .map(|p| client.metadata().route(TOPIC, p).unwrap().unwrap().0.leader)
+        .map(|p| client.metadata().target(TOPIC, p).0)
         .collect()
 }
 
@@ -43,15 +43,19 @@ async fn topics_route_to_their_leaders_and_unknown_leaders_to_the_default_node()
         .await
         .unwrap();
     let metadata = client.metadata();
-    assert!(metadata.route(TOPIC, 0).is_none(), "not loaded yet");
+    assert!(metadata.version(TOPIC).is_none(), "not loaded yet");
+    assert_eq!(
+        metadata.target(TOPIC, 0),
+        (0, Arc::from(fake.address(1).as_str()))
+    );
     client.describe_topic(TOPIC).await.unwrap();
     assert_eq!(leaders(&client, 4), [1, 2, 3, 0]);
     for p in 0..3 {
-        let (route, _) = metadata.route(TOPIC, p).unwrap().unwrap();
+        let route = metadata.route(TOPIC, p).unwrap();
         assert_eq!(&*route.address, fake.address(p + 1), "partition {p}");
     }
     // No leader: the default node (the first bootstrap address).
-    let (route, _) = metadata.route(TOPIC, 3).unwrap().unwrap();
+    let route = metadata.route(TOPIC, 3).unwrap();
     assert_eq!(&*route.address, fake.address(1));
     // One connection per node, shared.
     assert_eq!(metadata.lock().channels.len(), 3);

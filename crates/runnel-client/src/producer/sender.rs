@@ -22,7 +22,6 @@ use super::accumulator::ClosedBatch;
 use super::completion::BatchCompletion;
 use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::metadata::Route;
 
 /// Most batch bytes packed into one request (a single larger batch still
 /// goes, alone).
@@ -115,7 +114,8 @@ enum Wake {
 /// The next request: batches of one topic for one node.
 struct Selection {
     topic: Arc<str>,
-    route: Route,
+    /// The node's address.
+    address: Arc<str>,
     /// Indexes into `pending`, ascending.
     indexes: Vec<usize>,
 }
@@ -274,13 +274,13 @@ impl Sender {
         }
     }
 
-    /// Where `batch` goes now: its partition's leader, or the default node.
-    fn route(&self, batch: &Batch) -> Result<Route> {
-        let metadata = self.client.metadata();
-        match metadata.route(&batch.topic, batch.partition) {
-            Some(found) => found.map(|(route, _)| route),
-            None => metadata.default_route(),
-        }
+    /// The node `batch` goes to now: its partition's leader, or the default
+    /// node.
+    fn target(&self, batch: &Batch) -> Arc<str> {
+        self.client
+            .metadata()
+            .target(&batch.topic, batch.partition)
+            .1
     }
 
     /// Picks the next request without taking it: eligible batches of one
@@ -300,7 +300,7 @@ impl Sender {
             per_node.get(address).copied().unwrap_or(0) < max_in_flight
                 && self.reconnect_at.get(address).is_none_or(|t| *t <= now)
         };
-        let mut chosen: Option<(Arc<str>, Route)> = None;
+        let mut chosen: Option<(Arc<str>, Arc<str>)> = None;
         let mut indexes: Vec<usize> = Vec::new();
         let mut bytes = 0usize;
         let mut held: HashSet<(Arc<str>, u32)> = HashSet::new();
@@ -313,22 +313,18 @@ impl Sender {
                 held.insert(key);
                 continue;
             }
-            let Ok(route) = self.route(batch) else {
-                held.insert(key);
-                continue;
-            };
+            let address = self.target(batch);
             let blocked = self.partitions.get(&key).is_some_and(|p| {
-                p.in_flight > 0
-                    && (p.retrying.is_some() || p.address.as_ref() != Some(&route.address))
+                p.in_flight > 0 && (p.retrying.is_some() || p.address.as_ref() != Some(&address))
             });
-            if blocked || !node_ready(&route.address) {
+            if blocked || !node_ready(&address) {
                 held.insert(key);
                 continue;
             }
             match &chosen {
-                None => chosen = Some((batch.topic.clone(), route)),
+                None => chosen = Some((batch.topic.clone(), address)),
                 Some((topic, to)) => {
-                    if *topic != batch.topic || to.address != route.address {
+                    if *topic != batch.topic || *to != address {
                         continue;
                     }
                     if indexes
@@ -346,9 +342,9 @@ impl Sender {
             bytes += batch.bytes.len();
             indexes.push(i);
         }
-        chosen.map(|(topic, route)| Selection {
+        chosen.map(|(topic, address)| Selection {
             topic,
-            route,
+            address,
             indexes,
         })
     }
@@ -356,10 +352,8 @@ impl Sender {
     /// Sends requests while nodes have room and batches can go.
     async fn send_eligible(&mut self, now: Instant) {
         while let Some(selection) = self.select(now) {
-            let address = selection.route.address.clone();
-            if !self.connections.contains_key(&address)
-                && !self.connect(&selection.route, now).await
-            {
+            let address = selection.address.clone();
+            if !self.connections.contains_key(&address) && !self.connect(&address, now).await {
                 continue; // its batches were rescheduled; others may go
             }
             let mut batches = Vec::with_capacity(selection.indexes.len());
@@ -409,28 +403,25 @@ impl Sender {
         }
     }
 
-    /// Opens the produce stream to `route`'s node; on failure, counts an
-    /// attempt against every pending batch for that node and backs off.
-    /// Returns whether a stream is open.
-    async fn connect(&mut self, route: &Route, now: Instant) -> bool {
-        match self.open(route).await {
+    /// Opens the produce stream to the node at `address`; on failure,
+    /// counts an attempt against every pending batch for that node and backs
+    /// off. Returns whether a stream is open.
+    async fn connect(&mut self, address: &Arc<str>, now: Instant) -> bool {
+        match self.open(address).await {
             Ok(connection) => {
-                tracing::debug!(address = %route.address, leader = route.leader, "produce stream open");
-                self.connections.insert(route.address.clone(), connection);
-                self.reconnect_at.remove(&route.address);
+                tracing::debug!(%address, "produce stream open");
+                self.connections.insert(address.clone(), connection);
+                self.reconnect_at.remove(address);
                 true
             }
             Err(error) => {
-                tracing::debug!(address = %route.address, %error, "cannot open the produce stream");
-                self.reconnect_at.insert(
-                    route.address.clone(),
-                    now + self.shared.config.retry_backoff,
-                );
+                tracing::debug!(%address, %error, "cannot open the produce stream");
+                self.reconnect_at
+                    .insert(address.clone(), now + self.shared.config.retry_backoff);
                 let pending: Vec<Batch> = self.pending.drain(..).collect();
                 for batch in pending {
-                    let to_node = self.route(&batch).is_ok_and(|r| r.address == route.address);
-                    if to_node {
-                        self.retry_or_fail(batch, &route.address, error.clone(), now);
+                    if self.target(&batch) == *address {
+                        self.retry_or_fail(batch, address, error.clone(), now);
                     } else {
                         self.pending.push_back(batch);
                     }
@@ -440,15 +431,16 @@ impl Sender {
         }
     }
 
-    async fn open(&mut self, route: &Route) -> Result<Connection> {
+    async fn open(&mut self, address: &str) -> Result<Connection> {
         let config = &self.shared.config;
+        let channel = self.client.metadata().channel(address)?;
         let (requests, receiver) = mpsc::channel(config.max_in_flight + 1);
-        let mut stub = self.client.producer_stub(route.channel.clone());
+        let mut stub = self.client.producer_stub(channel);
         let call = stub.produce_stream(ReceiverStream::new(receiver));
         let response = tokio::time::timeout(config.request_timeout, call)
             .await
             .map_err(|_| Error::Timeout(config.request_timeout))?
-            .map_err(|status| Error::from_status(status, &route.address))?;
+            .map_err(|status| Error::from_status(status, address))?;
         let mut responses = response.into_inner();
         let id = self.next_connection;
         self.next_connection += 1;
