@@ -14,11 +14,16 @@ const LIMIT: Duration = Duration::from_secs(120);
 
 #[test]
 fn every_command_help_exits_0_and_names_its_flags() {
-    let cases: [(u32, &[&str], &[&str]); 10] = [
+    let cases: [(u32, &[&str], &[&str]); 11] = [
         (
             1,
             &["--help"],
-            &["broker", "topic", "produce", "consume", "bench", "log"],
+            &["broker", "dev-cluster", "topic", "produce", "consume", "bench", "log"],
+        ),
+        (
+            11,
+            &["dev-cluster", "--help"],
+            &["--nodes", "--data-dir", "--base-port", "--flush", "Ctrl-C"],
         ),
         (
             2,
@@ -32,6 +37,7 @@ fn every_command_help_exits_0_and_names_its_flags() {
                 "--metrics-listen",
                 "--config",
                 "--log-format",
+                "--peers",
             ],
         ),
         (
@@ -555,4 +561,189 @@ async fn cli_errors_exit_non_zero_and_name_what_is_wrong() {
         assert_eq!(c.high_watermark("one", 0).await, 0, "nothing was produced");
     })
     .await;
+}
+
+/// Six ports a dev-cluster of 3 nodes with this base would use, all free.
+fn free_dev_cluster_base() -> u16 {
+    let seed = std::process::id() as u16;
+    for attempt in 0..200u16 {
+        let base = 20_000 + ((seed.wrapping_mul(31).wrapping_add(attempt * 97)) % 9_000);
+        let ports = [0u16, 1, 10, 11, 20, 21].map(|o| base + o);
+        if ports
+            .iter()
+            .all(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        {
+            return base;
+        }
+    }
+    panic!("no free port range for a dev-cluster");
+}
+
+/// Stops a `runnel dev-cluster` by SIGINT (as Ctrl-C would) when dropped,
+/// so a failing test leaves no node running; SIGKILL after 30 s.
+struct DevCluster(std::process::Child);
+
+impl DevCluster {
+    fn interrupt_and_wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            // SAFETY: kill(2) on the child this test started.
+            unsafe { libc::kill(pid, libc::SIGINT) };
+        }
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            match self.0.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                _ => return None,
+            }
+        }
+    }
+}
+
+impl Drop for DevCluster {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none()
+            && self.interrupt_and_wait(Duration::from_secs(30)).is_none()
+        {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// `runnel dev-cluster` starts a 3-node cluster that serves replicated
+/// topics as soon as it says so, and stops every node on Ctrl-C.
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_cluster_serves_a_replicated_topic_and_stops_on_ctrl_c() {
+    use std::io::BufRead;
+    let _permit = crate::support::broker::Permit::acquire(crate::support::broker::MAX_LOAD_UNITS);
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let base = free_dev_cluster_base();
+    let mut child = std::process::Command::new(crate::support::runnel_bin())
+        .args([
+            "dev-cluster",
+            "--base-port",
+            &base.to_string(),
+            "--flush",
+            "never",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn dev-cluster: {e}"));
+    let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+    let mut dev = DevCluster(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut bootstrap = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("dev-cluster not ready within 90 s; printed: {seen:#?}"));
+        if let Some(b) = line.strip_prefix("bootstrap: ") {
+            bootstrap = Some(b.to_string());
+        }
+        let done = line.contains("Ctrl-C stops every node");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    let bootstrap = bootstrap.unwrap_or_else(|| panic!("no bootstrap line in {seen:#?}"));
+    assert_eq!(bootstrap.split(',').count(), 3, "{bootstrap}");
+    assert!(seen[0].contains("3 nodes ready"), "{seen:#?}");
+
+    with_deadline(LIMIT, async {
+        let b = ["--bootstrap", bootstrap.as_str()];
+        let out = run_cli(
+            &[
+                &[
+                    "topic",
+                    "create",
+                    "dev",
+                    "--partitions",
+                    "3",
+                    "--replication-factor",
+                    "3",
+                ][..],
+                &b,
+            ]
+            .concat(),
+            "",
+        );
+        assert!(out.status.success(), "{out}");
+        let out = run_cli(
+            &[&["produce", "dev", "--acks", "all"][..], &b].concat(),
+            "a\nb\nc\n",
+        );
+        assert!(out.status.success(), "{out}");
+        let out = run_cli(
+            &[
+                &[
+                    "consume",
+                    "dev",
+                    "--from-beginning",
+                    "--max-messages",
+                    "3",
+                    "--timeout-ms",
+                    "10000",
+                ][..],
+                &b,
+            ]
+            .concat(),
+            "",
+        );
+        assert!(out.status.success(), "{out}");
+        let mut got = out
+            .lines()
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>();
+        got.sort();
+        assert_eq!(got, ["a", "b", "c"]);
+        let out = run_cli(
+            &[&["topic", "describe", "dev", "--output", "json"][..], &b].concat(),
+            "",
+        );
+        assert!(out.status.success(), "{out}");
+        let v: Value =
+            serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+        let parts = v["partitions"].as_array().unwrap_or_else(|| panic!("{v}"));
+        assert_eq!(parts.len(), 3, "{v}");
+        for p in parts {
+            assert_eq!(p["replicas"].as_array().map(Vec::len), Some(3), "{v}");
+            assert!(
+                p["leader"].as_u64().is_some_and(|l| (1..=3).contains(&l)),
+                "{v}"
+            );
+        }
+    })
+    .await;
+
+    let status = dev
+        .interrupt_and_wait(Duration::from_secs(45))
+        .unwrap_or_else(|| panic!("dev-cluster did not stop within 45 s of SIGINT"));
+    assert!(status.success(), "dev-cluster exit status {status}");
+    for addr in bootstrap.split(',') {
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "node at {addr} still answers after dev-cluster stopped"
+        );
+    }
 }
