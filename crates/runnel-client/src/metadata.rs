@@ -163,6 +163,25 @@ impl Metadata {
         self.route_to(address)
     }
 
+    /// Sets `topic`'s leaders and the nodes' addresses, as a refresh would.
+    #[cfg(test)]
+    pub(crate) fn set_routes(&self, topic: &str, leaders: Vec<u32>, nodes: &[(u32, &str)]) {
+        let mut state = self.lock();
+        for (id, address) in nodes {
+            state.nodes.insert(*id, Arc::from(*address));
+        }
+        let version = state.next_version;
+        state.next_version += 1;
+        state.topics.insert(
+            Arc::from(topic),
+            TopicRoutes {
+                leaders,
+                version,
+                refreshed_at: Instant::now(),
+            },
+        );
+    }
+
     /// The version of `topic`'s routes, `None` when it is not loaded.
     pub(crate) fn version(&self, topic: &str) -> Option<u64> {
         self.lock().topics.get(topic).map(|t| t.version)

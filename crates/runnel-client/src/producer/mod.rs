@@ -219,6 +219,21 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    pub(crate) fn new(config: ProducerConfig, sticky_seed: u32) -> Shared {
+        Shared {
+            accumulator: Mutex::new(Accumulator::new(
+                config.linger,
+                config.batch_bytes,
+                config.compression,
+                sticky_seed,
+            )),
+            wake: Notify::new(),
+            buffer: Semaphore::new(config.buffer_bytes),
+            closed: AtomicBool::new(false),
+            config,
+        }
+    }
+
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Accumulator> {
         self.accumulator
             .lock()
@@ -271,18 +286,7 @@ impl Producer {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let shared = Arc::new(Shared {
-            accumulator: Mutex::new(Accumulator::new(
-                config.linger,
-                config.batch_bytes,
-                config.compression,
-                seed,
-            )),
-            wake: Notify::new(),
-            buffer: Semaphore::new(config.buffer_bytes),
-            closed: AtomicBool::new(false),
-            config,
-        });
+        let shared = Arc::new(Shared::new(config, seed));
         let task = tokio::spawn(sender::run(client.clone(), shared.clone()));
         Ok(Producer {
             inner: Arc::new(Inner {

@@ -122,22 +122,7 @@ struct Selection {
 
 /// Runs until the producer is closed and every batch is completed.
 pub(crate) async fn run(client: Client, shared: Arc<Shared>) {
-    let (events_tx, events) = mpsc::unbounded_channel();
-    let mut sender = Sender {
-        client,
-        shared,
-        pending: VecDeque::new(),
-        in_flight: BTreeMap::new(),
-        next_sequence: 0,
-        connections: HashMap::new(),
-        next_connection: 0,
-        reconnect_at: HashMap::new(),
-        partitions: HashMap::new(),
-        refreshing: HashSet::new(),
-        events,
-        events_tx,
-    };
-    sender.run().await;
+    Sender::new(client, shared).run().await;
 }
 
 struct Sender {
@@ -161,6 +146,24 @@ struct Sender {
 }
 
 impl Sender {
+    fn new(client: Client, shared: Arc<Shared>) -> Sender {
+        let (events_tx, events) = mpsc::unbounded_channel();
+        Sender {
+            client,
+            shared,
+            pending: VecDeque::new(),
+            in_flight: BTreeMap::new(),
+            next_sequence: 0,
+            connections: HashMap::new(),
+            next_connection: 0,
+            reconnect_at: HashMap::new(),
+            partitions: HashMap::new(),
+            refreshing: HashSet::new(),
+            events,
+            events_tx,
+        }
+    }
+
     async fn run(&mut self) {
         loop {
             let now = Instant::now();
@@ -356,13 +359,7 @@ impl Sender {
             if !self.connections.contains_key(&address) && !self.connect(&address, now).await {
                 continue; // its batches were rescheduled; others may go
             }
-            let mut batches = Vec::with_capacity(selection.indexes.len());
-            for i in selection.indexes.iter().rev() {
-                if let Some(batch) = self.pending.remove(*i) {
-                    batches.push(batch);
-                }
-            }
-            batches.reverse();
+            let batches = self.take(&selection);
             let sequence = self.next_sequence;
             self.next_sequence += 1;
             let request = self.request(sequence, &selection.topic, &batches);
@@ -379,28 +376,46 @@ impl Sender {
                 self.on_broken(&address, error);
                 return;
             }
-            let batches = if self.shared.config.acks == super::Acks::None {
-                for batch in batches {
-                    self.finish(batch, Ok(None));
-                }
-                Vec::new()
-            } else {
-                for batch in &batches {
-                    let flight = self.partitions.entry(batch.key()).or_default();
-                    flight.in_flight += 1;
-                    flight.address = Some(address.clone());
-                }
-                batches
-            };
-            self.in_flight.insert(
-                sequence,
-                InFlight {
-                    address,
-                    batches,
-                    sent_at: Instant::now(),
-                },
-            );
+            self.sent(sequence, address, batches);
         }
+    }
+
+    /// Takes the batches of `selection` out of `pending`, in batch order.
+    fn take(&mut self, selection: &Selection) -> Vec<Batch> {
+        let mut batches = Vec::with_capacity(selection.indexes.len());
+        for i in selection.indexes.iter().rev() {
+            if let Some(batch) = self.pending.remove(*i) {
+                batches.push(batch);
+            }
+        }
+        batches.reverse();
+        batches
+    }
+
+    /// `batches` went to `address` as request `sequence`: they are in
+    /// flight (with acks=0, delivered).
+    fn sent(&mut self, sequence: u64, address: Arc<str>, batches: Vec<Batch>) {
+        let batches = if self.shared.config.acks == super::Acks::None {
+            for batch in batches {
+                self.finish(batch, Ok(None));
+            }
+            Vec::new()
+        } else {
+            for batch in &batches {
+                let flight = self.partitions.entry(batch.key()).or_default();
+                flight.in_flight += 1;
+                flight.address = Some(address.clone());
+            }
+            batches
+        };
+        self.in_flight.insert(
+            sequence,
+            InFlight {
+                address,
+                batches,
+                sent_at: Instant::now(),
+            },
+        );
     }
 
     /// Opens the produce stream to the node at `address`; on failure,
@@ -716,3 +731,6 @@ fn transport_error(address: &str, message: &str) -> Error {
         status: None,
     }
 }
+
+#[cfg(test)]
+mod tests;
