@@ -229,13 +229,14 @@ impl Client {
             .ok_or_else(|| Error::Protocol("CreateTopic answered without the topic".into()))
     }
 
-    /// Deletes topic `name` and all its data.
+    /// Deletes topic `name` and all its data, and forgets its routes.
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         let request = DeleteTopicRequest {
             name: name.to_string(),
         };
         self.call_once(|channel| async move { self.admin(channel).delete_topic(request).await })
             .await?;
+        self.metadata().forget(name);
         Ok(())
     }
 

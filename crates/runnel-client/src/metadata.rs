@@ -182,6 +182,11 @@ impl Metadata {
         );
     }
 
+    /// Drops `topic`'s routes (it was deleted): its next use loads them anew.
+    pub(crate) fn forget(&self, topic: &str) {
+        self.lock().topics.remove(topic);
+    }
+
     /// The version of `topic`'s routes, `None` when it is not loaded.
     pub(crate) fn version(&self, topic: &str) -> Option<u64> {
         self.lock().topics.get(topic).map(|t| t.version)

@@ -59,6 +59,10 @@ async fn topics_route_to_their_leaders_and_unknown_leaders_to_the_default_node()
     assert_eq!(&*route.address, fake.address(1));
     // One connection per node, shared.
     assert_eq!(metadata.lock().channels.len(), 3);
+    // A deleted topic's routes are dropped.
+    metadata.forget(TOPIC);
+    assert!(metadata.version(TOPIC).is_none());
+    assert_eq!(metadata.target(TOPIC, 1).0, 0);
 }
 
 #[tokio::test]

@@ -244,7 +244,7 @@ impl Shared {
 /// Sends records in batches; see the [module docs](self) for delivery
 /// guarantees.
 ///
-/// Cheap to clone; clones share the batches and the connection, so many
+/// Cheap to clone; clones share the batches and the streams, so many
 /// tasks can send through one producer. Dropping the last clone lets the
 /// background sender deliver what was sent and stop; call
 /// [`Producer::close`] to wait for that.
