@@ -18,15 +18,19 @@
 //!     every tick interval:         node.tick(now_ms)
 //!     for each peer frame:         node.step(from, group_messages)
 //!     for each produce request:    node.propose(group, verified_batch, acks) -> Ticket | NotLeader
-//!     let out = node.ready();      // writes, fsyncs, applies: all groups
+//!     let out = node.ready_with(|to, msgs| send(to, msgs));  // writes, fsyncs, applies
 //!     send out.messages (one batch per node); report_snapshot / report_unreachable
 //!     answer out.completions (ticket -> offsets); publish out.high_watermarks
 //! }
 //! ```
 //!
+//! On the wire, decode each `eraftpb::Message` with
+//! `protobuf::Message::parse_from_carllerche_bytes`, so entry data (the
+//! batches) slices the received buffer instead of being copied.
+//!
 //! # Design, and the RAFT.md traps it answers
 //!
-//! - **Entries are batches** ([`entry`](crate::entry) module docs). A produced
+//! - **Entries are batches** (the `entry` module has the table). A produced
 //!   batch is the entry data, stored as received; an empty entry (a new
 //!   leader's no-op, a rejected conf change) is stored as a one-offset
 //!   `RaftNoop` control batch, a conf change as a `RaftConfChange` control
@@ -48,9 +52,12 @@
 //! - **Ready order (traps 8-10)** is followed step by step in
 //!   `Node::handle_ready`: snapshot, entries, hard state, fsync (log, then
 //!   state file) if `must_sync`, persisted messages, advance, light ready
-//!   (commit, messages, committed entries), advance_apply. Leader messages
-//!   are allowed out before the fsync by raft-rs; here every message leaves
-//!   with the [`Output`], after the node's writes, which is always safe.
+//!   (commit, messages, committed entries), advance_apply. It runs in
+//!   three phases over all groups with work (writes; fsyncs; the rest), and
+//!   [`Node::ready_with`] hands a leader's messages (raft-rs puts only
+//!   those in `Ready::messages`) to the driver between the writes and the
+//!   fsyncs, so followers write while the leader syncs; persisted messages
+//!   (votes, responses) only leave in the [`Output`], after the fsyncs.
 //!   Nothing runs between a group's `ready()` and `advance()`.
 //! - **Restart (traps 11-13).** `raft.state` holds `{term, vote, commit}`,
 //!   the conf state and the applied index in one checksummed record,
@@ -91,6 +98,21 @@
 //!   simulation replays a seed exactly.
 //! - **Logging.** raft-rs logs through `slog`; the default logger features
 //!   are off and a small drain forwards to `tracing`.
+//!
+//! # Deterministic simulation
+//!
+//! `src/sim.rs` (tests only) runs 3- and 5-node clusters of unchanged
+//! [`Node`]s over real logs in temp directories, with a virtual clock, a
+//! network that drops, delays, reorders, duplicates and cuts links,
+//! clients proposing with both ack levels, retention (so snapshots are
+//! sent), leadership transfers, and crashes (process crash, power loss,
+//! power loss between a leader's early sends and its fsync). It checks
+//! after every event: one leader per term, commit and HWM never move back,
+//! one batch per committed offset, acknowledged batches durable on a quorum
+//! and in every later leader's log, and liveness after healing.
+//! `cargo test` runs 1,000 seeds; `RUNNEL_SIM_SEEDS=<n>` runs more, and a
+//! failure prints its seed: replay it with
+//! `RUNNEL_SIM_SEED=<n> cargo test -p runnel-raft sim -- --nocapture`.
 
 #![deny(missing_docs)]
 

@@ -627,12 +627,21 @@ impl Node {
     /// (trap 9) and returns what the driver must do. Call it after every
     /// batch of `tick`/`step`/`propose` calls; nothing else runs between a
     /// group's `ready()` and its `advance()` (trap 10).
+    ///
+    /// A leader's early messages (see [`Node::ready_with`]) come first in
+    /// each node's list of [`Output::messages`].
     pub fn ready(&mut self) -> Output {
-        self.ready_with(|to, msgs| {
-            // Without an early channel, leader messages simply leave with
-            // the rest (always safe).
-            let _ = (to, msgs);
-        })
+        let mut early: Vec<(NodeId, Vec<GroupMessage>)> = Vec::new();
+        let mut out = self.ready_with(|to, msgs| early.push((to, msgs)));
+        if early.is_empty() {
+            return out;
+        }
+        let mut merged: BTreeMap<NodeId, Vec<GroupMessage>> = BTreeMap::new();
+        for (to, msgs) in early.into_iter().chain(std::mem::take(&mut out.messages)) {
+            merged.entry(to).or_default().extend(msgs);
+        }
+        out.messages = merged.into_iter().collect();
+        out
     }
 
     /// [`Node::ready`], handing the messages a leader may send before its

@@ -18,7 +18,8 @@
 //!   in the log of every later leader at the same offset;
 //! - liveness: once the network heals and every node is up, each group
 //!   elects a leader, commits a new batch and all nodes converge within a
-//!   bound; then every acknowledged batch is on every node.
+//!   bound; then every acknowledged batch is on every node; then every
+//!   node in turn takes over each group (leadership transfer) and commits.
 //!
 //! A crash is, at random, a process crash (every write survives), a
 //! power loss (each log is cut back to what was fsynced, `Log::crash`, and
@@ -138,6 +139,8 @@ struct Sim {
     acked: BTreeMap<(GroupId, u64), u64>,
     /// Last node seen leading each group.
     believed_leader: BTreeMap<GroupId, NodeId>,
+    /// acks=quorum acknowledgements per (leader node, group).
+    acked_by: BTreeMap<(NodeId, GroupId), usize>,
     report: SimReport,
     trace: std::collections::hash_map::DefaultHasher,
     _root: tempfile::TempDir,
@@ -252,6 +255,7 @@ impl Sim {
             committed: BTreeMap::new(),
             acked: BTreeMap::new(),
             believed_leader: BTreeMap::new(),
+            acked_by: BTreeMap::new(),
             report: SimReport::default(),
             trace: std::collections::hash_map::DefaultHasher::new(),
             _root: root,
@@ -430,7 +434,13 @@ impl Sim {
                     return;
                 };
                 let mut early = Vec::new();
-                out = node.ready_with(|to, msgs| early.push((to, msgs)));
+                // Odd nodes take early messages through the callback, even
+                // ones in the Output: both driver styles stay covered.
+                out = if i % 2 == 0 {
+                    node.ready_with(|to, msgs| early.push((to, msgs)))
+                } else {
+                    node.ready()
+                };
                 let stopped = node.stopped_before_sync;
                 let sent_early = !early.is_empty();
                 self.route(self.nodes[i].id, early);
@@ -567,6 +577,7 @@ impl Sim {
             return;
         }
         self.report.acked += 1;
+        *self.acked_by.entry((id, c.group)).or_default() += 1;
         // Committed: below this node's HWM, so in the committed map.
         if !self.committed.contains_key(&(c.group, info.base_offset)) {
             self.fail(format!(
@@ -662,9 +673,15 @@ impl Sim {
         }
     }
 
-    fn propose(&mut self, target: Option<NodeId>) {
-        let g = self.rng.below(self.config.groups);
+    /// Proposes a new batch: to `target` (node, group) or to a random
+    /// group's believed leader.
+    fn propose(&mut self, target: Option<(NodeId, GroupId)>) {
+        let g = match target {
+            Some((_, g)) => g,
+            None => self.rng.below(self.config.groups),
+        };
         let id = target
+            .map(|(n, _)| n)
             .or_else(|| self.believed_leader.get(&g).copied())
             .unwrap_or_else(|| 1 + self.rng.below(self.config.nodes));
         let i = id as usize - 1;
@@ -690,7 +707,7 @@ impl Sim {
             Err(e) => self.fail(format!("building a batch: {e}")),
         };
         let hash = payload_hash(batch.bytes());
-        let acks = if self.rng.below(4) == 0 {
+        let acks = if target.is_none() && self.rng.below(4) == 0 {
             Acks::Leader
         } else {
             Acks::Quorum
@@ -962,6 +979,55 @@ impl Sim {
         ));
     }
 
+    /// With the network healthy, every node of every group can take over
+    /// (by leadership transfer) and commit as leader within a bound: a
+    /// leader whose messages never leave, or that cannot commit, fails it.
+    fn check_every_node_leads(&mut self) {
+        self.next_client = u64::MAX;
+        for g in 0..self.config.groups {
+            for target in 1..=self.config.nodes {
+                let deadline = self.now + 3_000;
+                let before = self.acked_by.get(&(target, g)).copied().unwrap_or(0);
+                let mut next_try = self.now;
+                while self.acked_by.get(&(target, g)).copied().unwrap_or(0) == before {
+                    if self.now >= deadline {
+                        let st = self.nodes[target as usize - 1]
+                            .node
+                            .as_ref()
+                            .and_then(|n| n.status(g));
+                        self.fail(format!(
+                            "node {target} could not lead group {g} and commit within 3 s of a healthy network: {st:?}"
+                        ));
+                    }
+                    if self.now >= next_try {
+                        next_try = self.now + 200;
+                        let st = self.nodes[target as usize - 1]
+                            .node
+                            .as_ref()
+                            .and_then(|n| n.status(g));
+                        match st {
+                            Some(st) if st.role == Role::Leader && st.committed_in_term => {
+                                self.propose(Some((target, g)));
+                            }
+                            Some(st) if st.role != Role::Leader => {
+                                if let Some(l) = st.leader {
+                                    if let Some(node) = self.node_mut(l) {
+                                        let _ = node.transfer_leader(g, target);
+                                    }
+                                    self.after(l as usize - 1, Output::default());
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    if !self.step(deadline.min(next_try), false) {
+                        self.now = self.now.max(deadline.min(next_try));
+                    }
+                }
+            }
+        }
+    }
+
     /// All nodes agree on the leader, commit index and HWM of every group,
     /// and every acknowledged batch is on every node.
     fn converged(&self) -> bool {
@@ -1007,6 +1073,7 @@ impl Sim {
         self.heal();
         self.next_client = self.now + 1;
         self.check_liveness();
+        self.check_every_node_leads();
         self.report.trace = self.trace.finish();
         self.report
     }
