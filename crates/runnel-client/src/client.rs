@@ -38,9 +38,14 @@ pub struct ClientConfig {
     /// How long a keepalive ping may go unanswered. Default 20 s.
     pub keepalive_timeout: Duration,
     /// Least time between two metadata refreshes of a topic (after
-    /// `NOT_LEADER`, an unreachable leader, or a partition without one), and
-    /// the wait before a request is retried after one. Default 100 ms.
+    /// `NOT_LEADER`, an unreachable leader, or a partition without one).
+    /// Default 100 ms.
     pub metadata_backoff: Duration,
+    /// Longest wait for one node's answer to a call that any node serves
+    /// (`DescribeTopic`, `DescribeCluster`, `ListTopics`) before the next
+    /// node is asked: a paused node must not hold up metadata refreshes for
+    /// a whole request timeout. Default 5 s (at most `request_timeout`).
+    pub metadata_timeout: Duration,
 }
 
 impl Default for ClientConfig {
@@ -53,6 +58,7 @@ impl Default for ClientConfig {
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
             metadata_backoff: Duration::from_millis(100),
+            metadata_timeout: Duration::from_secs(5),
         }
     }
 }

@@ -110,6 +110,8 @@ pub(crate) struct Node {
     pub(crate) stats: Arc<NodeStats>,
     /// While set, every call fails as an unreachable node's would.
     pub(crate) down: Arc<AtomicBool>,
+    /// While set, admin calls never answer (a paused process).
+    pub(crate) paused: Arc<AtomicBool>,
 }
 
 fn runnel_status(code: tonic::Code, reason: ErrorReason, message: &str) -> Status {
@@ -121,6 +123,14 @@ fn runnel_status(code: tonic::Code, reason: ErrorReason, message: &str) -> Statu
 }
 
 impl Node {
+    /// Admin calls: never answers while paused.
+    async fn admin_gate(&self) -> Result<(), Status> {
+        if self.paused.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        self.check_up()
+    }
+
     fn check_up(&self) -> Result<(), Status> {
         if self.down.load(Ordering::SeqCst) {
             return Err(Status::unavailable("connection refused (fake)"));
@@ -351,7 +361,7 @@ impl AdminService for Node {
         &self,
         _: Request<ListTopicsRequest>,
     ) -> Result<Response<ListTopicsResponse>, Status> {
-        self.check_up()?;
+        self.admin_gate().await?;
         Ok(Response::new(ListTopicsResponse::default()))
     }
 
@@ -359,7 +369,7 @@ impl AdminService for Node {
         &self,
         request: Request<DescribeTopicRequest>,
     ) -> Result<Response<DescribeTopicResponse>, Status> {
-        self.check_up()?;
+        self.admin_gate().await?;
         if request.get_ref().name != TOPIC {
             return Err(runnel_status(
                 tonic::Code::NotFound,
@@ -390,7 +400,7 @@ impl AdminService for Node {
         &self,
         _: Request<DescribeClusterRequest>,
     ) -> Result<Response<DescribeClusterResponse>, Status> {
-        self.check_up()?;
+        self.admin_gate().await?;
         let nodes = self.cluster.nodes.lock().unwrap().clone();
         Ok(Response::new(DescribeClusterResponse {
             nodes: nodes
@@ -432,6 +442,7 @@ impl FakeCluster {
                 cluster: cluster.clone(),
                 stats: Arc::default(),
                 down: Arc::default(),
+                paused: Arc::default(),
             };
             tokio::spawn(
                 tonic::transport::Server::builder()

@@ -25,7 +25,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use runnel_proto::v1::ErrorReason;
 use runnel_proto::v1::admin_service_client::AdminServiceClient;
@@ -295,8 +295,9 @@ impl Metadata {
             .collect()
     }
 
-    /// Runs a call that any node serves, under the request timeout: on the
-    /// default node, then — when a node cannot be reached — on the next
+    /// Runs a call that any node serves, under
+    /// [`ClientConfig::metadata_timeout`]: on the default node, then — when a
+    /// node cannot be reached or does not answer in time — on the next
     /// candidate. The node that answers becomes the default.
     ///
     /// Only for calls that are safe to repeat: a call whose connection broke
@@ -306,10 +307,14 @@ impl Metadata {
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
+        let timeout = self
+            .config
+            .metadata_timeout
+            .min(self.config.request_timeout);
         let mut last = None;
         for address in self.candidates() {
             let channel = self.channel(&address)?;
-            match self.call_on(&address, call(channel)).await {
+            match self.call_within(timeout, &address, call(channel)).await {
                 Err(e) if e.is_connection_error() => {
                     tracing::debug!(%address, error = %e, "node unreachable, trying the next");
                     last = Some(e);
@@ -331,7 +336,16 @@ impl Metadata {
         address: &str,
         call: impl Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T> {
-        let timeout = self.config.request_timeout;
+        self.call_within(self.config.request_timeout, address, call)
+            .await
+    }
+
+    async fn call_within<T>(
+        &self,
+        timeout: Duration,
+        address: &str,
+        call: impl Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T> {
         match tokio::time::timeout(timeout, call).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
             Ok(Err(status)) => Err(Error::from_status(status, address)),

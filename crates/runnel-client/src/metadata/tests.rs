@@ -193,3 +193,21 @@ async fn offset_lookups_go_to_leaders_and_follow_moves() {
         .unwrap_err();
     assert_eq!(error.reason(), Some(ErrorReason::NotLeader));
 }
+
+#[tokio::test]
+async fn a_paused_default_node_holds_metadata_calls_up_only_for_the_metadata_timeout() {
+    let fake = FakeCluster::start(2, vec![2]).await;
+    let config = ClientConfig {
+        metadata_timeout: Duration::from_millis(200),
+        ..config()
+    };
+    let client = Client::connect_with(&fake.bootstrap, config).await.unwrap();
+    fake.node(1).paused.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    assert_eq!(client.describe_cluster().await.unwrap().answered_by, 2);
+    let took = started.elapsed();
+    assert!(
+        (Duration::from_millis(200)..Duration::from_secs(3)).contains(&took),
+        "{took:?}"
+    );
+}
