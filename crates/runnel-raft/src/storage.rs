@@ -513,4 +513,4 @@ impl raft::Storage for LogStorage {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
