@@ -21,34 +21,42 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a broker may take to exit after SIGTERM (drain included).
 const TERM_TIMEOUT: Duration = Duration::from_secs(45);
 
-/// Brokers that may run at once in one test binary. Tests start at most one
-/// broker each, so this caps concurrent broker tests (2 cores on CI).
-const MAX_CONCURRENT_BROKERS: usize = 2;
+/// Load units that broker tests of one test binary may hold at once (2
+/// cores on CI). A single broker takes [`SINGLE_BROKER_UNITS`], so two
+/// single-broker tests run at once; a 3-node cluster
+/// (`support::cluster::Cluster`) takes all of them and runs alone.
+pub const MAX_LOAD_UNITS: usize = 2;
+/// The units one [`Broker::start`] holds until the broker is dropped.
+pub const SINGLE_BROKER_UNITS: usize = 1;
 
 static RUNNING: Mutex<usize> = Mutex::new(0);
 static RUNNING_CHANGED: Condvar = Condvar::new();
 
-/// A place among the [`MAX_CONCURRENT_BROKERS`]; released on drop.
-struct Permit;
+/// Units of the [`MAX_LOAD_UNITS`] held; released on drop.
+pub struct Permit {
+    units: usize,
+}
 
 impl Permit {
-    fn acquire() -> Permit {
+    /// Blocks until `units` (at most [`MAX_LOAD_UNITS`]) are free, then holds them.
+    pub fn acquire(units: usize) -> Permit {
+        let units = units.clamp(1, MAX_LOAD_UNITS);
         let mut running = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
-        while *running >= MAX_CONCURRENT_BROKERS {
+        while *running + units > MAX_LOAD_UNITS {
             running = RUNNING_CHANGED
                 .wait(running)
                 .unwrap_or_else(|p| p.into_inner());
         }
-        *running += 1;
-        Permit
+        *running += units;
+        Permit { units }
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         let mut running = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
-        *running -= 1;
-        RUNNING_CHANGED.notify_one();
+        *running -= self.units;
+        RUNNING_CHANGED.notify_all();
     }
 }
 
@@ -105,7 +113,8 @@ pub struct Broker {
     id: u32,
     /// Number of starts so far (names the stderr file of each).
     starts: u32,
-    _permit: Permit,
+    /// None for a node of a cluster: the cluster holds the place.
+    _permit: Option<Permit>,
 }
 
 impl Broker {
@@ -115,7 +124,18 @@ impl Broker {
     /// call it from the test's own thread, not from a spawned task: the child
     /// is killed if the thread that spawned it exits (PR_SET_PDEATHSIG).
     pub fn start(opts: BrokerOptions) -> Broker {
-        let permit = Permit::acquire();
+        Broker::launch(opts, Some(Permit::acquire(SINGLE_BROKER_UNITS)))
+    }
+
+    /// Starts a broker without taking a place under the concurrency cap:
+    /// for the nodes of a `Cluster`, which holds the place for all of them.
+    /// Usually `bare`, with every flag in `extra_args` (`{data_dir}` in an
+    /// argument is replaced by the data directory).
+    pub fn start_unmetered(opts: BrokerOptions) -> Broker {
+        Broker::launch(opts, None)
+    }
+
+    fn launch(opts: BrokerOptions, permit: Option<Permit>) -> Broker {
         let work = tempfile::Builder::new()
             .prefix("runnel-broker-test")
             .tempdir()
@@ -166,10 +186,16 @@ impl Broker {
                 .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
             cmd.arg("--config").arg(path);
         }
-        cmd.args(&self.opts.extra_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr);
+        let data = data_dir.to_string_lossy();
+        cmd.args(
+            self.opts
+                .extra_args
+                .iter()
+                .map(|a| a.replace("{data_dir}", &data)),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr);
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("RUNNEL_") {
                 cmd.env_remove(name);
@@ -179,7 +205,6 @@ impl Broker {
             cmd.env("RUST_LOG", "info");
         }
         cmd.env("NO_COLOR", "1");
-        let data = data_dir.to_string_lossy();
         cmd.envs(
             self.opts
                 .env
@@ -253,6 +278,24 @@ impl Broker {
             // Reaping after SIGKILL cannot block for long.
             let _status = child.wait();
         }
+    }
+
+    /// Freezes the process with SIGSTOP (it keeps its sockets; peers and
+    /// clients see it stop answering). [`Broker::resume`] undoes it.
+    pub fn pause(&self) {
+        let child = self.child.as_ref().expect("pause() on a stopped broker");
+        signal(child, libc::SIGSTOP);
+    }
+
+    /// Lets a paused process run again with SIGCONT.
+    pub fn resume(&self) {
+        let child = self.child.as_ref().expect("resume() on a stopped broker");
+        signal(child, libc::SIGCONT);
+    }
+
+    /// Whether the process was started and not stopped by this harness.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// Sends SIGTERM and waits (bounded) for the exit status.

@@ -7,8 +7,10 @@
 
 pub mod broker;
 pub mod cli;
+pub mod cluster;
 pub mod grpc;
 pub mod metrics;
+pub mod proxy;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 
 pub use broker::{Broker, BrokerOptions};
 pub use cli::{CliOutput, run_cli};
+pub use cluster::{Cluster, ClusterOptions};
 
 /// The `runnel` binary cargo built for this test run.
 pub fn runnel_bin() -> PathBuf {
