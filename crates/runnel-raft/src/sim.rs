@@ -206,24 +206,9 @@ fn log_config(retention: bool) -> LogConfig {
     }
 }
 
-fn temp_root() -> tempfile::TempDir {
-    let shm = std::path::Path::new("/dev/shm");
-    let b = tempfile::Builder::new()
-        .prefix("runnel-sim-")
-        .tempdir_in(if shm.is_dir() {
-            shm
-        } else {
-            std::path::Path::new("/tmp")
-        });
-    match b {
-        Ok(d) => d,
-        Err(e) => panic!("cannot create a temp dir for the simulation: {e}"),
-    }
-}
-
 impl Sim {
     fn new(seed: u64, config: SimConfig) -> Sim {
-        let root = temp_root();
+        let root = crate::storage::tests::test_dir();
         let nodes = (1..=config.nodes)
             .map(|id| SimNode {
                 id,

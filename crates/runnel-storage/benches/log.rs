@@ -241,12 +241,17 @@ fn append_never(c: &mut Criterion, sizes: &Sizes) {
                     log.append(pool.get(0), TERM).expect("first append");
                     let fsyncs = log.fsync_count();
                     let mut slowest = Duration::ZERO;
+                    let mut lat_ms = Vec::with_capacity(n as usize);
                     let t = Instant::now();
                     for i in 0..n {
                         let a = Instant::now();
                         log.append(pool.get(1 + i as usize), TERM).expect("append");
-                        slowest = slowest.max(a.elapsed());
+                        let e = a.elapsed();
+                        slowest = slowest.max(e);
+                        lat_ms.push(e.as_secs_f64() * 1e3);
                     }
+                    let segment_bytes = u64::from(LogConfig::default().segment_bytes);
+                    let (roll_ms, other_ms, others_over) = roll_split(&lat_ms, len, segment_bytes);
                     let appended = t.elapsed();
                     log.flush().expect("flush");
                     let d = t.elapsed();
@@ -261,6 +266,9 @@ fn append_never(c: &mut Criterion, sizes: &Sizes) {
                             ("appends_s", appended.as_secs_f64()),
                             ("flush_s", (d - appended).as_secs_f64()),
                             ("slowest_append_ms", slowest.as_secs_f64() * 1e3),
+                            ("slowest_roll_ms", roll_ms),
+                            ("slowest_other_ms", other_ms),
+                            ("others_over_20ms", others_over),
                             ("fsyncs", (log.fsync_count() - fsyncs) as f64),
                             ("segments", log.segments().expect("segments").len() as f64),
                         ],
@@ -371,6 +379,24 @@ fn append_concurrently(log: &Log, pool: &Pool, appenders: u64, total: u64) -> Co
     }
 }
 
+/// Latencies (ms, in append order) of the appends that rolled and of the
+/// others: `(slowest roll, slowest other, others over 20 ms)`. Batches all
+/// have length `len`, so append `j` (the log's `j + 1`-th, after one first
+/// append) rolls when `j + 1` is a multiple of the batches per segment.
+fn roll_split(lat_ms: &[f64], len: u64, segment_bytes: u64) -> (f64, f64, f64) {
+    let per_segment = (segment_bytes / len).max(1) as usize;
+    let (mut roll, mut other, mut over) = (0f64, 0f64, 0f64);
+    for (j, &l) in lat_ms.iter().enumerate() {
+        if (j + 1) % per_segment == 0 {
+            roll = roll.max(l);
+        } else {
+            other = other.max(l);
+            over += f64::from(u8::from(l > 20.0));
+        }
+    }
+    (roll, other, over)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -477,6 +503,8 @@ fn append_rolls(c: &mut Criterion, sizes: &Sizes) {
                     (t.elapsed(), flushes)
                 });
                 timed += d;
+                let (roll_ms, other_ms, others_over) =
+                    roll_split(&lat_ms, len, u64::from(segment_bytes));
                 lat_ms.sort_by(f64::total_cmp);
                 disk::note(
                     &format!("append_rolls/{}", label(kib)),
@@ -486,6 +514,14 @@ fn append_rolls(c: &mut Criterion, sizes: &Sizes) {
                         ("p99_ms", percentile(&lat_ms, 0.99)),
                         ("p999_ms", percentile(&lat_ms, 0.999)),
                         ("slowest_append_ms", lat_ms.last().copied().unwrap_or(0.0)),
+                        // Stalls: a roll's seal fsync under the lock was one.
+                        (
+                            "appends_over_20ms",
+                            lat_ms.iter().filter(|&&l| l > 20.0).count() as f64,
+                        ),
+                        ("slowest_roll_ms", roll_ms),
+                        ("slowest_other_ms", other_ms),
+                        ("others_over_20ms", others_over),
                         ("flushes", flushes as f64),
                         ("segments", log.segments().expect("segments").len() as f64),
                     ],

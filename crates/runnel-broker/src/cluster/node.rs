@@ -47,6 +47,8 @@ pub(crate) const CONTROLLER_GROUP: u64 = 0;
 pub(crate) const CLUSTER_DIR: &str = "cluster";
 /// How long an admin call waits for the controller to commit and apply.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest wait for other nodes to learn of a topic change.
+const PROPAGATION_WAIT: Duration = Duration::from_secs(2);
 /// Most apply results remembered for proposers.
 const RESULTS_KEPT: usize = 1024;
 
@@ -525,7 +527,9 @@ impl ClusterNode {
             }
             None => return Err(no_controller()),
         }
-        self.wait_for_topic(name, true).await
+        let topic = self.wait_for_topic(name, true).await?;
+        self.wait_on_every_node(name, true).await;
+        Ok(topic)
     }
 
     /// Deletes a topic through the controller (forwarded to its leader).
@@ -549,7 +553,13 @@ impl ClusterNode {
             }
             None => return Err(no_controller()),
         }
-        self.wait_for_topic(name, false).await.map(|_| ())
+        match self.wait_for_topic(name, false).await {
+            Err(BrokerError::UnknownTopic(_)) => {}
+            Err(e) => return Err(e),
+            Ok(_) => {}
+        }
+        self.wait_on_every_node(name, false).await;
+        Ok(())
     }
 
     /// The controller's leader, waiting for an election in progress (a
@@ -596,6 +606,37 @@ impl ClusterNode {
                 return Err(BrokerError::Unavailable(format!(
                     "the change to topic {name} is committed but not yet applied on this node; retry describe"
                 )));
+            }
+        }
+    }
+
+    /// Waits (up to [`PROPAGATION_WAIT`]) until every other node that
+    /// answers knows of the change, so a client that created a topic can
+    /// use it through any node at once (metadata reaches each node by its
+    /// own apply loop, milliseconds apart). Unreachable nodes are skipped.
+    async fn wait_on_every_node(&self, name: &str, exists: bool) {
+        let deadline = tokio::time::Instant::now() + PROPAGATION_WAIT;
+        for &id in self.peers.keys().filter(|&&id| id != self.node_id) {
+            let Ok(Ok(mut client)) =
+                tokio::time::timeout_at(deadline, self.controller_client(id)).await
+            else {
+                continue;
+            };
+            loop {
+                let call = client.describe_topic(runnel_proto::v1::DescribeTopicRequest {
+                    name: name.to_string(),
+                });
+                let Ok(res) = tokio::time::timeout_at(deadline, call).await else {
+                    break;
+                };
+                let done = match res {
+                    Ok(_) => exists,
+                    Err(s) => !exists && s.code() == tonic::Code::NotFound,
+                };
+                if done || tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
     }

@@ -57,7 +57,7 @@ fn config_is_validated() {
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::storage::tests::{data_batch, test_log_config};
+use crate::storage::tests::{data_batch, test_dir, test_log_config};
 
 const G: GroupId = 7;
 
@@ -75,7 +75,7 @@ struct Cluster {
 
 impl Cluster {
     fn new(n: u64) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = test_dir();
         let voters: Vec<NodeId> = (1..=n).collect();
         let nodes = voters
             .iter()

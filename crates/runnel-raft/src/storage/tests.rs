@@ -4,6 +4,20 @@ use raft::eraftpb::EntryType;
 use runnel_batch::{Compression, NewRecord};
 use runnel_storage::{FlushPolicy, LogConfig};
 
+/// A temp dir on tmpfs when there is one: these tests fsync a lot.
+pub(crate) fn test_dir() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    let base = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    tempfile::Builder::new()
+        .prefix("runnel-raft-")
+        .tempdir_in(base)
+        .unwrap()
+}
+
 pub(crate) fn test_log_config() -> LogConfig {
     LogConfig {
         segment_bytes: 4096,
@@ -56,7 +70,7 @@ fn ctx() -> GetEntriesContext {
 
 #[test]
 fn a_new_group_starts_with_the_bootstrap_entry() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
     let s = open(dir.path(), test_log_config());
     assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (1, 1));
     assert_eq!(s.term(0).unwrap(), 0, "trap 2: the entry before the first");
@@ -88,7 +102,7 @@ fn a_new_group_starts_with_the_bootstrap_entry() {
 
 #[test]
 fn bootstrap_refuses_bad_voters_and_foreign_logs() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
     let log = Arc::new(Log::open(dir.path(), test_log_config()).unwrap());
     for voters in [vec![], vec![0, 1]] {
         let b = Bootstrap {
@@ -100,7 +114,7 @@ fn bootstrap_refuses_bad_voters_and_foreign_logs() {
             Err(RaftError::Config(_))
         ));
     }
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
     let log = Arc::new(Log::open(dir.path(), test_log_config()).unwrap());
     log.append_entry(&data_batch(b"x", 1), 4, 1).unwrap();
     log.append_entry(&data_batch(b"x", 1), 4, 2).unwrap();
@@ -112,7 +126,7 @@ fn bootstrap_refuses_bad_voters_and_foreign_logs() {
 
 #[test]
 fn entries_are_half_open_limited_and_typed() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
     let mut s = open(dir.path(), test_log_config());
     let mut cc = entry(4, 2, Bytes::from_static(b"\x12\x00"));
     cc.set_entry_type(EntryType::EntryConfChangeV2);
@@ -163,7 +177,7 @@ fn entries_are_half_open_limited_and_typed() {
 
 #[test]
 fn a_conflicting_append_truncates_first() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
     let mut s = open(dir.path(), test_log_config());
     let ents: Vec<Entry> = (2..=5)
         .map(|i| entry(i, 2, data_batch(b"old", 1)))
@@ -187,7 +201,7 @@ fn a_conflicting_append_truncates_first() {
 
 #[test]
 fn state_and_offsets_survive_a_reopen() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
     {
         let mut s = open(dir.path(), test_log_config());
         let ents: Vec<Entry> = (2..=6).map(|i| entry(i, 2, data_batch(b"v", 2))).collect();
@@ -217,7 +231,7 @@ fn state_and_offsets_survive_a_reopen() {
 
 #[test]
 fn a_commit_past_the_log_refuses_to_start() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
     {
         let mut s = open(dir.path(), test_log_config());
         s.set_commit(9);
@@ -236,7 +250,7 @@ fn snapshot_means_the_log_starts_here() {
         retention_bytes: Some(1),
         ..test_log_config()
     };
-    let leader_dir = tempfile::tempdir().unwrap();
+    let leader_dir = test_dir();
     let mut leader = open(leader_dir.path(), config.clone());
     assert!(matches!(
         leader.snapshot(0, 2),
@@ -266,7 +280,7 @@ fn snapshot_means_the_log_starts_here() {
     // Entry i (i >= 2) holds offset i - 1.
     assert_eq!(data.start_offset, first - 1);
 
-    let follower_dir = tempfile::tempdir().unwrap();
+    let follower_dir = test_dir();
     let mut follower = open(follower_dir.path(), config);
     follower.append(&ents[..3], 0).unwrap();
     follower.apply_snapshot(&snap).unwrap();
@@ -309,7 +323,7 @@ fn snapshot_data_round_trips_and_rejects_garbage() {
 
 #[test]
 fn a_state_record_behind_the_log_start_is_caught_up() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
     {
         let s = open(dir.path(), test_log_config());
         // A reset whose state record never reached the disk.
@@ -327,4 +341,109 @@ fn a_state_record_behind_the_log_start_is_caught_up() {
         12,
         "the caught-up record was persisted"
     );
+}
+
+/// One step of the model test.
+#[derive(Clone, Debug)]
+enum Op {
+    /// Append `kinds` starting `back` entries before the end (a conflict
+    /// when `back > 0`), under a term bumped by `bump`.
+    Append {
+        back: u64,
+        bump: u64,
+        kinds: Vec<u8>,
+    },
+    /// Commit and apply `n` more entries.
+    Commit { n: u64 },
+    /// Sync and reopen.
+    Reopen,
+}
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    prop_oneof![
+        4 => (0u64..3, 0u64..2, proptest::collection::vec(0u8..5, 1..4))
+            .prop_map(|(back, bump, kinds)| Op::Append { back, bump, kinds }),
+        2 => (0u64..4).prop_map(|n| Op::Commit { n }),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+/// Entry for a model kind: 0 no-op, 1 conf change, 2.. a batch of that many records.
+fn model_entry(index: u64, term: u64, kind: u8) -> Entry {
+    let mut e = entry(index, term, Bytes::new());
+    match kind {
+        0 => {}
+        1 => {
+            e.set_entry_type(EntryType::EntryConfChangeV2);
+            e.data = Bytes::from_static(b"\x12\x00");
+        }
+        n => e.data = data_batch(&[n; 9], u32::from(n) - 1),
+    }
+    e
+}
+
+fn records_of(kind: u8) -> u64 {
+    if kind < 2 { 1 } else { u64::from(kind) - 1 }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+    /// LogStorage against a Vec of (term, kind): appends with conflicts,
+    /// commits, reopens; every index's term, type and offsets match.
+    #[test]
+    fn storage_matches_a_model(ops in proptest::collection::vec(op(), 1..25)) {
+        let dir = test_dir();
+        let mut s = open(dir.path(), test_log_config());
+        // Index i is model[i - 1]; index 1 is the bootstrap no-op.
+        let mut model: Vec<(u64, u8)> = vec![(BOOTSTRAP_TERM, 0)];
+        let mut commit = 1u64;
+        for op in ops {
+            match op {
+                Op::Append { back, bump, kinds } => {
+                    let last = model.len() as u64;
+                    let first = (last + 1).saturating_sub(back).max(commit + 1);
+                    let term = model.last().map_or(1, |m| m.0) + bump;
+                    let ents: Vec<Entry> = kinds
+                        .iter()
+                        .enumerate()
+                        .map(|(k, &kind)| model_entry(first + k as u64, term, kind))
+                        .collect();
+                    s.append(&ents, 9).unwrap();
+                    model.truncate(first as usize - 1);
+                    model.extend(kinds.iter().map(|&k| (term, k)));
+                }
+                Op::Commit { n } => {
+                    commit = (commit + n).min(model.len() as u64);
+                    s.set_commit(commit);
+                    s.set_applied(commit);
+                }
+                Op::Reopen => {
+                    s.sync_log().unwrap();
+                    s.persist(true).unwrap();
+                    drop(s);
+                    s = open(dir.path(), test_log_config());
+                    proptest::prop_assert_eq!(s.hard_state().commit, commit);
+                }
+            }
+            let last = model.len() as u64;
+            proptest::prop_assert_eq!(s.last_index().unwrap(), last);
+            proptest::prop_assert_eq!(s.first_index().unwrap(), 1);
+            let got = s.entries(1, last + 1, None, ctx()).unwrap();
+            proptest::prop_assert_eq!(got.len() as u64, last);
+            let mut end = 0;
+            for (k, (e, &(term, kind))) in got.iter().zip(&model).enumerate() {
+                let index = k as u64 + 1;
+                proptest::prop_assert_eq!((e.index, e.term), (index, term));
+                proptest::prop_assert_eq!(s.term(index).unwrap(), term);
+                let want_type = if kind == 1 { EntryType::EntryConfChangeV2 } else { EntryType::EntryNormal };
+                proptest::prop_assert_eq!(e.get_entry_type(), want_type);
+                proptest::prop_assert_eq!(e.data.is_empty(), kind == 0);
+                end += records_of(kind);
+                if index >= s.applied() {
+                    proptest::prop_assert_eq!(s.end_offset(index), Some(end), "index {}", index);
+                }
+            }
+        }
+    }
 }
