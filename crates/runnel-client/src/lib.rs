@@ -60,6 +60,7 @@
 mod client;
 mod consumer;
 mod error;
+mod group;
 mod metadata;
 pub mod producer;
 
@@ -71,11 +72,12 @@ mod routing_tests;
 pub use client::{Client, ClientConfig, OffsetSpec};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, StartPosition};
 pub use error::{Error, Result};
+pub use group::{COORDINATOR_TIMEOUT, GroupConfig, GroupConsumer, RETRY_BACKOFF};
 pub use producer::{
     Acks, Compression, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
 };
 /// The proto types the client's calls take and return.
 pub use runnel_proto::v1::{
-    CleanupPolicy, DescribeClusterResponse, ErrorReason, NodeInfo, PartitionDescription,
-    TopicConfig, TopicDescription, TopicSummary,
+    CleanupPolicy, DescribeClusterResponse, DescribeGroupResponse, ErrorReason, GroupSummary,
+    NodeInfo, PartitionDescription, TopicConfig, TopicDescription, TopicSummary,
 };
