@@ -1,0 +1,199 @@
+//! Fencing and refusals over raw GroupService calls, and the CLI's errors.
+
+use runnel_proto::v1::group_service_client::GroupServiceClient;
+use runnel_proto::v1::{
+    CommitOffsetsRequest, DeleteGroupRequest, DescribeGroupRequest, ErrorReason,
+    FetchOffsetsRequest, HeartbeatRequest, HeartbeatResponse, OffsetCommit, ResetOffsetsRequest,
+};
+use std::time::Duration;
+use tonic::transport::Channel;
+
+use crate::support::grpc::{assert_failed_with, channel};
+use crate::support::{BrokerOptions, start_with_topic, with_deadline};
+
+fn join(group: &str, topic: &str) -> HeartbeatRequest {
+    HeartbeatRequest {
+        group: group.into(),
+        member_epoch: 0,
+        subscribed_topics: vec![topic.into()],
+        session_timeout_ms: 30_000,
+        ..HeartbeatRequest::default()
+    }
+}
+
+async fn beat(g: &mut GroupServiceClient<Channel>, last: &HeartbeatResponse) -> HeartbeatResponse {
+    g.heartbeat(HeartbeatRequest {
+        group: "fence".into(),
+        member_id: last.member_id.clone(),
+        member_epoch: last.member_epoch,
+        owned: last.assignment.clone(),
+        session_timeout_ms: 30_000,
+        ..HeartbeatRequest::default()
+    })
+    .await
+    .expect("heartbeat")
+    .into_inner()
+}
+
+fn commit(member: &HeartbeatResponse, epoch: i32, partition: u32) -> CommitOffsetsRequest {
+    CommitOffsetsRequest {
+        group: "fence".into(),
+        member_id: member.member_id.clone(),
+        member_epoch: epoch,
+        offsets: vec![OffsetCommit {
+            topic: "t".into(),
+            partition,
+            offset: 0,
+        }],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_generations_are_fenced_and_bad_requests_named() {
+    let (broker, _c) = start_with_topic(BrokerOptions::default(), "t", 4).await;
+    with_deadline(Duration::from_secs(120), async {
+        let mut g = GroupServiceClient::new(channel(broker.grpc_addr()).await);
+        let a1 = g
+            .heartbeat(join("fence", "t"))
+            .await
+            .expect("join A")
+            .into_inner();
+        assert!(!a1.member_id.is_empty() && a1.member_epoch > 0, "{a1:?}");
+        assert_eq!(a1.assignment[0].partitions, vec![0, 1, 2, 3], "{a1:?}");
+        let _b = g
+            .heartbeat(join("fence", "t"))
+            .await
+            .expect("join B")
+            .into_inner();
+        let a2 = beat(&mut g, &a1).await;
+        let _c = g
+            .heartbeat(join("fence", "t"))
+            .await
+            .expect("join C")
+            .into_inner();
+        let a3 = beat(&mut g, &a2).await;
+        assert!(a1.member_epoch < a2.member_epoch && a2.member_epoch < a3.member_epoch);
+        // (case, request, expected)
+        let cases = [
+            (
+                1,
+                commit(&a3, a1.member_epoch, 0),
+                Some(ErrorReason::StaleMemberEpoch),
+            ),
+            (2, commit(&a3, a3.member_epoch, 0), None),
+            (3, commit(&a3, a2.member_epoch, 0), None),
+            (
+                4,
+                CommitOffsetsRequest {
+                    member_id: "ghost".into(),
+                    ..commit(&a3, 1, 0)
+                },
+                Some(ErrorReason::UnknownMember),
+            ),
+            (
+                5,
+                CommitOffsetsRequest {
+                    member_id: String::new(),
+                    ..commit(&a3, 0, 0)
+                },
+                Some(ErrorReason::GroupNotEmpty),
+            ),
+            (
+                6,
+                commit(&a3, a3.member_epoch, 9),
+                Some(ErrorReason::UnknownPartition),
+            ),
+            (
+                7,
+                CommitOffsetsRequest {
+                    group: "bad name".into(),
+                    ..commit(&a3, 1, 0)
+                },
+                Some(ErrorReason::InvalidArgument),
+            ),
+        ];
+        for (case, request, expected) in cases {
+            let result = g.commit_offsets(request).await;
+            match expected {
+                None => assert!(result.is_ok(), "case {case}: {result:?}"),
+                Some(reason) => {
+                    let status = assert_failed_with(result, reason);
+                    assert!(!status.message().is_empty(), "case {case}");
+                }
+            }
+        }
+        // A heartbeat two epochs back is fenced.
+        let status = assert_failed_with(
+            g.heartbeat(HeartbeatRequest {
+                group: "fence".into(),
+                member_id: a1.member_id.clone(),
+                member_epoch: a1.member_epoch,
+                ..HeartbeatRequest::default()
+            })
+            .await,
+            ErrorReason::FencedMemberEpoch,
+        );
+        assert!(status.message().contains("rejoin"), "{status:?}");
+        assert_failed_with(
+            g.heartbeat(join("fence", "nope")).await,
+            ErrorReason::UnknownTopic,
+        );
+        assert_failed_with(
+            g.describe_group(DescribeGroupRequest {
+                group: "never".into(),
+            })
+            .await,
+            ErrorReason::UnknownGroup,
+        );
+        assert_failed_with(
+            g.delete_group(DeleteGroupRequest {
+                group: "fence".into(),
+            })
+            .await,
+            ErrorReason::GroupNotEmpty,
+        );
+        assert_failed_with(
+            g.reset_offsets(ResetOffsetsRequest {
+                group: "other".into(),
+                offsets: vec![OffsetCommit {
+                    topic: "nope".into(),
+                    partition: 0,
+                    offset: 0,
+                }],
+            })
+            .await,
+            ErrorReason::UnknownTopic,
+        );
+        // The commit of case 2 is there.
+        let offsets = g
+            .fetch_offsets(FetchOffsetsRequest {
+                group: "fence".into(),
+                partitions: vec![],
+            })
+            .await
+            .expect("fetch offsets")
+            .into_inner()
+            .offsets;
+        assert_eq!(offsets.len(), 1, "{offsets:?}");
+
+        // The CLI names what is wrong.
+        let out = broker.cli(&["group", "describe", "never"], "");
+        assert!(!out.status.success(), "{out}");
+        assert!(
+            out.stderr.contains("group \"never\" does not exist"),
+            "{out}"
+        );
+        let out = broker.cli(&["consume", "nope", "--group", "g"], "");
+        assert!(!out.status.success(), "{out}");
+        assert!(
+            out.stderr.contains("topic \"nope\" does not exist"),
+            "{out}"
+        );
+        let out = broker.cli(&["group", "delete", "never"], "");
+        assert!(
+            !out.status.success() && out.stderr.contains("UNKNOWN_GROUP"),
+            "{out}"
+        );
+    })
+    .await;
+}
