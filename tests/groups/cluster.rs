@@ -28,7 +28,8 @@ async fn the_group_survives_its_coordinator_s_node() {
         };
         produce(&bootstrap, "one");
         let first = high_watermarks(&cluster).await;
-        assert_eq!(first.values().sum::<u64>(), 300, "{first:?}");
+        // High watermarks count control batches (Raft no-ops) too.
+        assert!(first.values().sum::<u64>() >= 300, "{first:?}");
         wait_committed(&bootstrap, "gc", &first, Duration::from_secs(120)).await;
         // Kill the coordinator's node.
         let coordinator = {
@@ -69,7 +70,7 @@ async fn the_group_survives_its_coordinator_s_node() {
         );
         produce(&live, "two");
         let second = high_watermarks(&cluster).await;
-        assert_eq!(second.values().sum::<u64>(), 600, "{second:?}");
+        assert!(second.values().sum::<u64>() >= 600, "{second:?}");
         wait_committed(&live, "gc", &second, Duration::from_secs(120)).await;
         let lines = [a.terminate().await, b.terminate().await].concat();
         let mut seen: BTreeMap<String, usize> = BTreeMap::new();
