@@ -197,3 +197,50 @@ async fn stale_generations_are_fenced_and_bad_requests_named() {
     })
     .await;
 }
+
+#[test]
+fn every_group_help_exits_0_and_names_its_flags() {
+    // (case, argv, must contain)
+    let cases: [(u32, &[&str], &[&str]); 7] = [
+        (
+            1,
+            &["group", "--help"],
+            &["list", "describe", "delete", "reset-offsets", "Examples"],
+        ),
+        (2, &["group", "list", "--help"], &["--output", "json"]),
+        (
+            3,
+            &["group", "describe", "--help"],
+            &["\"members\"", "\"lag\"", "UNKNOWN_GROUP"],
+        ),
+        (4, &["group", "delete", "--help"], &["GROUP_NOT_EMPTY"]),
+        (
+            5,
+            &["group", "reset-offsets", "--help"],
+            &[
+                "--topic",
+                "--to-earliest",
+                "--to-latest",
+                "--to-offset",
+                "--to-time",
+            ],
+        ),
+        (
+            6,
+            &["consume", "--help"],
+            &["--group", "--session-timeout-ms", "--auto-commit-ms"],
+        ),
+        (7, &["--help"], &["group"]),
+    ];
+    for (case, argv, wanted) in cases {
+        let out = crate::support::run_cli(argv, "");
+        assert!(out.status.success(), "case {case}: {out}");
+        for w in wanted {
+            assert!(
+                out.stdout.contains(w),
+                "case {case}: {w:?} missing from\n{}",
+                out.stdout
+            );
+        }
+    }
+}
