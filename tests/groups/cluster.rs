@@ -21,6 +21,13 @@ async fn the_group_survives_its_coordinator_s_node() {
         let mut a = Member::start(&bootstrap, "events", "gc", &extra);
         let mut b = Member::start(&bootstrap, "events", "gc", &extra);
         wait_balanced(&bootstrap, "gc", 2, 6, Duration::from_secs(120)).await;
+        // Every node lists the group (it asks the coordinators).
+        for id in cluster.ids() {
+            let out = cluster.cli_ok(id, &["group", "list", "--output", "json"], "");
+            let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+            assert_eq!(v["groups"][0]["group"], "gc", "node {id}: {v}");
+            assert_eq!(v["groups"][0]["members"], 2, "node {id}: {v}");
+        }
         let produce = |via: &str, prefix: &str| {
             let input: String = (0..300).map(|i| format!("{prefix}-{i}\n")).collect();
             let out = crate::support::run_cli(&["produce", "events", "--bootstrap", via], &input);

@@ -4,6 +4,7 @@ use runnel_proto::v1::group_service_client::GroupServiceClient;
 use runnel_proto::v1::{
     CommitOffsetsRequest, DeleteGroupRequest, DescribeGroupRequest, ErrorReason,
     FetchOffsetsRequest, HeartbeatRequest, HeartbeatResponse, OffsetCommit, ResetOffsetsRequest,
+    TopicPartitions,
 };
 use std::time::Duration;
 use tonic::transport::Channel;
@@ -243,4 +244,130 @@ fn every_group_help_exits_0_and_names_its_flags() {
             );
         }
     }
+}
+
+/// The whole member protocol over raw gRPC, as a client in another
+/// language runs it: join, fetch committed offsets, heartbeat with owned
+/// partitions (a moving partition is handed over only once released),
+/// commit, leave.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thin_grpc_client_is_a_full_member() {
+    let (broker, mut c) = start_with_topic(BrokerOptions::default(), "thin", 4).await;
+    with_deadline(Duration::from_secs(120), async {
+        let mut g = GroupServiceClient::new(channel(broker.grpc_addr()).await);
+        let hb = |member: &HeartbeatResponse, owned: Vec<TopicPartitions>| HeartbeatRequest {
+            group: "thin-g".into(),
+            member_id: member.member_id.clone(),
+            member_epoch: member.member_epoch,
+            owned,
+            session_timeout_ms: 30_000,
+            ..HeartbeatRequest::default()
+        };
+        let a = g
+            .heartbeat(join("thin-g", "thin"))
+            .await
+            .expect("join A")
+            .into_inner();
+        assert_eq!(a.assignment[0].partitions, vec![0, 1, 2, 3]);
+        let offsets = g
+            .fetch_offsets(FetchOffsetsRequest {
+                group: "thin-g".into(),
+                partitions: a.assignment.clone(),
+            })
+            .await
+            .expect("fetch offsets")
+            .into_inner();
+        assert!(
+            offsets.offsets.is_empty(),
+            "a new group has no offsets: {offsets:?}"
+        );
+        let a = g
+            .heartbeat(hb(&a, a.assignment.clone()))
+            .await
+            .expect("beat A")
+            .into_inner();
+        let b = g
+            .heartbeat(join("thin-g", "thin"))
+            .await
+            .expect("join B")
+            .into_inner();
+        assert!(b.assignment.is_empty(), "A still owns everything: {b:?}");
+        // A hears it keeps two; it has not released the others yet.
+        let a = g
+            .heartbeat(hb(&a, a.assignment.clone()))
+            .await
+            .expect("beat A")
+            .into_inner();
+        let kept = a.assignment[0].partitions.clone();
+        assert_eq!(kept.len(), 2, "{a:?}");
+        let b = g
+            .heartbeat(hb(&b, vec![]))
+            .await
+            .expect("beat B")
+            .into_inner();
+        assert!(b.assignment.is_empty(), "not released yet: {b:?}");
+        // A commits and releases; B gets the other two.
+        c.produce_ok(
+            "thin",
+            kept[0],
+            vec![runnel_proto::v1::Record {
+                value: b"x".to_vec().into(),
+                ..Default::default()
+            }],
+        )
+        .await;
+        g.commit_offsets(CommitOffsetsRequest {
+            group: "thin-g".into(),
+            member_id: a.member_id.clone(),
+            member_epoch: a.member_epoch,
+            offsets: vec![OffsetCommit {
+                topic: "thin".into(),
+                partition: kept[0],
+                offset: 1,
+            }],
+        })
+        .await
+        .expect("commit");
+        let a = g
+            .heartbeat(hb(&a, a.assignment.clone()))
+            .await
+            .expect("beat A")
+            .into_inner();
+        let b = g
+            .heartbeat(hb(&b, vec![]))
+            .await
+            .expect("beat B")
+            .into_inner();
+        let mut others = b.assignment[0].partitions.clone();
+        others.extend(&kept);
+        others.sort_unstable();
+        assert_eq!(others, vec![0, 1, 2, 3], "A: {a:?} B: {b:?}");
+        // A leaves: B gets everything at its next heartbeat.
+        let left = g
+            .heartbeat(HeartbeatRequest {
+                member_epoch: -1,
+                ..hb(&a, vec![])
+            })
+            .await
+            .expect("leave")
+            .into_inner();
+        assert_eq!(left.member_epoch, -1);
+        let b = g
+            .heartbeat(hb(&b, b.assignment.clone()))
+            .await
+            .expect("beat B")
+            .into_inner();
+        assert_eq!(b.assignment[0].partitions, vec![0, 1, 2, 3], "{b:?}");
+        let d = g
+            .describe_group(DescribeGroupRequest {
+                group: "thin-g".into(),
+            })
+            .await
+            .expect("describe")
+            .into_inner();
+        assert_eq!(d.members.len(), 1, "{d:?}");
+        assert_eq!(d.offsets[0].committed, 1, "{d:?}");
+        assert_eq!(d.offsets[0].lag, Some(0), "{d:?}");
+    })
+    .await;
 }
