@@ -24,7 +24,10 @@
 //!   and regained leadership between two checks keeps its loaded state,
 //!   which may then miss commits the interim leader took (membership
 //!   reconverges by itself; such a window needs two elections within
-//!   [`TICK`]).
+//!   [`TICK`]) — unless it appends meanwhile: every append checks that
+//!   its record landed right after the last one this coordinator wrote,
+//!   and a gap (another leader's records, a new term's Raft no-op) makes
+//!   the next request reload the partition.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -61,6 +64,13 @@ pub(crate) struct Loaded {
     pub(crate) coordinator: Coordinator,
     /// The partition's replica (reload when the registry holds another).
     replica: Arc<dyn Replica>,
+    /// The offset the next record appended here should get if nobody else
+    /// wrote since the load (see `stale`).
+    next_offset: u64,
+    /// Set when an append landed elsewhere than `next_offset`: another
+    /// leader (or a Raft no-op of a new term) wrote in between, so this
+    /// state may have missed records; it is reloaded before the next use.
+    stale: bool,
 }
 
 impl Loaded {
@@ -83,10 +93,15 @@ impl Loaded {
         let batch = b
             .finish_verified()
             .map_err(|e| BrokerError::Internal(format!("encoding group records: {e}")))?;
-        self.replica
+        let appended = self
+            .replica
             .append(batch, AckLevel::All)
             .await
             .map_err(|e| coordinator_error(group, &self.replica, e))?;
+        if appended.base_offset != self.next_offset {
+            self.stale = true;
+        }
+        self.next_offset = appended.next_offset;
         for r in &records {
             self.coordinator.apply(r);
         }
@@ -202,21 +217,24 @@ impl Coordinators {
         }
         let current = slot
             .as_ref()
-            .is_some_and(|l| Arc::ptr_eq(&l.replica, &replica));
+            .is_some_and(|l| Arc::ptr_eq(&l.replica, &replica) && !l.stale);
         if !current {
             *slot = None;
-            let coordinator = self.load(group, &replica).await?;
+            let (coordinator, next_offset) = self.load(group, &replica).await?;
             tracing::info!(partition, "loaded the group coordinator");
             *slot = Some(Loaded {
                 coordinator,
                 replica,
+                next_offset,
+                stale: false,
             });
         }
         Ok(slot)
     }
 
-    /// Writes a barrier (acks=all) and replays the partition up to it.
-    async fn load(&self, group: &str, replica: &Arc<dyn Replica>) -> Result<Coordinator> {
+    /// Writes a barrier (acks=all) and replays the partition up to it;
+    /// returns the state and the offset after the barrier.
+    async fn load(&self, group: &str, replica: &Arc<dyn Replica>) -> Result<(Coordinator, u64)> {
         let prefix = format!("{}-{:x}", self.node().id, now_ms());
         let mut coordinator = Coordinator::new(prefix);
         let barrier = GroupRecord::Barrier.encode();
@@ -280,7 +298,7 @@ impl Coordinators {
             }
             offset = read.next_offset;
         }
-        Ok(coordinator)
+        Ok((coordinator, appended.next_offset))
     }
 
     /// Expires sessions and drops coordinators of partitions no longer led.

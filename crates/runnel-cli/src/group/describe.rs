@@ -71,10 +71,20 @@ pub(crate) async fn run(args: DescribeArgs, admin: &AdminArgs) -> anyhow::Result
         // node holds: ask the partition's leader otherwise.
         let high_watermark = match o.high_watermark {
             Some(h) => h,
-            None => client
+            None => match client
                 .list_offsets(&o.topic, o.partition, OffsetSpec::Latest)
                 .await
-                .map_err(|e| explain(e, Some(&o.topic)))?,
+            {
+                Ok(h) => h,
+                // A deleted topic keeps its committed offsets in the group.
+                Err(e) => {
+                    eprintln!(
+                        "warning: no high watermark for {}-{} ({e}); lag shown as 0",
+                        o.topic, o.partition
+                    );
+                    o.committed
+                }
+            },
         };
         offsets.push(OffsetJson {
             topic: o.topic.clone(),
