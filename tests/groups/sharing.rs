@@ -280,3 +280,41 @@ async fn reset_offsets_to_earliest_and_to_a_time_replays_exactly_from_there() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn committed_offsets_survive_a_broker_restart() {
+    let (mut broker, mut c) = start_with_topic(BrokerOptions::default(), "durable", 3).await;
+    with_deadline(LIMIT, async {
+        for p in 0..3 {
+            c.produce_ok("durable", p, records(&format!("d{p}"), 10, None))
+                .await;
+        }
+        let consume = |b: &crate::support::Broker| {
+            let out = b.cli(
+                &[
+                    "consume",
+                    "durable",
+                    "--group",
+                    "gd",
+                    "--from-beginning",
+                    "--timeout-ms",
+                    "3000",
+                ],
+                "",
+            );
+            assert!(out.status.success(), "{out}");
+            out.stdout.lines().count()
+        };
+        assert_eq!(consume(&broker), 30);
+        let before = committed(&describe(&broker.endpoint(), "gd").expect("describe"));
+        broker.terminate_ok().await;
+        broker.restart();
+        let after = committed(&describe(&broker.endpoint(), "gd").expect("describe after restart"));
+        assert_eq!(before, after);
+        assert_eq!(consume(&broker), 0, "resumed from the committed offsets");
+        let mut c = crate::support::grpc::Clients::connect(broker.grpc_addr()).await;
+        c.produce_ok("durable", 1, records("late", 4, None)).await;
+        assert_eq!(consume(&broker), 4);
+    })
+    .await;
+}
