@@ -742,10 +742,12 @@ async fn run_heartbeats(
                 Some(ErrorReason::UnknownMember | ErrorReason::FencedMemberEpoch) => {
                     tracing::info!(error = %e, "member fenced or unknown; rejoining");
                     {
+                        // Rejoin at once; the partitions still fetched stay
+                        // reported as owned (so nobody else gets them) until
+                        // the consumer drops them at its next poll.
                         let mut s = shared.lock();
                         s.epoch = 0;
                         s.assigned.clear();
-                        s.owned.clear();
                         s.lost = true;
                     }
                     shared.changed.notify_one();
