@@ -229,7 +229,12 @@ fn every_group_help_exits_0_and_names_its_flags() {
         (
             6,
             &["consume", "--help"],
-            &["--group", "--session-timeout-ms", "--auto-commit-ms"],
+            &[
+                "--group",
+                "--session-timeout-ms",
+                "--auto-commit-ms",
+                "--assignor",
+            ],
         ),
         (7, &["--help"], &["group"]),
     ];

@@ -36,14 +36,28 @@ async fn three_members_share_six_partitions_and_consume_everything_once() {
     let (broker, mut c) = start_with_topic(BrokerOptions::default(), "orders", 6).await;
     let bootstrap = broker.endpoint();
     with_deadline(LIMIT, async {
-        let extra = ["--session-timeout-ms", "5000", "--auto-commit-ms", "200"];
+        let extra = [
+            "--session-timeout-ms",
+            "5000",
+            "--auto-commit-ms",
+            "200",
+            "--assignor",
+            "range",
+        ];
         let mut members: Vec<Member> = (0..3)
             .map(|_| Member::start(&bootstrap, "orders", "g3", &extra))
             .collect();
         let d = wait_balanced(&bootstrap, "g3", 3, 6, Duration::from_secs(60)).await;
+        // Range: two consecutive partitions each.
         for (m, parts) in crate::member::assignments(&d) {
-            assert_eq!(parts.len(), 2, "{m} owns two partitions: {d}");
+            let parts: Vec<u32> = parts.into_iter().collect();
+            assert!(
+                parts.len() == 2 && parts[1] == parts[0] + 1,
+                "{m} owns {parts:?}: {d}"
+            );
         }
+        let text = broker.cli_ok(&["group", "describe", "g3"], "");
+        assert!(text.contains("assignor range"), "{text}");
         let mut hwm = BTreeMap::new();
         for p in 0..6 {
             let base = c

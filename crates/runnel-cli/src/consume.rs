@@ -68,6 +68,12 @@ pub(crate) struct ConsumeArgs {
     #[arg(long, value_name = "MS", default_value_t = 1_000, requires = "group")]
     auto_commit_ms: u64,
 
+    /// With --group: how the broker spreads partitions over the members,
+    /// chosen by the group's first member: sticky (members keep what they
+    /// have), range (consecutive partitions) or round-robin.
+    #[arg(long, value_name = "NAME", requires = "group", value_parser = ["sticky", "range", "round-robin"])]
+    assignor: Option<String>,
+
     /// Start at the first record still stored.
     #[arg(long, conflicts_with_all = ["offset", "from_time"])]
     from_beginning: bool,
@@ -342,7 +348,7 @@ async fn run_group(
         } else {
             StartPosition::Latest
         },
-        assignor: String::new(),
+        assignor: args.assignor.clone().unwrap_or_default(),
         consumer,
     };
     let mut member = GroupConsumer::join(&client, group, &args.topic, config)
