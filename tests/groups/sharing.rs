@@ -66,22 +66,39 @@ async fn three_members_share_six_partitions_and_consume_everything_once() {
             hwm.insert(p, base + 100);
         }
         wait_committed(&bootstrap, "g3", &hwm, Duration::from_secs(60)).await;
-        let mut outputs = Vec::new();
-        for m in &mut members {
-            outputs.push(m.terminate().await);
-        }
+        let phase_one: Vec<Vec<Line>> = members.iter().map(Member::lines).collect();
         // Each partition was read by exactly one member.
         let mut owner: BTreeMap<u32, usize> = BTreeMap::new();
-        for (i, lines) in outputs.iter().enumerate() {
+        for (i, lines) in phase_one.iter().enumerate() {
             for (p, _, _) in lines {
                 let o = *owner.entry(*p).or_insert(i);
                 assert_eq!(o, i, "partition {p} read by members {o} and {i}");
             }
         }
         assert_eq!(owner.len(), 6, "every partition read: {owner:?}");
-        let all: Vec<Line> = outputs.concat();
-        let seen = counts(&all);
+        let seen = counts(&phase_one.concat());
         assert_eq!(seen.len(), 600, "every record consumed");
+        assert!(seen.values().all(|&n| n == 1), "none consumed twice");
+        // One member leaves cleanly (SIGTERM: commit, leave): the other two
+        // take its partitions at their next heartbeat.
+        let mut leaver = members.pop().expect("three members");
+        let left_at = std::time::Instant::now();
+        let mut outputs = vec![leaver.terminate().await];
+        wait_balanced(&bootstrap, "g3", 2, 6, Duration::from_secs(60)).await;
+        println!("REBALANCE after a clean leave: {:?}", left_at.elapsed());
+        for p in 0..6 {
+            let base = c
+                .produce_ok("orders", p, records(&format!("q{p}"), 10, None))
+                .await;
+            hwm.insert(p, base + 10);
+        }
+        wait_committed(&bootstrap, "g3", &hwm, Duration::from_secs(60)).await;
+        for m in &mut members {
+            outputs.push(m.terminate().await);
+        }
+        // A clean leave commits first: still nothing twice, nothing missed.
+        let seen = counts(&outputs.concat());
+        assert_eq!(seen.len(), 660, "every record consumed");
         assert!(seen.values().all(|&n| n == 1), "none consumed twice");
         // They left: the group is empty, its offsets kept.
         let d = describe(&bootstrap, "g3").expect("describe");
