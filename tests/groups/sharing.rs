@@ -104,6 +104,22 @@ async fn three_members_share_six_partitions_and_consume_everything_once() {
         let d = describe(&bootstrap, "g3").expect("describe");
         assert_eq!(d["state"], "Empty", "{d}");
         assert_eq!(committed(&d), hwm);
+        // /metrics has the group's members, committed offsets and lag.
+        let addr = broker.metrics_addr();
+        let want = hwm[&3] as f64;
+        crate::support::eventually(Duration::from_secs(30), "group metrics", || {
+            let (_, _, body) = crate::support::metrics::scrape(addr);
+            let samples = crate::support::metrics::parse(&body);
+            let g = [("group", "g3")];
+            let p3 = [("group", "g3"), ("topic", "orders"), ("partition", "3")];
+            let found = crate::support::metrics::sum(&samples, "runnel_group_members", &g)
+                == Some(0.0)
+                && crate::support::metrics::sum(&samples, "runnel_group_committed_offset", &p3)
+                    == Some(want)
+                && crate::support::metrics::sum(&samples, "runnel_group_lag", &p3) == Some(0.0);
+            async move { found.then_some(()) }
+        })
+        .await;
     })
     .await;
 }

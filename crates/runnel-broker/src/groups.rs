@@ -41,6 +41,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use crate::cluster::node::ClusterNode;
 use crate::config::TopicSettings;
 use crate::error::{BrokerError, Result};
+use crate::metrics::{GroupLabels, GroupPartitionLabels, Metrics};
 use crate::registry::{Topic, TopicRegistry};
 use crate::replica::{AckLevel, NodeRef, Replica};
 use crate::service::{ShutdownSignal, now_ms};
@@ -109,9 +110,13 @@ impl Loaded {
     }
 }
 
+/// Ticks between two refreshes of the group metrics.
+const METRICS_EVERY_TICKS: u32 = 10;
+
 /// The group coordinators of this node.
 pub(crate) struct Coordinators {
     topics: Arc<TopicRegistry>,
+    metrics: Arc<Metrics>,
     cluster: Option<Arc<ClusterNode>>,
     /// One slot per partition of the offsets topic.
     slots: Vec<Mutex<Option<Loaded>>>,
@@ -122,9 +127,14 @@ pub(crate) struct Coordinators {
 }
 
 impl Coordinators {
-    pub(crate) fn new(topics: Arc<TopicRegistry>, cluster: Option<Arc<ClusterNode>>) -> Self {
+    pub(crate) fn new(
+        topics: Arc<TopicRegistry>,
+        cluster: Option<Arc<ClusterNode>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Coordinators {
             topics,
+            metrics,
             cluster,
             slots: (0..OFFSETS_PARTITIONS).map(|_| Mutex::new(None)).collect(),
             create: Mutex::new(()),
@@ -322,14 +332,64 @@ impl Coordinators {
         }
     }
 
+    /// Refills the group metrics from the loaded coordinators (busy ones
+    /// keep their previous values out: the next refresh has them).
+    fn refresh_metrics(&self) {
+        let m = &self.metrics;
+        m.group_members.clear();
+        m.group_committed.clear();
+        m.group_lag.clear();
+        let node = self.node().id;
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        for slot in &self.slots {
+            let Ok(slot) = slot.try_lock() else {
+                continue;
+            };
+            let Some(loaded) = slot.as_ref() else {
+                continue;
+            };
+            for (group, _, members) in loaded.coordinator.list() {
+                m.group_members
+                    .get_or_create(&GroupLabels {
+                        group: group.clone(),
+                    })
+                    .set(gauge(members as u64));
+                for (tp, c) in loaded.coordinator.offsets(&group) {
+                    let l = GroupPartitionLabels {
+                        group: group.clone(),
+                        topic: tp.topic.clone(),
+                        partition: tp.partition,
+                    };
+                    m.group_committed.get_or_create(&l).set(gauge(c.offset));
+                    let hwm = self.topics.get(&tp.topic).ok().and_then(|t| {
+                        let r = t.partitions.get(tp.partition as usize)?;
+                        r.replicas()
+                            .contains(&node)
+                            .then(|| r.offsets().high_watermark)
+                    });
+                    if let Some(h) = hwm {
+                        m.group_lag
+                            .get_or_create(&l)
+                            .set(gauge(h.saturating_sub(c.offset)));
+                    }
+                }
+            }
+        }
+    }
+
     /// Ticks until shutdown.
     pub(crate) async fn run(self: Arc<Self>, stop: ShutdownSignal) {
         let mut interval = tokio::time::interval(TICK);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks = 0u32;
         loop {
             tokio::select! {
                 _ = interval.tick() => self.tick().await,
                 () = stop.wait() => return,
+            }
+            ticks += 1;
+            if ticks % METRICS_EVERY_TICKS == 0 {
+                self.refresh_metrics();
             }
         }
     }

@@ -126,7 +126,11 @@ impl Broker {
         } else {
             (None, None)
         };
-        let groups = Arc::new(Coordinators::new(topics.clone(), cluster.clone()));
+        let groups = Arc::new(Coordinators::new(
+            topics.clone(),
+            cluster.clone(),
+            metrics.clone(),
+        ));
         let group_ticker = tokio::spawn(groups.clone().run(stop.clone()));
         let ctx = Arc::new(NodeContext {
             topics: topics.clone(),
