@@ -18,7 +18,15 @@ fn every_command_help_exits_0_and_names_its_flags() {
         (
             1,
             &["--help"],
-            &["broker", "dev-cluster", "topic", "produce", "consume", "bench", "log"],
+            &[
+                "broker",
+                "dev-cluster",
+                "topic",
+                "produce",
+                "consume",
+                "bench",
+                "log",
+            ],
         ),
         (
             11,

@@ -408,7 +408,10 @@ async fn failover_median_of_10() {
             let t0 = Instant::now();
             cluster.kill9(old);
             let took = failover_time(&p, t0, old, &cluster).await;
-            eprintln!("FAILOVER round {round}: {} ms (killed leader {old})", took.as_millis());
+            eprintln!(
+                "FAILOVER round {round}: {} ms (killed leader {old})",
+                took.as_millis()
+            );
             times.push(took);
             cluster.restart(old);
             eventually(

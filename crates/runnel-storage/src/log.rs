@@ -843,7 +843,8 @@ impl Log {
     /// touched stay cheap to reclaim; see `SegmentReader::release_mapped_pages`.
     pub fn release_mapped_pages(&self) -> Result<()> {
         // Advise outside the lock: appends and reads go on meanwhile.
-        let readers: Vec<SegmentReader> = self.lock()?.segments.iter().map(Segment::reader).collect();
+        let readers: Vec<SegmentReader> =
+            self.lock()?.segments.iter().map(Segment::reader).collect();
         for reader in &readers {
             reader.release_mapped_pages();
         }

@@ -928,7 +928,9 @@ impl SegmentReader {
     /// make reclaim slow under memory pressure (benches/RESULTS.md, "Where
     /// the misses come from"). Best effort: a failure only leaves them mapped.
     pub(crate) fn release_mapped_pages(&self) {
-        let len = usize::try_from(self.size).unwrap_or(usize::MAX).min(self.map.len());
+        let len = usize::try_from(self.size)
+            .unwrap_or(usize::MAX)
+            .min(self.map.len());
         if len == 0 {
             return;
         }
@@ -937,7 +939,10 @@ impl SegmentReader {
         // access (also by a reader holding `Bytes` into the map) reads the
         // same file contents back from the page cache. It never zeroes
         // data, which is what makes the advice unsafe on private mappings.
-        if let Err(e) = unsafe { self.map.unchecked_advise_range(UncheckedAdvice::DontNeed, 0, len) } {
+        if let Err(e) = unsafe {
+            self.map
+                .unchecked_advise_range(UncheckedAdvice::DontNeed, 0, len)
+        } {
             tracing::debug!(path = %self.path.display(), error = %e, "madvise(DONTNEED) failed");
         }
     }
