@@ -386,3 +386,56 @@ async fn paused_leader_steps_down_without_acknowledging_lost_writes() {
     })
     .await;
 }
+
+/// Issue 5's failover benchmark, not a test: ten times, kill -9 the leader
+/// of an RF=3 partition under an acks=all writer and time the first
+/// acknowledgement by a new leader; restart the old one and wait until it
+/// is in sync before the next round. Prints every figure and the median.
+/// Run by `benches/cluster.sh` (release build):
+/// `cargo test --release -p runnel-cli --test cluster -- --ignored --nocapture failover_median`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run by benches/cluster.sh"]
+async fn failover_median_of_10() {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await;
+    with_deadline(Duration::from_secs(900), async {
+        let topic = "failover-bench";
+        cluster.create_topic(1, topic, 1, 3).await;
+        let p = Producer::start(&cluster, topic, 0, "a");
+        p.wait_for_more(40, Duration::from_secs(60), &cluster).await;
+        let mut times = Vec::new();
+        for round in 1..=10 {
+            let old = cluster.leader(topic, 0, Duration::from_secs(30)).await;
+            let t0 = Instant::now();
+            cluster.kill9(old);
+            let took = failover_time(&p, t0, old, &cluster).await;
+            eprintln!(
+                "FAILOVER round {round}: {} ms (killed leader {old})",
+                took.as_millis()
+            );
+            times.push(took);
+            cluster.restart(old);
+            eventually(
+                Duration::from_secs(60),
+                "the restarted node back in the ISR",
+                || async {
+                    let leader = cluster.leader(topic, 0, Duration::from_secs(30)).await;
+                    let d = cluster.describe_on(leader, topic).await?;
+                    (d.partitions[0].isr.len() == 3).then_some(())
+                },
+            )
+            .await;
+            p.wait_for_more(40, Duration::from_secs(60), &cluster).await;
+        }
+        let h = p.stop().await;
+        check_all_nodes(&cluster, topic, 0, &[("a", &h)]).await;
+        times.sort();
+        let ms: Vec<u128> = times.iter().map(Duration::as_millis).collect();
+        eprintln!(
+            "FAILOVER median of {}: {} ms (sorted: {ms:?}); {} records acknowledged, nothing lost",
+            ms.len(),
+            (ms[4] + ms[5]) / 2,
+            h.acked_records()
+        );
+    })
+    .await;
+}

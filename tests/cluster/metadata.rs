@@ -260,7 +260,6 @@ async fn topic_create_on_a_follower_shows_on_every_node_per_the_cli_contract() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: topic delete in a cluster deletes but reports UNKNOWN_TOPIC (exit 1), see notes/bugs.md"]
 async fn topic_delete_on_a_follower_is_gone_on_every_node() {
     let cluster = Cluster::start(ClusterOptions::default()).await;
     with_deadline(Duration::from_secs(120), async {

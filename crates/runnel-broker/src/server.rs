@@ -269,16 +269,23 @@ impl Broker {
     }
 }
 
-/// Runs interval flushes and retention on the blocking pool.
+/// How often the pages that reads mapped into the broker are unmapped
+/// ([`crate::Replica::release_mapped_pages`]).
+const RELEASE_PAGES_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Runs interval flushes, retention and the release of mapped pages on the
+/// blocking pool.
 async fn run_ticker(topics: Arc<TopicRegistry>, config: BrokerConfig, stop: ShutdownSignal) {
     let period = match config.flush {
         FlushPolicy::IntervalMs(ms) => config.tick_interval.min(Duration::from_millis(ms.max(1))),
         _ => config.retention_interval,
     };
+    let period = period.min(RELEASE_PAGES_INTERVAL);
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let start = Instant::now();
     let mut last_retention = Instant::now();
+    let mut last_release = Instant::now();
     let interval_flush = matches!(config.flush, FlushPolicy::IntervalMs(_));
     loop {
         tokio::select! {
@@ -286,11 +293,15 @@ async fn run_ticker(topics: Arc<TopicRegistry>, config: BrokerConfig, stop: Shut
             () = stop.wait() => return,
         }
         let retention = last_retention.elapsed() >= config.retention_interval;
-        if !retention && !interval_flush {
+        let release = last_release.elapsed() >= RELEASE_PAGES_INTERVAL;
+        if !retention && !interval_flush && !release {
             continue;
         }
         if retention {
             last_retention = Instant::now();
+        }
+        if release {
+            last_release = Instant::now();
         }
         let list = topics.list();
         let mono = i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX);
@@ -300,6 +311,9 @@ async fn run_ticker(topics: Arc<TopicRegistry>, config: BrokerConfig, stop: Shut
                 for (id, replica) in topic.partitions.iter().enumerate() {
                     if let Err(e) = replica.maintain(mono, wall, retention) {
                         tracing::warn!(topic = %topic.name, partition = id, error = %e, "partition maintenance failed");
+                    }
+                    if release {
+                        replica.release_mapped_pages();
                     }
                 }
             }

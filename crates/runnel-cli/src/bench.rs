@@ -532,7 +532,19 @@ async fn produce(
                     && i % 64 == 0
                 {
                     let due = start + Duration::from_secs_f64(i as f64 / rate);
-                    tokio::time::sleep_until(due.into()).await;
+                    if due > Instant::now() {
+                        // Hand what was sent to the collector before idling:
+                        // latency is taken when the collector sees an
+                        // acknowledgement, and a partial chunk would
+                        // otherwise wait for 256 sends (seconds at low rates).
+                        if !chunk.is_empty() {
+                            let part = std::mem::replace(&mut chunk, Vec::with_capacity(256));
+                            if tx.send(part).await.is_err() {
+                                break;
+                            }
+                        }
+                        tokio::time::sleep_until(due.into()).await;
+                    }
                 }
                 let sent = Instant::now();
                 let value = match stamp_base {

@@ -111,8 +111,10 @@ pub(crate) struct BrokerArgs {
     #[arg(long, value_name = "DIR", env = "RUNNEL_DATA_DIR")]
     data_dir: Option<PathBuf>,
 
-    /// When appends reach the disk: always (acknowledge after fsync), never
-    /// (page cache), or every <ms> milliseconds [default: always].
+    /// When appends reach the disk on a single node: always (acknowledge
+    /// after fsync), never (page cache), or every <ms> milliseconds
+    /// [default: always]. With --peers every partition is a Raft group,
+    /// which always fsyncs before it acknowledges or votes, whatever this says.
     #[arg(long, value_name = "always|never|MS", env = "RUNNEL_FLUSH", value_parser = parse_flush)]
     flush: Option<FlushPolicy>,
 

@@ -25,7 +25,11 @@ of them: the cluster goes on with a majority).
 Examples:
   runnel dev-cluster
   runnel dev-cluster --nodes 5 --data-dir /tmp/runnel-dev --base-port 19740
-  runnel dev-cluster --flush never     # fastest: acknowledge from the page cache";
+
+Every node runs with --peers, so every partition is a Raft group, and Raft
+groups always fsync before they acknowledge or vote (a lost vote or entry
+could elect two leaders or lose an acknowledged record): --flush is passed
+on but has no effect on them.";
 
 /// Arguments of `runnel dev-cluster`.
 #[derive(Debug, clap::Args)]
@@ -43,7 +47,8 @@ pub(crate) struct DevClusterArgs {
     #[arg(long, value_name = "PORT", default_value_t = 9740)]
     base_port: u16,
 
-    /// --flush of every node: always, never or a number of milliseconds.
+    /// --flush of every node: always, never or a number of milliseconds
+    /// (no effect today: Raft groups always fsync, see below).
     #[arg(long, value_name = "always|never|MS", default_value = "always")]
     flush: String,
 }

@@ -837,6 +837,20 @@ impl Log {
         if due { self.flush() } else { Ok(()) }
     }
 
+    /// Unmaps every page of every segment that reads have mapped into this
+    /// process (the page cache keeps them; the next read faults them back
+    /// in). A broker calls it about once a second so the pages consumers
+    /// touched stay cheap to reclaim; see `SegmentReader::release_mapped_pages`.
+    pub fn release_mapped_pages(&self) -> Result<()> {
+        // Advise outside the lock: appends and reads go on meanwhile.
+        let readers: Vec<SegmentReader> =
+            self.lock()?.segments.iter().map(Segment::reader).collect();
+        for reader in &readers {
+            reader.release_mapped_pages();
+        }
+        Ok(())
+    }
+
     /// Offset up to which (exclusive) appended data is known to be on disk.
     pub fn durable_offset(&self) -> u64 {
         self.durable_offset.load(Ordering::Acquire)

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use memmap2::{Mmap, MmapOptions};
+use memmap2::{Mmap, MmapOptions, UncheckedAdvice};
 use runnel_batch::{BatchHeader, BatchView, HEADER_LEN, STAMPED_LEN};
 
 use crate::config::{LogConfig, RecoveryPolicy};
@@ -919,6 +919,32 @@ impl SegmentReader {
             ));
         }
         Ok(h)
+    }
+
+    /// Drops the pages of `[0, size)` from this process's page tables
+    /// (`MADV_DONTNEED` on the read map). The page cache keeps them and the
+    /// next read faults them back in; what changes is that pages a
+    /// consumer read once no longer stay mapped into the broker, where they
+    /// make reclaim slow under memory pressure (benches/RESULTS.md, "Where
+    /// the misses come from"). Best effort: a failure only leaves them mapped.
+    pub(crate) fn release_mapped_pages(&self) {
+        let len = usize::try_from(self.size)
+            .unwrap_or(usize::MAX)
+            .min(self.map.len());
+        if len == 0 {
+            return;
+        }
+        // SAFETY: the map is a shared, read-only mapping of a file. On such
+        // a mapping MADV_DONTNEED only removes page table entries: a later
+        // access (also by a reader holding `Bytes` into the map) reads the
+        // same file contents back from the page cache. It never zeroes
+        // data, which is what makes the advice unsafe on private mappings.
+        if let Err(e) = unsafe {
+            self.map
+                .unchecked_advise_range(UncheckedAdvice::DontNeed, 0, len)
+        } {
+            tracing::debug!(path = %self.path.display(), error = %e, "madvise(DONTNEED) failed");
+        }
     }
 
     /// Zero-copy bytes `[from, to)` of the segment.

@@ -159,6 +159,12 @@ impl Replica for RaftReplica {
         Ok(())
     }
 
+    fn release_mapped_pages(&self) {
+        if let Err(e) = self.shared.log.release_mapped_pages() {
+            tracing::debug!(error = %e, "releasing mapped pages failed");
+        }
+    }
+
     fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
     }
