@@ -328,6 +328,7 @@ impl Coordinator {
                 {
                     g.refresh(true, partitions);
                 }
+                self.forget_if_unused(group);
                 return Ok(HeartbeatAnswer {
                     member_id: hb.member_id,
                     member_epoch: LEAVE_EPOCH,
@@ -433,7 +434,21 @@ impl Coordinator {
                 g.refresh(true, partitions);
             }
         }
+        self.groups
+            .retain(|_, g| !g.members.is_empty() || !g.offsets.is_empty());
         removed
+    }
+
+    /// Drops `group` when it has neither members nor offsets (it then
+    /// does not exist, as after a coordinator change).
+    fn forget_if_unused(&mut self, group: &str) {
+        if self
+            .groups
+            .get(group)
+            .is_some_and(|g| g.members.is_empty() && g.offsets.is_empty())
+        {
+            self.groups.remove(group);
+        }
     }
 
     /// Checks that a commit for `group` from `member_id` at `member_epoch`

@@ -156,6 +156,31 @@ fn leave_then_admin_operations() {
         )
         .unwrap();
     assert_eq!(left.member_epoch, LEAVE_EPOCH);
+    // A group whose last member left without committing is gone.
+    let b = c
+        .heartbeat(
+            "h",
+            Heartbeat {
+                member_epoch: JOIN_EPOCH,
+                subscriptions: subs(&["t"]),
+                ..Heartbeat::default()
+            },
+            &topics,
+            1,
+        )
+        .unwrap();
+    assert!(c.contains("h"));
+    let leave = Heartbeat {
+        member_id: b.member_id,
+        member_epoch: LEAVE_EPOCH,
+        ..Heartbeat::default()
+    };
+    c.heartbeat("h", leave, &topics, 2).unwrap();
+    assert!(!c.contains("h"));
+    assert!(matches!(
+        c.check_empty("h"),
+        Err(GroupError::UnknownGroup(_))
+    ));
     assert_eq!(c.check_empty("g"), Ok(()));
     assert_eq!(c.check_commit("g", "", 0), Ok(()));
     assert_eq!(c.describe("g").unwrap().state, GroupState::Empty);
