@@ -1,6 +1,7 @@
 //! Any language: a Python client generated from proto/ with grpcio-tools
-//! creates a topic, produces, fetches, lists offsets and lists services by
-//! reflection against a real broker. Needs `python3`; installs
+//! creates a topic, produces, fetches, lists offsets, lists services by
+//! reflection and is a consumer group member (GroupService) against a real
+//! broker. Needs `python3`; installs
 //! `grpcio-tools` and `grpcio-reflection` into target/python-deps when they
 //! are missing (.ci/run does it up front).
 
@@ -93,7 +94,7 @@ fn generate_client(deps: &Path, out: &Path) {
         .arg(format!("-I{}", proto.display()))
         .arg(format!("--python_out={}", out.display()))
         .arg(format!("--grpc_python_out={}", out.display()));
-    for name in ["common", "admin", "produce", "fetch"] {
+    for name in ["common", "admin", "produce", "fetch", "group"] {
         cmd.arg(proto.join(format!("runnel/v1/{name}.proto")));
     }
     let result = run(&mut cmd, "grpc_tools.protoc");
@@ -103,6 +104,7 @@ fn generate_client(deps: &Path, out: &Path) {
         "admin_pb2_grpc.py",
         "produce_pb2_grpc.py",
         "fetch_pb2_grpc.py",
+        "group_pb2_grpc.py",
     ] {
         let f = out.join("runnel/v1").join(name);
         assert!(f.is_file(), "protoc did not write {}", f.display());
@@ -162,6 +164,7 @@ async fn python_client_generated_from_proto_produces_fetches_lists_offsets_and_r
             "runnel.v1.AdminService",
             "runnel.v1.FetchService",
             "runnel.v1.ProduceService",
+            "runnel.v1.GroupService",
         ] {
             assert!(
                 services.contains(&want),
@@ -182,6 +185,17 @@ async fn python_client_generated_from_proto_produces_fetches_lists_offsets_and_r
             .collect();
         let want: Vec<String> = (0..10).map(|i| format!("py-{i}")).collect();
         assert_eq!(values, want);
+
+        // The Python member's commit is the group's committed offset.
+        let out = broker.cli_ok(&["group", "describe", "py-group", "--output", "json"], "");
+        let d: Value = serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("describe is not JSON ({e}): {out}"));
+        assert_eq!(d["state"], "Empty", "{d}");
+        assert_eq!(d["offsets"][0]["partition"], 1, "{d}");
+        assert_eq!(
+            d["offsets"][0]["committed"], v["group_committed"],
+            "{d} vs {v}"
+        );
     })
     .await;
 }

@@ -7,12 +7,13 @@ use std::path::PathBuf;
 
 use prost::Message;
 
-const FILES: [&str; 5] = [
+const FILES: [&str; 6] = [
     "runnel/v1/common.proto",
     "runnel/v1/admin.proto",
     "runnel/v1/produce.proto",
     "runnel/v1/fetch.proto",
     "runnel/v1/cluster.proto",
+    "runnel/v1/group.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

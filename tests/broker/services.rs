@@ -13,10 +13,11 @@ use crate::support::{Broker, BrokerOptions, with_deadline};
 const LIMIT: Duration = Duration::from_secs(60);
 
 /// The services a client must be able to discover.
-const RUNNEL_SERVICES: [&str; 3] = [
+const RUNNEL_SERVICES: [&str; 4] = [
     "runnel.v1.AdminService",
     "runnel.v1.ProduceService",
     "runnel.v1.FetchService",
+    "runnel.v1.GroupService",
 ];
 
 #[tokio::test]

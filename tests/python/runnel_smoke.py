@@ -6,7 +6,9 @@ Usage: runnel_smoke.py ADDR TOPIC   (generated modules on sys.path)
 Creates TOPIC with 2 partitions, produces a record list (no pre-encoded
 batch) to partition 1 and keyed records to the broker's partitioner, fetches
 them back decoded, lists offsets, checks an error's reason trailer and lists
-services by reflection. Raises (exit status 1) on the first mismatch; on
+services by reflection, and is a consumer group member with the generated
+GroupService stub alone (join, fetch committed offsets, read, commit,
+heartbeat, leave). Raises (exit status 1) on the first mismatch; on
 success prints one JSON object for the Rust test to check further.
 """
 
@@ -23,6 +25,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from runnel.v1 import admin_pb2, admin_pb2_grpc
 from runnel.v1 import common_pb2
 from runnel.v1 import fetch_pb2, fetch_pb2_grpc
+from runnel.v1 import group_pb2, group_pb2_grpc
 from runnel.v1 import produce_pb2, produce_pb2_grpc
 
 # An hour ago, on a whole second: recent enough that the default retention
@@ -172,7 +175,67 @@ def main():
     expect(method.client_streaming and method.server_streaming, "ProduceStream is bidi")
     expect(method.input_type.full_name == "runnel.v1.ProduceStreamRequest", method.input_type.full_name)
 
+    # A consumer group member with nothing but GroupService and Fetch.
+    groups = group_pb2_grpc.GroupServiceStub(channel)
+    group = "py-group"
+    joined = groups.Heartbeat(
+        group_pb2.HeartbeatRequest(
+            group=group, member_epoch=0, subscribed_topics=[topic], session_timeout_ms=10000
+        ),
+        timeout=TIMEOUT,
+    )
+    expect(joined.member_id and joined.member_epoch > 0, f"joined {joined}")
+    assigned = sorted((t.topic, p) for t in joined.assignment for p in t.partitions)
+    expect(assigned == [(topic, 0), (topic, 1)], f"sole member gets everything: {joined}")
+    none = groups.FetchOffsets(group_pb2.FetchOffsetsRequest(group=group), timeout=TIMEOUT)
+    expect(len(none.offsets) == 0, f"a new group has no offsets: {none}")
+    # No commit: start from the earliest offset (the reset policy).
+    read = fetch_all(fetch, topic, 1)
+    position = read[-1].offset + 1
+    groups.CommitOffsets(
+        group_pb2.CommitOffsetsRequest(
+            group=group,
+            member_id=joined.member_id,
+            member_epoch=joined.member_epoch,
+            offsets=[group_pb2.OffsetCommit(topic=topic, partition=1, offset=position)],
+        ),
+        timeout=TIMEOUT,
+    )
+    beat = groups.Heartbeat(
+        group_pb2.HeartbeatRequest(
+            group=group,
+            member_id=joined.member_id,
+            member_epoch=joined.member_epoch,
+            owned=joined.assignment,
+            session_timeout_ms=10000,
+        ),
+        timeout=TIMEOUT,
+    )
+    expect(beat.member_epoch >= joined.member_epoch, f"heartbeat {beat}")
+    try:
+        groups.CommitOffsets(
+            group_pb2.CommitOffsetsRequest(
+                group=group,
+                member_id="not-a-member",
+                member_epoch=beat.member_epoch,
+                offsets=[group_pb2.OffsetCommit(topic=topic, partition=1, offset=0)],
+            ),
+            timeout=TIMEOUT,
+        )
+        raise AssertionError("a commit from a stranger succeeded")
+    except grpc.RpcError as e:
+        trailers = dict(e.trailing_metadata() or ())
+        expect(trailers.get("runnel-reason") == "UNKNOWN_MEMBER", f"trailers {trailers}")
+    left = groups.Heartbeat(
+        group_pb2.HeartbeatRequest(group=group, member_id=joined.member_id, member_epoch=-1),
+        timeout=TIMEOUT,
+    )
+    expect(left.member_epoch == -1, f"left {left}")
+    described = groups.DescribeGroup(group_pb2.DescribeGroupRequest(group=group), timeout=TIMEOUT)
+    expect(described.state == "Empty" and not described.members, f"{described}")
+
     print(json.dumps({
+        "group_committed": position,
         "base_offset": base,
         "high_watermark": latest.offset,
         "placed": placed,

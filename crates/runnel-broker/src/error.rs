@@ -149,6 +149,19 @@ pub enum BrokerError {
     /// A broken invariant or a background task that died.
     #[error("internal error: {0}")]
     Internal(String),
+    /// This node does not coordinate the consumer group.
+    #[error("node does not coordinate group {group:?}{}; retry there", leader_hint(*.leader_id, .leader_address))]
+    NotCoordinator {
+        /// Group name.
+        group: String,
+        /// The coordinator's id, 0 if unknown.
+        leader_id: u32,
+        /// The coordinator's client address, empty if unknown.
+        leader_address: String,
+    },
+    /// A consumer-group operation was refused.
+    #[error(transparent)]
+    Group(#[from] runnel_groups::GroupError),
     /// The answer of another node this request was forwarded to (the
     /// controller's leader), passed on unchanged.
     #[error("{}", .0.message())]
@@ -208,6 +221,18 @@ impl BrokerError {
                 _ => ErrorReason::Internal,
             },
             Io { .. } | DataDir(_) | Transport(_) | Internal(_) => ErrorReason::Internal,
+            NotCoordinator { .. } => ErrorReason::NotCoordinator,
+            Group(e) => {
+                use runnel_groups::GroupError as G;
+                match e {
+                    G::UnknownMember { .. } => ErrorReason::UnknownMember,
+                    G::FencedMemberEpoch { .. } => ErrorReason::FencedMemberEpoch,
+                    G::StaleMemberEpoch { .. } => ErrorReason::StaleMemberEpoch,
+                    G::GroupNotEmpty { .. } => ErrorReason::GroupNotEmpty,
+                    G::UnknownGroup(_) => ErrorReason::UnknownGroup,
+                    G::InvalidArgument(_) => ErrorReason::InvalidArgument,
+                }
+            }
             Forwarded(status) => status
                 .metadata()
                 .get(runnel_proto::REASON_METADATA_KEY)
@@ -229,6 +254,11 @@ impl BrokerError {
     pub fn to_proto(&self) -> v1::Error {
         let (leader_id, leader_address) = match self {
             BrokerError::NotLeader {
+                leader_id,
+                leader_address,
+                ..
+            }
+            | BrokerError::NotCoordinator {
                 leader_id,
                 leader_address,
                 ..
@@ -254,7 +284,13 @@ pub fn code_for(reason: ErrorReason) -> Code {
         | ErrorReason::RecordTooLarge
         | ErrorReason::CorruptBatch => Code::InvalidArgument,
         ErrorReason::OffsetOutOfRange => Code::OutOfRange,
-        ErrorReason::NotLeader => Code::FailedPrecondition,
+        ErrorReason::NotLeader
+        | ErrorReason::NotCoordinator
+        | ErrorReason::UnknownMember
+        | ErrorReason::FencedMemberEpoch
+        | ErrorReason::StaleMemberEpoch
+        | ErrorReason::GroupNotEmpty => Code::FailedPrecondition,
+        ErrorReason::UnknownGroup => Code::NotFound,
         ErrorReason::TopicAlreadyExists => Code::AlreadyExists,
         ErrorReason::Unavailable => Code::Unavailable,
         ErrorReason::Timeout => Code::DeadlineExceeded,
@@ -287,6 +323,11 @@ impl From<BrokerError> for Status {
         let mut info = HashMap::new();
         match &e {
             BrokerError::NotLeader {
+                leader_id,
+                leader_address,
+                ..
+            }
+            | BrokerError::NotCoordinator {
                 leader_id,
                 leader_address,
                 ..

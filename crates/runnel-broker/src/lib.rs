@@ -1,7 +1,10 @@
 //! A Runnel node: the gRPC services over partition replicas.
 //!
-//! Owns: the tonic server (AdminService, ProduceService, FetchService from
-//! `proto/runnel/v1`, plus gRPC health and reflection), the topic registry
+//! Owns: the tonic server (AdminService, ProduceService, FetchService,
+//! GroupService from `proto/runnel/v1`, plus gRPC health and reflection),
+//! the consumer-group coordinators over the internal offsets topic
+//! (`groups`: loading, commits with acks=all, session ticks; the state
+//! machine itself is runnel-groups), the topic registry
 //! persisted in the data directory, the [`Replica`] interface through which
 //! every partition is reached and its single-node implementation
 //! [`LocalReplica`], request validation and the mapping of errors to gRPC
@@ -76,6 +79,7 @@
 pub mod cluster;
 mod config;
 pub mod error;
+mod groups;
 mod metrics;
 mod registry;
 mod replica;
@@ -88,6 +92,7 @@ pub use config::{
     validate_topic_name,
 };
 pub use error::{BrokerError, Result};
+pub use groups::{OFFSETS_PARTITIONS, OFFSETS_TOPIC};
 pub use registry::{LOCK_FILE, NODE_FILE, TOPIC_FILE, TOPICS_DIR};
 pub use replica::{
     AckLevel, Appended, BoxFuture, LOCAL_TERM, LocalReplica, MAX_QUEUED_BYTES, NodeRef,

@@ -13,8 +13,13 @@
 //! | `runnel_request_duration_seconds` | histogram | rpc | time to answer each RPC (per request of a ProduceStream; until the first message of a Subscribe) |
 //! | `runnel_fsync_duration_seconds` | histogram | | one group-commit `Log::flush` (flush=always) or an interval flush that synced; each call is one data fsync |
 //! | `runnel_active_connections` | gauge | | open client TCP connections |
+//! | `runnel_group_members` | gauge | group | members of a group this node coordinates |
+//! | `runnel_group_committed_offset` | gauge | group, topic, partition | the group's committed offset |
+//! | `runnel_group_lag` | gauge | group, topic, partition | high watermark - committed offset (when this node holds the partition) |
 //!
-//! Offsets are read from the replicas at scrape time.
+//! Offsets are read from the replicas at scrape time; group metrics are
+//! refreshed every second by the coordinators (only the groups this node
+//! coordinates appear).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,6 +40,20 @@ use crate::registry::TopicRegistry;
 /// Labels of per-partition metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct PartitionLabels {
+    pub(crate) topic: String,
+    pub(crate) partition: u32,
+}
+
+/// Label of per-group metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct GroupLabels {
+    pub(crate) group: String,
+}
+
+/// Labels of per-group, per-partition metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct GroupPartitionLabels {
+    pub(crate) group: String,
     pub(crate) topic: String,
     pub(crate) partition: u32,
 }
@@ -64,6 +83,9 @@ pub(crate) struct Metrics {
     requests: Family<RpcLabels, Histogram, fn() -> Histogram>,
     pub(crate) fsync_seconds: Histogram,
     pub(crate) connections: Gauge,
+    pub(crate) group_members: Family<GroupLabels, Gauge>,
+    pub(crate) group_committed: Family<GroupPartitionLabels, Gauge>,
+    pub(crate) group_lag: Family<GroupPartitionLabels, Gauge>,
 }
 
 /// The traffic counters of one partition, cloned out of the families once
@@ -91,6 +113,9 @@ impl Metrics {
             requests: Family::new_with_constructor(latency_histogram),
             fsync_seconds: latency_histogram(),
             connections: Gauge::default(),
+            group_members: Family::default(),
+            group_committed: Family::default(),
+            group_lag: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -135,6 +160,21 @@ impl Metrics {
             "active_connections",
             "Open client connections",
             m.connections.clone(),
+        );
+        registry.register(
+            "group_members",
+            "Members of a consumer group this node coordinates",
+            m.group_members.clone(),
+        );
+        registry.register(
+            "group_committed_offset",
+            "A consumer group's committed offset",
+            m.group_committed.clone(),
+        );
+        registry.register(
+            "group_lag",
+            "High watermark minus the group's committed offset",
+            m.group_lag.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::gauge::Gauge;
 use runnel_proto::v1::admin_service_server::AdminServiceServer;
 use runnel_proto::v1::fetch_service_server::FetchServiceServer;
+use runnel_proto::v1::group_service_server::GroupServiceServer;
 use runnel_proto::v1::produce_service_server::ProduceServiceServer;
 use runnel_proto::v1::raft_service_server::RaftServiceServer;
 use runnel_storage::FlushPolicy;
@@ -24,10 +25,12 @@ use tonic_health::ServingStatus;
 use crate::cluster::node::ClusterNode;
 use crate::config::BrokerConfig;
 use crate::error::{BrokerError, Result};
+use crate::groups::Coordinators;
 use crate::metrics::{Metrics, serve_metrics};
 use crate::registry::TopicRegistry;
 use crate::service::admin::AdminSvc;
 use crate::service::fetch::FetchSvc;
+use crate::service::group::GroupSvc;
 use crate::service::produce::ProduceSvc;
 use crate::service::{NodeContext, ShutdownSignal, now_ms};
 
@@ -123,11 +126,18 @@ impl Broker {
         } else {
             (None, None)
         };
+        let groups = Arc::new(Coordinators::new(
+            topics.clone(),
+            cluster.clone(),
+            metrics.clone(),
+        ));
+        let group_ticker = tokio::spawn(groups.clone().run(stop.clone()));
         let ctx = Arc::new(NodeContext {
             topics: topics.clone(),
             metrics: metrics.clone(),
             shutdown: stop.clone(),
             cluster: cluster.clone(),
+            groups,
         });
 
         let ticker = tokio::spawn(run_ticker(topics.clone(), config.clone(), stop.clone()));
@@ -147,6 +157,7 @@ impl Broker {
             .set_serving::<ProduceServiceServer<ProduceSvc>>()
             .await;
         health.set_serving::<FetchServiceServer<FetchSvc>>().await;
+        health.set_serving::<GroupServiceServer<GroupSvc>>().await;
         health.set_service_status("", ServingStatus::Serving).await;
 
         let reflection = || {
@@ -166,6 +177,10 @@ impl Broker {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let fetch = FetchServiceServer::new(FetchSvc(ctx.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+
+        let group = GroupServiceServer::new(GroupSvc(ctx.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
@@ -199,6 +214,7 @@ impl Broker {
             .add_service(admin)
             .add_service(produce)
             .add_service(fetch)
+            .add_service(group)
             .add_optional_service(raft_svc)
             .serve_with_incoming_shutdown(incoming, signal);
         // Graceful shutdown waits for every connection to close; a client
@@ -230,6 +246,9 @@ impl Broker {
         }
         if let Err(e) = ticker.await {
             tracing::error!(error = %e, "maintenance ticker failed");
+        }
+        if let Err(e) = group_ticker.await {
+            tracing::error!(error = %e, "group session ticker failed");
         }
         let closed = topics.close_all().await;
         if let Some(cluster) = &cluster {

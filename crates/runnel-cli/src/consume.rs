@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use runnel_client::{Consumer, ConsumerConfig, ConsumerRecord, StartPosition};
+use runnel_client::{
+    Consumer, ConsumerConfig, ConsumerRecord, GroupConfig, GroupConsumer, StartPosition,
+};
 
 use crate::connect::{ConnectArgs, explain};
 
@@ -22,8 +24,18 @@ Format tokens (like kcat -f):
 Keys, values and headers print as raw bytes. A newline is added after each record
 unless FMT ends with one.
 
+With --group G the consumer joins consumer group G: the group's members share the
+topic's partitions (the broker assigns them and moves them when members come and go),
+each partition starts at the group's committed offset (or, with none, at the end, or
+the beginning with --from-beginning), positions are committed every --auto-commit-ms
+and on exit, and the member leaves the group cleanly on exit (Ctrl-C, SIGTERM,
+--max-messages, --timeout-ms). Delivery is at least once: after a crash, records
+printed since the last commit are printed again by whoever takes the partition.
+
 Examples:
   runnel consume orders --from-beginning --timeout-ms 1000
+  runnel consume orders --group billing
+  runnel consume orders --group billing --from-beginning --session-timeout-ms 3000 --auto-commit-ms 500
   runnel consume orders --partition 2 --offset 5000 --max-messages 10
   runnel consume orders --from-time 2024-05-01T12:00:00Z --format '%p/%o %k=%v'
   runnel consume orders --from-time 2024-05-01T14:00:00.250+02:00 --max-messages 1
@@ -40,21 +52,40 @@ pub(crate) struct ConsumeArgs {
     topic: String,
 
     /// Read only this partition (default: all).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with = "group")]
     partition: Option<u32>,
+
+    /// Consume as a member of this consumer group (see below).
+    #[arg(long, value_name = "G")]
+    group: Option<String>,
+
+    /// With --group: the broker removes this member when it hears nothing for
+    /// this long, 200-600000 ms.
+    #[arg(long, value_name = "MS", default_value_t = 10_000, requires = "group")]
+    session_timeout_ms: u64,
+
+    /// With --group: commit the position this often (and on exit).
+    #[arg(long, value_name = "MS", default_value_t = 1_000, requires = "group")]
+    auto_commit_ms: u64,
+
+    /// With --group: how the broker spreads partitions over the members,
+    /// chosen by the group's first member: sticky (members keep what they
+    /// have), range (consecutive partitions) or round-robin.
+    #[arg(long, value_name = "NAME", requires = "group", value_parser = ["sticky", "range", "round-robin"])]
+    assignor: Option<String>,
 
     /// Start at the first record still stored.
     #[arg(long, conflicts_with_all = ["offset", "from_time"])]
     from_beginning: bool,
 
     /// Start at this offset (in every partition read).
-    #[arg(long, value_name = "N", conflicts_with = "from_time")]
+    #[arg(long, value_name = "N", conflicts_with_all = ["from_time", "group"])]
     offset: Option<u64>,
 
     /// Start at the first record at or after this time: RFC 3339
     /// (2024-05-01T12:00:00Z, or with an offset such as +02:00; none means
     /// UTC) or milliseconds since the Unix epoch.
-    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    #[arg(long, value_name = "TIME", value_parser = parse_time, conflicts_with = "group")]
     from_time: Option<i64>,
 
     /// Stop after printing this many records.
@@ -85,7 +116,7 @@ impl ConsumeArgs {
 }
 
 /// Parses RFC 3339 or epoch milliseconds into epoch milliseconds.
-fn parse_time(s: &str) -> Result<i64, String> {
+pub(crate) fn parse_time(s: &str) -> Result<i64, String> {
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
         return s
             .parse()
@@ -253,6 +284,9 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
         ..ConsumerConfig::default()
     };
     let client = args.connect.connect().await?;
+    if let Some(group) = &args.group {
+        return run_group(&args, client, group, config, idle_limit).await;
+    }
     let partitions = args.partition.map(|p| vec![p]);
     let mut consumer = Consumer::new(&client, &args.topic, partitions, args.start(), config)
         .await
@@ -295,6 +329,85 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
             break;
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `runnel consume --group`: the same loop as a group member.
+async fn run_group(
+    args: &ConsumeArgs,
+    client: runnel_client::Client,
+    group: &str,
+    consumer: ConsumerConfig,
+    idle_limit: Option<Duration>,
+) -> anyhow::Result<ExitCode> {
+    let config = GroupConfig {
+        session_timeout: Duration::from_millis(args.session_timeout_ms),
+        auto_commit: Some(Duration::from_millis(args.auto_commit_ms)),
+        reset: if args.from_beginning {
+            StartPosition::Earliest
+        } else {
+            StartPosition::Latest
+        },
+        assignor: args.assignor.clone().unwrap_or_default(),
+        consumer,
+    };
+    let mut member = GroupConsumer::join(&client, group, &args.topic, config)
+        .await
+        .map_err(|e| explain(e, Some(&args.topic)))?;
+    let stop = stop_requested();
+    tokio::pin!(stop);
+    let stdout = std::io::stdout();
+    let mut printed = 0u64;
+    let mut last_record = Instant::now();
+    let mut buf = Vec::with_capacity(1 << 16);
+    let outcome: anyhow::Result<()> = loop {
+        let records = tokio::select! {
+            biased;
+            () = &mut stop => break Ok(()),
+            polled = member.poll() => match polled {
+                Ok(r) => r,
+                Err(e) => break Err(explain(e, Some(&args.topic))),
+            },
+        };
+        if records.is_empty() {
+            if idle_limit.is_some_and(|limit| last_record.elapsed() >= limit) {
+                break Ok(());
+            }
+            continue;
+        }
+        last_record = Instant::now();
+        buf.clear();
+        let mut taken = records.len();
+        for (i, record) in records.iter().enumerate() {
+            args.format.write(record, &mut buf);
+            printed += 1;
+            if args.max_messages.is_some_and(|max| printed >= max) {
+                taken = i + 1;
+                break;
+            }
+        }
+        // Records not printed are not committed: move back to the first
+        // one of each partition.
+        let mut rewind: std::collections::BTreeMap<u32, u64> = std::collections::BTreeMap::new();
+        for r in &records[taken..] {
+            rewind.entry(r.partition).or_insert(r.offset);
+        }
+        for (p, o) in rewind {
+            member.seek(p, o);
+        }
+        let mut out = stdout.lock();
+        let written = out.write_all(&buf).and_then(|()| out.flush());
+        if let Err(e) = written {
+            break Err(anyhow::Error::new(e).context("cannot write to standard output"));
+        }
+        if taken < records.len() || args.max_messages.is_some_and(|max| printed >= max) {
+            break Ok(());
+        }
+    };
+    // Commit what was printed and leave, whatever ended the loop.
+    let closed = member.close().await;
+    outcome?;
+    closed.map_err(|e| explain(e, Some(&args.topic)))?;
     Ok(ExitCode::SUCCESS)
 }
 

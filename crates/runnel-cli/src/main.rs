@@ -20,6 +20,7 @@ mod broker;
 mod connect;
 mod consume;
 mod dev_cluster;
+mod group;
 mod log;
 mod output;
 mod produce;
@@ -62,8 +63,10 @@ enum Command {
     Topic(topic::TopicArgs),
     /// Produce records read from stdin, one per line.
     Produce(produce::ProduceArgs),
-    /// Consume records and print them.
+    /// Consume records and print them (alone or as a member of a group).
     Consume(consume::ConsumeArgs),
+    /// List, describe and delete consumer groups; reset their offsets.
+    Group(group::GroupArgs),
     /// Start a local cluster of broker processes (Ctrl-C stops them).
     DevCluster(dev_cluster::DevClusterArgs),
     /// Measure throughput and latency of a running cluster.
@@ -104,6 +107,7 @@ fn main() -> ExitCode {
             Command::Topic(args) => topic::run(args).await,
             Command::Produce(args) => produce::run(args).await,
             Command::Consume(args) => consume::run(args).await,
+            Command::Group(args) => group::run(args).await,
             Command::DevCluster(args) => dev_cluster::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Log(_) => unreachable!("handled above"),

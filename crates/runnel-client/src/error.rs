@@ -97,12 +97,15 @@ impl Error {
     }
 
     /// True when trying again later may succeed: `UNAVAILABLE`, `NOT_LEADER`,
-    /// `TIMEOUT`, transport errors, timeouts and failed connections.
+    /// `NOT_COORDINATOR`, `TIMEOUT`, transport errors, timeouts and failed connections.
     pub fn is_retriable(&self) -> bool {
         match self {
             Error::Status { reason, .. } => matches!(
                 reason,
-                ErrorReason::Unavailable | ErrorReason::NotLeader | ErrorReason::Timeout
+                ErrorReason::Unavailable
+                    | ErrorReason::NotLeader
+                    | ErrorReason::NotCoordinator
+                    | ErrorReason::Timeout
             ),
             Error::Connect { .. } | Error::Transport { .. } | Error::Timeout(_) => true,
             Error::InvalidArgument(_)
@@ -127,14 +130,15 @@ impl Error {
 
     /// Maps a failed gRPC call: a status with the `runnel-reason` trailer
     /// becomes [`Error::Status`], anything else [`Error::Transport`].
-    /// A `NOT_LEADER` status also names the leader, when the broker knows
+    /// A `NOT_LEADER` (`NOT_COORDINATOR`) status also names the leader (the
+    /// group's coordinator), when the broker knows
     /// it, in the `leader_id` and `leader_address` metadata of its
     /// `google.rpc.ErrorInfo`.
     pub(crate) fn from_status(status: tonic::Status, address: &str) -> Error {
         match reason_of(&status) {
             Some(reason) => {
                 let (leader_id, leader_address) = match reason {
-                    ErrorReason::NotLeader => leader_of(&status),
+                    ErrorReason::NotLeader | ErrorReason::NotCoordinator => leader_of(&status),
                     _ => (0, String::new()),
                 };
                 Error::Status {

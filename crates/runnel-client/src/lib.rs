@@ -9,6 +9,15 @@
 //! - [`Consumer`]: reads a set of partitions from explicit positions
 //!   (earliest, latest, offset, timestamp) with long-poll fetches from each
 //!   partition's leader, decoding and verifying batches itself.
+//! - [`GroupConsumer`]: a member of a consumer group reading one topic:
+//!   joins, heartbeats in the background, follows the broker's assignment
+//!   (releasing a partition only after committing it), starts each
+//!   partition at the group's committed offset or [`GroupConfig::reset`],
+//!   commits sync, async or on an interval, and leaves on close. Group
+//!   admin ([`Client::list_groups`], [`Client::describe_group`],
+//!   [`Client::delete_group`], [`Client::reset_offsets`]) is on [`Client`].
+//!   Group calls go to the group's coordinator, following
+//!   `NOT_COORDINATOR` (see the `group` module).
 //!
 //! # Routing
 //!
@@ -40,7 +49,7 @@
 //!
 //! This crate owns the client side of the gRPC API in `runnel-proto` and
 //! speaks the batch format of `runnel-batch`. It knows nothing of storage or
-//! of the broker's insides; consumer groups and idempotence come later.
+//! of the broker's insides; idempotence comes later.
 //!
 //! ```no_run
 //! # async fn example() -> runnel_client::Result<()> {
@@ -60,6 +69,7 @@
 mod client;
 mod consumer;
 mod error;
+mod group;
 mod metadata;
 pub mod producer;
 
@@ -71,11 +81,12 @@ mod routing_tests;
 pub use client::{Client, ClientConfig, OffsetSpec};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, StartPosition};
 pub use error::{Error, Result};
+pub use group::{COORDINATOR_TIMEOUT, GroupConfig, GroupConsumer, RETRY_BACKOFF};
 pub use producer::{
     Acks, Compression, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
 };
 /// The proto types the client's calls take and return.
 pub use runnel_proto::v1::{
-    CleanupPolicy, DescribeClusterResponse, ErrorReason, NodeInfo, PartitionDescription,
-    TopicConfig, TopicDescription, TopicSummary,
+    CleanupPolicy, DescribeClusterResponse, DescribeGroupResponse, ErrorReason, GroupSummary,
+    NodeInfo, PartitionDescription, TopicConfig, TopicDescription, TopicSummary,
 };

@@ -2,9 +2,9 @@
 //!
 //! This crate owns only generated code: the prost messages (every `bytes`
 //! field is a [`bytes::Bytes`]-compatible `prost::bytes::Bytes`), the tonic
-//! clients and servers of `AdminService`, `ProduceService` and
-//! `FetchService`, and the file descriptor set that the broker serves through
-//! gRPC reflection. The `.proto` files are the contract and carry the
+//! clients and servers of `AdminService`, `ProduceService`,
+//! `FetchService` and `GroupService`, and the file descriptor set that the
+//! broker serves through gRPC reflection. The `.proto` files are the contract and carry the
 //! documentation; read them, not the generated code.
 
 /// Messages and services of package `runnel.v1`.

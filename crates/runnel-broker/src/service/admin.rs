@@ -89,6 +89,8 @@ impl AdminService for AdminSvc {
             .topics
             .list()
             .iter()
+            // Internal topics (the consumer offsets) are not listed.
+            .filter(|t| t.name != crate::groups::OFFSETS_TOPIC)
             .map(|t| TopicSummary {
                 name: t.name.clone(),
                 partitions: t.settings.partitions,

@@ -1,4 +1,4 @@
-//! The gRPC services (tonic): admin, produce, fetch. Each converts requests
+//! The gRPC services (tonic): admin, produce, fetch, group. Each converts requests
 //! into registry and [`Replica`](crate::Replica) calls and errors into
 //! statuses (`crate::error`).
 
@@ -14,6 +14,7 @@ use crate::replica::ReplicaError;
 
 pub(crate) mod admin;
 pub(crate) mod fetch;
+pub(crate) mod group;
 pub(crate) mod produce;
 
 /// What every service shares.
@@ -23,6 +24,8 @@ pub(crate) struct NodeContext {
     pub(crate) shutdown: ShutdownSignal,
     /// Replication and metadata, when the node is part of a cluster.
     pub(crate) cluster: Option<Arc<crate::cluster::node::ClusterNode>>,
+    /// Consumer-group coordinators.
+    pub(crate) groups: Arc<crate::groups::Coordinators>,
 }
 
 /// Fires once when the node starts shutting down: long polls return,
