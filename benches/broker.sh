@@ -39,25 +39,10 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-BIN=${RUNNEL_BIN:-$ROOT/target/release/runnel}
-if [ ! -x "$BIN" ]; then
-  echo "building $BIN (cargo build --release -p runnel-cli)" >&2
-  cargo build --release -p runnel-cli
-fi
-WORK=$ROOT/target/broker-bench
-OUT=$WORK/results-$(date +%Y%m%dT%H%M%S)
-mkdir -p "$OUT"
-RESULTS=$OUT/results.jsonl
-: > "$RESULTS"
+. "$ROOT/benches/lib.sh"
+bench_setup broker-bench
 BROKER_PID=""
-
-stop_broker() {
-  if [ -n "$BROKER_PID" ] && kill -0 "$BROKER_PID" 2>/dev/null; then
-    kill -TERM "$BROKER_PID"
-    wait "$BROKER_PID" || true
-  fi
-  BROKER_PID=""
-}
+stop_broker() { stop_pid "$BROKER_PID"; BROKER_PID=""; }
 trap stop_broker EXIT
 
 start_broker() { # flush

@@ -39,25 +39,10 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-BIN=${RUNNEL_BIN:-$ROOT/target/release/runnel}
-if [ ! -x "$BIN" ]; then
-  echo "building $BIN (cargo build --release -p runnel-cli)" >&2
-  cargo build --release -p runnel-cli
-fi
-WORK=$ROOT/target/cluster-bench
-OUT=$WORK/results-$(date +%Y%m%dT%H%M%S)
-mkdir -p "$OUT"
-RESULTS=$OUT/results.jsonl
-: > "$RESULTS"
+. "$ROOT/benches/lib.sh"
+bench_setup cluster-bench
 PID=""
-
-stop() {
-  if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
-    kill -TERM "$PID"
-    wait "$PID" || true
-  fi
-  PID=""
-}
+stop() { stop_pid "$PID"; PID=""; }
 trap stop EXIT
 
 wait_line() { # file pattern

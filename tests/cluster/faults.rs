@@ -439,3 +439,106 @@ async fn failover_median_of_10() {
     })
     .await;
 }
+
+/// Retention runs on replicated partitions, and a follower that was down
+/// while the leader's log start moved past everything it had catches up
+/// from a snapshot ("the log starts here", RAFT.md trap 16), then holds
+/// exactly the leader's records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_the_leaders_log_start_catches_up_from_a_snapshot() {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await;
+    with_deadline(Duration::from_secs(180), async {
+        let topic = "trimmed";
+        let args = [
+            "topic",
+            "create",
+            topic,
+            "--partitions",
+            "1",
+            "--replication-factor",
+            "3",
+            "--segment-bytes",
+            "1048576",
+            "--retention-bytes",
+            "2097152",
+        ];
+        eventually(Duration::from_secs(60), "topic create", || {
+            let out = cluster.cli(1, &args, "");
+            let done = out.status.success() || out.stderr.contains("already exists");
+            async move { done.then_some(()) }
+        })
+        .await;
+        let leader = cluster.leader(topic, 0, Duration::from_secs(30)).await;
+        let follower = *cluster
+            .ids()
+            .iter()
+            .find(|&&id| id != leader)
+            .expect("a follower");
+        cluster.kill9(follower);
+
+        // About 8 MiB in 64 KiB requests: eight 1 MiB segments, of which
+        // retention keeps about two.
+        for i in 0..128 {
+            let values: Vec<Bytes> = (0..16)
+                .map(|j| Bytes::from(format!("{i:04}-{j:02}-{}", "x".repeat(4000))))
+                .collect();
+            let mut attempt = 0;
+            loop {
+                match produce_direct(&cluster, leader, topic, &values).await {
+                    Ok(_) => break,
+                    Err(e) => {
+                        attempt += 1;
+                        assert!(attempt < 20, "request {i} to leader {leader}: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+        let trimmed = eventually(
+            Duration::from_secs(60),
+            "retention to move the leader's log start",
+            || async {
+                let d = cluster.describe_on(leader, topic).await?;
+                let start = d.partitions[0].log_start_offset;
+                (start > 0).then_some(start)
+            },
+        )
+        .await;
+        eprintln!("leader {leader} log start {trimmed}; restarting follower {follower}");
+
+        cluster.restart(follower);
+        let (start, hwm) = eventually(
+            Duration::from_secs(90),
+            "the follower in sync from the leader's log start",
+            || async {
+                let l = cluster.describe_on(leader, topic).await?;
+                let f = cluster.describe_on(follower, topic).await?;
+                let (l, f) = (&l.partitions[0], &f.partitions[0]);
+                (l.isr.contains(&follower)
+                    && f.high_watermark == l.high_watermark
+                    && f.log_end_offset == l.log_end_offset
+                    && f.log_start_offset > 0)
+                    .then_some((f.log_start_offset.max(l.log_start_offset), l.high_watermark))
+            },
+        )
+        .await;
+        eprintln!("follower {follower} in sync: log start {start}, high watermark {hwm}");
+        let nodes = &cluster;
+        let read = |id: u32| async move {
+            let mut c = crate::support::grpc::Clients::connect(nodes.addr(id)).await;
+            c.fetch_decoded(topic, 0, start)
+                .await
+                .into_iter()
+                .map(|r| (r.offset, r.value))
+                .collect::<Vec<_>>()
+        };
+        let from_leader = read(leader).await;
+        let from_follower = read(follower).await;
+        assert!(!from_leader.is_empty(), "nothing readable from {start}");
+        assert_eq!(
+            from_follower, from_leader,
+            "the follower's records from {start} differ from the leader's"
+        );
+    })
+    .await;
+}

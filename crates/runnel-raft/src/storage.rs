@@ -412,6 +412,11 @@ impl LogStorage {
     /// the applied index (trap 18); followers behind the new start get a
     /// snapshot. Returns the new first index.
     pub(crate) fn apply_retention(&mut self, now_ms: i64) -> Result<u64, RaftError> {
+        // Retention deletes whole sealed segments: with one segment there
+        // is nothing to do (and no state record to sync).
+        if self.log.segments()?.len() < 2 {
+            return Ok(self.first_index);
+        }
         let limit = self.end_offset(self.state.applied).unwrap_or(0);
         // The commit and applied index that allow the deletion go to disk
         // before it (open would catch them up anyway; this keeps it rare).

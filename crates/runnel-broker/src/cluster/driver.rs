@@ -28,11 +28,17 @@ use runnel_raft::{
 use runnel_storage::Log;
 use tokio::sync::{oneshot, watch};
 
+use super::node::CONTROLLER_GROUP;
 use super::transport::{Envelope, Inbound, Transport};
 
 /// Length of one Raft tick. Elections time out after 10-20 ticks (1-2 s),
 /// leaders heartbeat every 2 ticks.
 pub(crate) const RAFT_TICK: Duration = Duration::from_millis(100);
+
+/// How often the loop applies retention to every group's log (between
+/// rounds, never between `ready()` and `advance()`: RAFT.md trap 10).
+/// A follower left behind the new log start catches up from a snapshot.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Most inputs taken before `ready()` runs (bounds the latency of a tick).
 const MAX_INPUTS_PER_ROUND: usize = 4096;
@@ -314,6 +320,7 @@ fn run_loop(node: Node, rx: std_mpsc::Receiver<Input>, transport: Transport) {
         waiting: HashMap::new(),
     };
     let mut next_tick = Instant::now() + RAFT_TICK;
+    let mut next_retention = Instant::now() + RETENTION_INTERVAL;
     'run: loop {
         let wait = next_tick.saturating_duration_since(Instant::now());
         let mut inputs = 0;
@@ -343,6 +350,10 @@ fn run_loop(node: Node, rx: std_mpsc::Receiver<Input>, transport: Transport) {
             st.node.tick(now_ms());
             next_tick = now + RAFT_TICK;
             st.refresh_views();
+        }
+        if now >= next_retention {
+            next_retention = now + RETENTION_INTERVAL;
+            st.apply_retention();
         }
         // A leader's appends and heartbeats leave before its own fsync, so
         // followers write while it syncs (RAFT.md trap 8); the rest after.
@@ -503,6 +514,23 @@ impl LoopState {
             if let Some(shared) = self.groups.remove(&group) {
                 shared.closed.store(true, Ordering::Release);
                 shared.hwm.send_modify(|_| {});
+            }
+        }
+    }
+
+    /// Deletes old segments of every group by its topic's retention
+    /// settings (never past what is applied), publishing the new log start.
+    /// A failure is logged and leaves the log as it was; the next pass
+    /// tries again.
+    fn apply_retention(&mut self) {
+        let now = now_ms();
+        // The controller's log is the metadata itself (replayed at start).
+        for (&group, shared) in self.groups.iter().filter(|(g, _)| **g != CONTROLLER_GROUP) {
+            match self.node.apply_retention(group, now) {
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(group, log = %shared.log.dir().display(), error = %e, "retention failed")
+                }
             }
         }
     }

@@ -114,6 +114,10 @@ impl ClusterNode {
                 flush: FlushPolicy::Never,
                 segment_bytes: 64 << 20,
                 max_batch_bytes: 1 << 20,
+                // Every node rebuilds the metadata by replaying this log:
+                // nothing of it may ever be deleted.
+                retention_ms: None,
+                retention_bytes: None,
                 ..LogConfig::default()
             },
         )

@@ -153,9 +153,9 @@ impl Replica for RaftReplica {
     }
 
     fn maintain(&self, _mono_ms: i64, _wall_ms: i64, _retention: bool) -> Result<(), ReplicaError> {
-        // The Raft loop fsyncs what it appends; retention of replicated
-        // partitions is not run yet (it must go through the loop, RAFT.md
-        // trap 18).
+        // The Raft loop fsyncs what it appends and applies retention
+        // itself (driver::RETENTION_INTERVAL): the log's start may only
+        // move with the Raft storage that owns it (RAFT.md trap 18).
         Ok(())
     }
 
