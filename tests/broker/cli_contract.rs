@@ -100,7 +100,11 @@ fn every_command_help_exits_0_and_names_its_flags() {
                 "--bootstrap",
             ],
         ),
-        (9, &["bench", "--help"], &["produce", "consume", "e2e"]),
+        (
+            9,
+            &["bench", "--help"],
+            &["produce", "consume", "e2e", "group", "--consumers"],
+        ),
         (
             10,
             &["bench", "produce", "--help"],

@@ -8,14 +8,18 @@
 //! - `e2e`: a consumer follows the topic's end while producers send;
 //!   latency is from the producer's `send()` to the consumer's receipt, per
 //!   record (the send time travels in the first 8 bytes of each value).
+//! - `group`: `--consumers` members of one consumer group drain what the
+//!   topic holds; then one member leaves, and the time until the others
+//!   own every partition is the rebalance time.
 //!
 //! Figures: msgs/s and MB/s (10^6 bytes of record values per second), and
 //! latency percentiles from an HDR histogram (microsecond resolution).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -23,8 +27,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use clap::ValueEnum;
 use hdrhistogram::Histogram;
 use runnel_client::{
-    Acks, Client, Compression, Consumer, ConsumerConfig, DeliveryFuture, ErrorReason, Producer,
-    ProducerConfig, ProducerRecord, StartPosition, TopicConfig,
+    Acks, Client, Compression, Consumer, ConsumerConfig, DeliveryFuture, ErrorReason, GroupConfig,
+    GroupConsumer, Producer, ProducerConfig, ProducerRecord, StartPosition, TopicConfig,
 };
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -49,6 +53,11 @@ Modes:
   e2e      a consumer follows the topic's end while producers send;
            latency = producer send() to consumer receipt (use --rate to
            measure latency below saturation)
+  group    --consumers members of one consumer group (--group, default a
+           new one) drain what the topic holds from its earliest offset
+           (throughput); then one member leaves cleanly and the time until
+           the others own every partition is reported as the rebalance
+           time; latency = one poll
 
 While it runs, progress goes to stderr. At the end it prints msgs/s, MB/s
 (10^6 bytes of record values per second) and latency p50/p99/p99.9/max.";
@@ -67,11 +76,15 @@ Examples:
   # produce-to-consume latency at 200,000 records/s for 20 s, as JSON
   runnel bench e2e --topic lat --rate 200000 --duration 20 --output json
 
+  # a group of 4 consumers drains the topic; rebalance time when one leaves
+  runnel bench group --topic bench --consumers 4
+
 JSON output (--output json), one object:
   {\"mode\":..,\"topic\":..,\"partitions\":N,\"record_size\":B,\"batch_bytes\":B,
    \"acks\":\"0|1|all\",\"producers\":N,\"keys\":N|null,\"messages\":N,\"bytes\":N,
    \"elapsed_s\":F,\"msgs_per_sec\":F,\"mb_per_sec\":F,
-   \"latency_us\":{\"p50\":N,\"p99\":N,\"p999\":N,\"max\":N}}";
+   \"latency_us\":{\"p50\":N,\"p99\":N,\"p999\":N,\"max\":N}}
+  group adds \"consumers\":N and \"rebalance_ms\":F.";
 
 /// What `runnel bench` measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -83,6 +96,8 @@ pub(crate) enum Mode {
     Consume,
     /// Produce-to-consume latency (and throughput) with both running.
     E2e,
+    /// A consumer group drains stored data; rebalance time when one member leaves.
+    Group,
 }
 
 /// Arguments of `runnel bench`.
@@ -135,6 +150,13 @@ pub(crate) struct BenchArgs {
     /// Target total send rate in records/s (default: as fast as possible).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     rate: Option<u64>,
+    /// Members of the consumer group (group mode).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=256))]
+    consumers: u32,
+    /// Consumer group (group mode; default: a new group named
+    /// bench-<ms since the epoch>, deleted at the end).
+    #[arg(long)]
+    group: Option<String>,
 }
 
 fn parse_acks(s: &str) -> Result<Acks, String> {
@@ -169,6 +191,13 @@ struct Report {
     msgs_per_sec: f64,
     mb_per_sec: f64,
     latency_us: Latency,
+    /// Group members (group mode only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consumers: Option<u32>,
+    /// From one member's leaving (after the drain) to the others owning
+    /// every partition, in ms (group mode only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rebalance_ms: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -213,25 +242,41 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         (_, Some(s)) => Amount::Duration(Duration::from_secs_f64(s)),
         (Some(0), None) => bail!("--messages must be at least 1"),
         (Some(n), None) => Amount::Messages(n),
-        (None, None) if args.mode == Mode::Consume => Amount::Messages(u64::MAX),
+        (None, None) if matches!(args.mode, Mode::Consume | Mode::Group) => {
+            Amount::Messages(u64::MAX)
+        }
         (None, None) => Amount::Messages(1_000_000),
     };
     let partitions = match args.mode {
-        Mode::Consume => existing_partitions(&client, &args.topic).await?,
+        Mode::Consume | Mode::Group => existing_partitions(&client, &args.topic).await?,
         Mode::Produce | Mode::E2e => ensure_topic(&client, &args).await?,
     };
     let consumed_bytes = AtomicU64::new(0);
+    let mut rebalance = None;
     let progress = Progress::start(args.mode, args.admin.output == OutputFormat::Text);
     let outcome = match args.mode {
         Mode::Produce => produce(&args, amount, Instant::now(), &progress.done, None).await,
         Mode::Consume => consume(&client, &args, amount, &progress, &consumed_bytes).await,
         Mode::E2e => e2e(&client, &args, amount, &progress).await,
+        Mode::Group => group(
+            &client,
+            &args,
+            amount,
+            partitions,
+            &progress,
+            &consumed_bytes,
+        )
+        .await
+        .map(|(messages, elapsed, latency, took)| {
+            rebalance = Some(took);
+            (messages, elapsed, latency)
+        }),
     };
     progress.finish();
     let (messages, elapsed, latency, value_bytes) = match (args.mode, outcome?) {
         // consume counts the bytes it received: the topic may hold records
         // of any size, whatever --record-size says.
-        (Mode::Consume, (messages, elapsed, latency)) => {
+        (Mode::Consume | Mode::Group, (messages, elapsed, latency)) => {
             let bytes = consumed_bytes.load(Ordering::Relaxed);
             (messages, elapsed, latency, bytes)
         }
@@ -262,6 +307,8 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         msgs_per_sec: messages as f64 / secs,
         mb_per_sec: bytes as f64 / secs / 1e6,
         latency_us: Latency::of(&latency),
+        consumers: (args.mode == Mode::Group).then_some(args.consumers),
+        rebalance_ms: rebalance.map(|d: Duration| d.as_secs_f64() * 1000.0),
     };
     match args.admin.output {
         OutputFormat::Json => println!("{}", serde_json::to_string(&report)?),
@@ -278,6 +325,15 @@ fn print_text(r: &Report) {
         Mode::Consume => println!(
             "Consume {} records (avg {} B), topic {} ({} partitions)",
             r.messages, r.record_size, r.topic, r.partitions
+        ),
+        Mode::Group => println!(
+            "Group of {} consumers: {} records (avg {} B), topic {} ({} partitions); rebalance after one left: {:.0} ms",
+            r.consumers.unwrap_or(0),
+            r.messages,
+            r.record_size,
+            r.topic,
+            r.partitions,
+            r.rebalance_ms.unwrap_or(f64::NAN)
         ),
         Mode::Produce | Mode::E2e => println!(
             "{:?} {} records x {} B, topic {} ({} partitions), acks={}, batch {} B, {} producer(s), {}",
@@ -424,7 +480,7 @@ impl Progress {
                     last = (n, now);
                     let verb = match mode {
                         Mode::Produce => "acknowledged",
-                        Mode::Consume | Mode::E2e => "received",
+                        Mode::Consume | Mode::E2e | Mode::Group => "received",
                     };
                     let line = format!(
                         "{:6.1} s  {n} records {verb}  ({rate:.0} records/s)",
@@ -607,31 +663,11 @@ async fn consume(
     )
     .await?;
     // What is stored now: read up to it (or --messages / --duration).
-    let mut stored = 0u64;
-    for p in consumer.partitions() {
-        let earliest = client
-            .list_offsets(&args.topic, p, runnel_client::OffsetSpec::Earliest)
-            .await?;
-        let latest = client
-            .list_offsets(&args.topic, p, runnel_client::OffsetSpec::Latest)
-            .await?;
-        stored += latest - earliest;
-    }
-    let target = match amount {
-        Amount::Messages(n) => n.min(stored),
-        Amount::Duration(_) => stored,
-    };
-    if target == 0 {
-        bail!(
-            "topic {:?} holds no records: run `runnel bench produce --topic {}` first",
-            args.topic,
-            args.topic
-        );
-    }
+    let plan = read_target(client, &args.topic, &consumer.partitions(), amount).await?;
     let mut latency = histogram();
     let start = Instant::now();
     let mut received = 0u64;
-    while received < target {
+    while !plan.done(received, |p| consumer.position(p)) {
         if let Amount::Duration(d) = amount
             && start.elapsed() >= d
         {
@@ -646,6 +682,215 @@ async fn consume(
         progress.add(records.len() as u64);
     }
     Ok((received, start.elapsed(), latency))
+}
+
+/// Where a reading mode stops: at the log end offsets the partitions had
+/// when it started, or after `--messages` records. (Offsets are not a
+/// record count: a replicated partition's Raft no-ops take offsets too and
+/// are never delivered.)
+struct ReadPlan {
+    /// Log end offset per partition at the start.
+    ends: BTreeMap<u32, u64>,
+    /// `--messages`, when given.
+    limit: Option<u64>,
+}
+
+impl ReadPlan {
+    /// Whether `received` records, or the positions `position(p)` gives,
+    /// complete the plan.
+    fn done(&self, received: u64, position: impl Fn(u32) -> Option<u64>) -> bool {
+        self.limit.is_some_and(|n| received >= n)
+            || self
+                .ends
+                .iter()
+                .all(|(&p, &end)| position(p).is_some_and(|at| at >= end))
+    }
+}
+
+/// The [`ReadPlan`] for `partitions` of `topic`; fails when they hold nothing.
+async fn read_target(
+    client: &Client,
+    topic: &str,
+    partitions: &[u32],
+    amount: Amount,
+) -> anyhow::Result<ReadPlan> {
+    let mut stored = 0u64;
+    let mut ends = BTreeMap::new();
+    for &p in partitions {
+        let earliest = client
+            .list_offsets(topic, p, runnel_client::OffsetSpec::Earliest)
+            .await?;
+        let latest = client
+            .list_offsets(topic, p, runnel_client::OffsetSpec::Latest)
+            .await?;
+        stored += latest.saturating_sub(earliest);
+        ends.insert(p, latest);
+    }
+    if stored == 0 {
+        bail!("topic {topic:?} holds no records: run `runnel bench produce --topic {topic}` first");
+    }
+    let limit = match amount {
+        Amount::Messages(n) if n != u64::MAX => Some(n),
+        _ => None,
+    };
+    Ok(ReadPlan { ends, limit })
+}
+
+/// What the members of a group bench share.
+#[derive(Default)]
+struct GroupProgress {
+    /// Each member's assignment after its last poll.
+    assignments: Mutex<Vec<BTreeSet<u32>>>,
+    /// Furthest position any member reached per partition.
+    positions: Mutex<BTreeMap<u32, u64>>,
+    /// Set to make member 0 leave the group.
+    leave: AtomicBool,
+    /// Set to make every member stop.
+    stop: AtomicBool,
+}
+
+/// `--consumers` members of one group drain the topic from its earliest
+/// offset; the throughput is over the drain. Then member 0 leaves cleanly;
+/// the rebalance time is from then until the other members' assignments
+/// cover every partition. Returns (records, elapsed, latency per poll,
+/// rebalance time).
+async fn group(
+    client: &Client,
+    args: &BenchArgs,
+    amount: Amount,
+    partitions: u32,
+    progress: &Progress,
+    consumed_bytes: &AtomicU64,
+) -> anyhow::Result<(u64, Duration, Histogram<u64>, Duration)> {
+    let all: Vec<u32> = (0..partitions).collect();
+    let plan = read_target(client, &args.topic, &all, amount).await?;
+    let named = args.group.is_some();
+    let group = args.group.clone().unwrap_or_else(|| {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        format!("bench-{ms}")
+    });
+    let config = GroupConfig {
+        reset: StartPosition::Earliest,
+        ..GroupConfig::default()
+    };
+    let members = args.consumers as usize;
+    let shared = Arc::new(GroupProgress {
+        assignments: Mutex::new(vec![BTreeSet::new(); members]),
+        ..GroupProgress::default()
+    });
+    let received = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = JoinSet::new();
+    for i in 0..members {
+        let mut member = GroupConsumer::join(client, &group, &args.topic, config.clone())
+            .await
+            .with_context(|| format!("member {i} cannot join group {group:?}"))?;
+        let (shared, received, bytes, done) = (
+            shared.clone(),
+            received.clone(),
+            bytes.clone(),
+            progress.done.clone(),
+        );
+        tasks.spawn(async move {
+            let mut latency = histogram();
+            while !shared.stop.load(Ordering::Acquire) {
+                if i == 0 && shared.leave.load(Ordering::Acquire) {
+                    member.close().await?;
+                    return anyhow::Ok(latency);
+                }
+                let t = Instant::now();
+                let records = member.poll().await?;
+                if !records.is_empty() {
+                    latency.saturating_record(t.elapsed().as_micros() as u64);
+                }
+                let n = records.len() as u64;
+                let b: usize = records.iter().map(|r| r.value.len()).sum();
+                bytes.fetch_add(b as u64, Ordering::Relaxed);
+                received.fetch_add(n, Ordering::Relaxed);
+                done.fetch_add(n, Ordering::Relaxed);
+                shared
+                    .assignments
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)[i] = member.assignment();
+                let mut at = shared
+                    .positions
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                for (p, o) in member.positions() {
+                    let e = at.entry(p).or_insert(o);
+                    *e = (*e).max(o);
+                }
+            }
+            member.close().await?;
+            anyhow::Ok(latency)
+        });
+    }
+    let mut latency = histogram();
+    let mut left_at: Option<Instant> = None;
+    let mut rebalance: Option<Duration> = None;
+    let mut drained: Option<Instant> = None;
+    let mut last = (0u64, Instant::now());
+    let outcome = loop {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let now = Instant::now();
+        let r = received.load(Ordering::Relaxed);
+        if r != last.0 {
+            last = (r, now);
+        } else if now.duration_since(last.1) > Duration::from_secs(60) {
+            break Err(anyhow::anyhow!("no record arrived for 60 s ({r} received)"));
+        }
+        let complete = {
+            let at = shared
+                .positions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            plan.done(r, |p| at.get(&p).copied())
+        };
+        if drained.is_none() && complete {
+            drained = Some(now);
+            shared.leave.store(true, Ordering::Release);
+            left_at = Some(now);
+        }
+        if let (Some(t0), None) = (left_at, rebalance) {
+            let owned: BTreeSet<u32> = shared
+                .assignments
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)[1..]
+                .iter()
+                .flatten()
+                .copied()
+                .collect();
+            if owned.len() == all.len() {
+                rebalance = Some(now - t0);
+            }
+        }
+        if let (Some(end), Some(took)) = (drained, rebalance) {
+            break Ok((end, took));
+        }
+        // Member 0 ends after leaving; any other end is an error.
+        match tasks.try_join_next() {
+            None => {}
+            Some(Ok(Ok(h))) => {
+                latency.add(&h).ok();
+            }
+            Some(Ok(Err(e))) => break Err(e.context("a group member failed")),
+            Some(Err(e)) => break Err(anyhow::anyhow!("a group member panicked: {e}")),
+        }
+    };
+    shared.stop.store(true, Ordering::Release);
+    while let Some(result) = tasks.join_next().await {
+        let h = result.context("a group member panicked")??;
+        latency.add(&h).ok();
+    }
+    if !named && let Err(e) = client.delete_group(&group).await {
+        eprintln!("could not delete the bench group {group:?}: {e}");
+    }
+    let (end, took) = outcome?;
+    consumed_bytes.store(bytes.load(Ordering::Relaxed), Ordering::Relaxed);
+    Ok((received.load(Ordering::Relaxed), end - start, latency, took))
 }
 
 /// Producers and a consumer at once; latency is send to receipt.
