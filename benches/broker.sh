@@ -60,29 +60,7 @@ start_broker() { # flush
   [ -n "$BOOTSTRAP" ] || { echo "broker did not report its address" >&2; exit 1; }
 }
 
-dd_pair() { # label
-  local f=$WORK/dd.bin
-  for i in 1 2; do
-    local mbs
-    mbs=$(dd if=/dev/zero of="$f" bs=1M count=2048 conv=fdatasync 2>&1 | sed -n 's/.*, \([0-9.]*\) \([MG]B\)\/s$/\1 \2/p' |
-      awk '{ if ($2 == "GB") print $1 * 1000; else print $1 }')
-    echo "dd $1 #$i: $mbs MB/s" | tee -a "$OUT/summary.md" >&2
-    DD_LAST=$mbs
-  done
-  rm -f "$f"
-}
-
-CASE_N=0
-bench() { # label, mode, args...
-  local label=$1; shift
-  if [ -n "$FILTER" ] && [[ "$label" != *$FILTER* ]]; then return 0; fi
-  CASE_N=$((CASE_N + 1))
-  echo "== $label ($(uptime | sed 's/.*load average/load/'))" >&2
-  local json
-  json=$("$BIN" bench "$@" --bootstrap "$BOOTSTRAP" --output json)
-  echo "$json" >&2
-  printf '{"case":"%s","dd_mbs":%s,"result":%s}\n' "$label" "${DD_LAST:-null}" "$json" >> "$RESULTS"
-}
+BENCH_FILTER=$FILTER
 
 {
   echo "# runnel bench, $(date -u +%Y-%m-%dT%H:%M:%SZ)"

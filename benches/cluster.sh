@@ -62,22 +62,7 @@ wait_line() { # file pattern
   echo "duration per case: ${DURATION}s, flush=$FLUSH on every node"
 } > "$OUT/summary.md"
 
-for i in 1 2; do
-  f=$WORK/dd.bin
-  mbs=$(dd if=/dev/zero of="$f" bs=1M count=2048 conv=fdatasync 2>&1 | sed -n 's/.*, \([0-9.]*\) \([MG]B\)\/s$/\1 \2/p' |
-    awk '{ if ($2 == "GB") print $1 * 1000; else print $1 }')
-  echo "dd #$i: $mbs MB/s" | tee -a "$OUT/summary.md" >&2
-  rm -f "$f"
-done
-
-bench() { # label args...
-  local label=$1; shift
-  echo "== $label ($(uptime | sed 's/.*load average/load/'))" >&2
-  local json
-  json=$("$BIN" bench "$@" --bootstrap "$BOOTSTRAP" --output json)
-  echo "$json" >&2
-  printf '{"case":"%s","result":%s}\n' "$label" "$json" >> "$RESULTS"
-}
+dd_pair "before the runs"
 
 side() { # label rf
   local label=$1 rf=$2

@@ -54,15 +54,6 @@ done
 BOOTSTRAP=$(sed -n 's/^bootstrap: //p' "$OUT/dev-cluster.out")
 [ -n "$BOOTSTRAP" ] || { echo "dev-cluster did not report its bootstrap list" >&2; exit 1; }
 
-bench() { # label args...
-  local label=$1; shift
-  echo "== $label ($(uptime | sed 's/.*load average/load/'))" >&2
-  local json
-  json=$("$BIN" bench "$@" --bootstrap "$BOOTSTRAP" --output json)
-  echo "$json" >&2
-  printf '{"case":"%s","result":%s}\n' "$label" "$json" >> "$RESULTS"
-}
-
 "$BIN" topic create groups --partitions 8 --replication-factor 3 --bootstrap "$BOOTSTRAP" > /dev/null
 bench "produce acks=all" produce --topic groups --partitions 8 --acks all --messages "$MESSAGES"
 bench "1 plain consumer" consume --topic groups

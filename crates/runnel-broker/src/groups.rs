@@ -33,10 +33,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use runnel_batch::{BatchBuilder, BatchIter, Compression, NewRecord};
+use runnel_batch::{BatchBuilder, BatchIter, Compression, NewRecord, VerifiedBatch};
 use runnel_groups::{Coordinator, GroupRecord, offsets_partition};
 use runnel_proto::v1::TopicConfig;
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
 use crate::cluster::node::ClusterNode;
 use crate::config::TopicSettings;
@@ -80,20 +80,7 @@ impl Loaded {
         if records.is_empty() {
             return Ok(());
         }
-        let encoded: Vec<Vec<u8>> = records.iter().map(GroupRecord::encode).collect();
-        let mut b = BatchBuilder::new(Compression::None);
-        let ts = now_ms();
-        for (record, bytes) in records.iter().zip(&encoded) {
-            b.push(NewRecord {
-                key: Some(record.group().as_bytes()),
-                value: bytes,
-                headers: &[],
-                timestamp: ts,
-            });
-        }
-        let batch = b
-            .finish_verified()
-            .map_err(|e| BrokerError::Internal(format!("encoding group records: {e}")))?;
+        let batch = encode_batch(&records)?;
         let appended = self
             .replica
             .append(batch, AckLevel::All)
@@ -205,7 +192,7 @@ impl Coordinators {
 
     /// The offsets partition of `group` and its coordinator, loaded; fails
     /// with NOT_COORDINATOR when this node does not lead that partition.
-    pub(crate) async fn lock(&self, group: &str) -> Result<MutexGuard<'_, Option<Loaded>>> {
+    pub(crate) async fn lock(&self, group: &str) -> Result<MappedMutexGuard<'_, Loaded>> {
         runnel_groups::validate_group_name(group)?;
         let partition = offsets_partition(group, OFFSETS_PARTITIONS);
         self.lock_partition(partition, group).await
@@ -217,7 +204,7 @@ impl Coordinators {
         &self,
         partition: u32,
         group: &str,
-    ) -> Result<MutexGuard<'_, Option<Loaded>>> {
+    ) -> Result<MappedMutexGuard<'_, Loaded>> {
         let topic = self.offsets_topic().await?;
         let replica = topic.partition(partition)?.clone();
         let mut slot = self.slots[partition as usize].lock().await;
@@ -239,7 +226,8 @@ impl Coordinators {
                 stale: false,
             });
         }
-        Ok(slot)
+        MutexGuard::try_map(slot, Option::as_mut)
+            .map_err(|_| BrokerError::Internal("coordinator slot not loaded".into()))
     }
 
     /// Writes a barrier (acks=all) and replays the partition up to it;
@@ -247,17 +235,7 @@ impl Coordinators {
     async fn load(&self, group: &str, replica: &Arc<dyn Replica>) -> Result<(Coordinator, u64)> {
         let prefix = format!("{}-{:x}", self.node().id, now_ms());
         let mut coordinator = Coordinator::new(prefix);
-        let barrier = GroupRecord::Barrier.encode();
-        let mut b = BatchBuilder::new(Compression::None);
-        b.push(NewRecord {
-            key: None,
-            value: &barrier,
-            headers: &[],
-            timestamp: now_ms(),
-        });
-        let batch = b
-            .finish_verified()
-            .map_err(|e| BrokerError::Internal(format!("encoding a barrier: {e}")))?;
+        let batch = encode_batch(&[GroupRecord::Barrier])?;
         let appended = replica
             .append(batch, AckLevel::All)
             .await
@@ -467,9 +445,21 @@ pub(crate) fn check_partitions<'a>(
     Ok(())
 }
 
-/// A loaded slot's coordinator, or an internal error (the lock functions
-/// return only loaded slots).
-pub(crate) fn loaded<'a>(slot: &'a mut MutexGuard<'_, Option<Loaded>>) -> Result<&'a mut Loaded> {
-    slot.as_mut()
-        .ok_or_else(|| BrokerError::Internal("coordinator slot not loaded".into()))
+/// One batch of group records for the offsets topic, keyed by group (the
+/// barrier, of no group, has no key).
+fn encode_batch(records: &[GroupRecord]) -> Result<VerifiedBatch> {
+    let encoded: Vec<Vec<u8>> = records.iter().map(GroupRecord::encode).collect();
+    let mut b = BatchBuilder::new(Compression::None);
+    let ts = now_ms();
+    for (record, bytes) in records.iter().zip(&encoded) {
+        let group = record.group();
+        b.push(NewRecord {
+            key: (!group.is_empty()).then_some(group.as_bytes()),
+            value: bytes,
+            headers: &[],
+            timestamp: ts,
+        });
+    }
+    b.finish_verified()
+        .map_err(|e| BrokerError::Internal(format!("encoding group records: {e}")))
 }

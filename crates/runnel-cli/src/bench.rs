@@ -780,7 +780,8 @@ async fn group(
         assignments: Mutex::new(vec![BTreeSet::new(); members]),
         ..GroupProgress::default()
     });
-    let received = Arc::new(AtomicU64::new(0));
+    // Records received by all members: the progress counter.
+    let received = &progress.done;
     let bytes = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut tasks = JoinSet::new();
@@ -788,12 +789,7 @@ async fn group(
         let mut member = GroupConsumer::join(client, &group, &args.topic, config.clone())
             .await
             .with_context(|| format!("member {i} cannot join group {group:?}"))?;
-        let (shared, received, bytes, done) = (
-            shared.clone(),
-            received.clone(),
-            bytes.clone(),
-            progress.done.clone(),
-        );
+        let (shared, received, bytes) = (shared.clone(), received.clone(), bytes.clone());
         tasks.spawn(async move {
             let mut latency = histogram();
             while !shared.stop.load(Ordering::Acquire) {
@@ -810,7 +806,6 @@ async fn group(
                 let b: usize = records.iter().map(|r| r.value.len()).sum();
                 bytes.fetch_add(b as u64, Ordering::Relaxed);
                 received.fetch_add(n, Ordering::Relaxed);
-                done.fetch_add(n, Ordering::Relaxed);
                 shared
                     .assignments
                     .lock()
@@ -829,7 +824,6 @@ async fn group(
         });
     }
     let mut latency = histogram();
-    let mut left_at: Option<Instant> = None;
     let mut rebalance: Option<Duration> = None;
     let mut drained: Option<Instant> = None;
     let mut last = (0u64, Instant::now());
@@ -850,11 +844,11 @@ async fn group(
             plan.done(r, |p| at.get(&p).copied())
         };
         if drained.is_none() && complete {
+            // Drained: member 0 leaves now.
             drained = Some(now);
             shared.leave.store(true, Ordering::Release);
-            left_at = Some(now);
         }
-        if let (Some(t0), None) = (left_at, rebalance) {
+        if let (Some(t0), None) = (drained, rebalance) {
             let owned: BTreeSet<u32> = shared
                 .assignments
                 .lock()

@@ -262,10 +262,8 @@ fn sync_groups(flights: &mut [(GroupId, Group, InFlight)]) -> Vec<Result<(), Raf
             .sync_log()
             .and_then(|()| g.raw.mut_store().persist(true))
     }
-    let mut results: Vec<Result<(), RaftError>> = std::iter::repeat_with(|| Ok(()))
-        .take(flights.len())
-        .collect();
-    let jobs: Vec<(&mut Result<(), RaftError>, &mut Group)> = results
+    let mut results: Vec<Result<(), RaftError>> = flights.iter().map(|_| Ok(())).collect();
+    let mut jobs: Vec<(&mut Result<(), RaftError>, &mut Group)> = results
         .iter_mut()
         .zip(flights.iter_mut())
         .filter(|(_, (_, _, flight))| flight.rd.must_sync())
@@ -278,13 +276,11 @@ fn sync_groups(flights: &mut [(GroupId, Group, InFlight)]) -> Vec<Result<(), Raf
         return results;
     }
     let per_thread = jobs.len().div_ceil(SYNC_THREADS);
-    let mut jobs = jobs;
     std::thread::scope(|scope| {
-        while !jobs.is_empty() {
-            let chunk: Vec<_> = jobs.drain(..per_thread.min(jobs.len())).collect();
+        for chunk in jobs.chunks_mut(per_thread) {
             scope.spawn(move || {
                 for (r, g) in chunk {
-                    *r = sync_one(g);
+                    **r = sync_one(g);
                 }
             });
         }

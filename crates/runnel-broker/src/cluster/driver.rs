@@ -518,19 +518,16 @@ impl LoopState {
         }
     }
 
-    /// Deletes old segments of every group by its topic's retention
-    /// settings (never past what is applied), publishing the new log start.
-    /// A failure is logged and leaves the log as it was; the next pass
-    /// tries again.
+    /// Deletes old segments of every partition group by its topic's
+    /// retention settings (never past what is applied; readers see the new
+    /// log start through the log itself). A failure is logged and leaves
+    /// the log as it was; the next pass tries again.
     fn apply_retention(&mut self) {
         let now = now_ms();
         // The controller's log is the metadata itself (replayed at start).
         for (&group, shared) in self.groups.iter().filter(|(g, _)| **g != CONTROLLER_GROUP) {
-            match self.node.apply_retention(group, now) {
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(group, log = %shared.log.dir().display(), error = %e, "retention failed")
-                }
+            if let Err(e) = self.node.apply_retention(group, now) {
+                tracing::warn!(group, log = %shared.log.dir().display(), error = %e, "retention failed");
             }
         }
     }

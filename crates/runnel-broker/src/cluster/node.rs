@@ -531,7 +531,7 @@ impl ClusterNode {
             }
             None => return Err(no_controller()),
         }
-        let topic = self.wait_for_topic(name, true).await?;
+        let topic = self.wait_applied(name, |t| t).await?;
         self.wait_on_every_node(name, true).await;
         Ok(topic)
     }
@@ -557,11 +557,8 @@ impl ClusterNode {
             }
             None => return Err(no_controller()),
         }
-        match self.wait_for_topic(name, false).await {
-            Err(BrokerError::UnknownTopic(_)) => {}
-            Err(e) => return Err(e),
-            Ok(_) => {}
-        }
+        self.wait_applied(name, |t| t.is_none().then_some(()))
+            .await?;
         self.wait_on_every_node(name, false).await;
         Ok(())
     }
@@ -593,15 +590,19 @@ impl ClusterNode {
         }
     }
 
-    /// Waits until the topic exists (or not) in this node's registry.
-    async fn wait_for_topic(&self, name: &str, exists: bool) -> Result<Arc<Topic>> {
+    /// Waits until this node's registry shows the change: `done` is given
+    /// the topic as the registry holds it (None: absent) after each apply
+    /// and answers what to return once the change is there.
+    async fn wait_applied<T>(
+        &self,
+        name: &str,
+        done: impl Fn(Option<Arc<Topic>>) -> Option<T>,
+    ) -> Result<T> {
         let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
         let mut applied = self.applied.subscribe();
         loop {
-            match self.topics.get(name) {
-                Ok(t) if exists => return Ok(t),
-                Err(e) if !exists => return Err(e),
-                _ => {}
+            if let Some(out) = done(self.topics.get(name).ok()) {
+                return Ok(out);
             }
             if tokio::time::timeout_at(deadline, applied.changed())
                 .await

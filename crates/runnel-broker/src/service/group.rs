@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status};
 
 use super::{NodeContext, now_ms};
 use crate::error::{BrokerError, Result};
-use crate::groups::{OFFSETS_PARTITIONS, check_partitions, loaded};
+use crate::groups::{OFFSETS_PARTITIONS, check_partitions};
 
 pub(crate) struct GroupSvc(pub(crate) Arc<NodeContext>);
 
@@ -60,8 +60,7 @@ impl GroupSvc {
             groups,
             offsets.iter().map(|o| (o.topic.as_str(), o.partition)),
         )?;
-        let mut slot = groups.lock(group).await?;
-        let loaded = loaded(&mut slot)?;
+        let mut loaded = groups.lock(group).await?;
         match member {
             Some((id, epoch)) => loaded.coordinator.check_commit(group, id, epoch)?,
             None => {
@@ -90,12 +89,11 @@ impl GroupSvc {
     async fn local_groups(&self, wanted: &BTreeSet<u32>) -> Result<Vec<GroupSummary>> {
         let mut out = Vec::new();
         for &p in wanted {
-            let mut slot = match self.0.groups.lock_partition(p, "").await {
-                Ok(s) => s,
+            let loaded = match self.0.groups.lock_partition(p, "").await {
+                Ok(l) => l,
                 Err(BrokerError::NotCoordinator { .. }) => continue,
                 Err(e) => return Err(e),
             };
-            let loaded = loaded(&mut slot)?;
             out.extend(
                 loaded
                     .coordinator
@@ -137,8 +135,7 @@ impl GroupService for GroupSvc {
                 }
             }
         }
-        let mut slot = groups.lock(&req.group).await?;
-        let loaded = loaded(&mut slot)?;
+        let mut loaded = groups.lock(&req.group).await?;
         let counts = |t: &str| groups.partition_count(t);
         let answer = loaded
             .coordinator
@@ -182,8 +179,7 @@ impl GroupService for GroupSvc {
     ) -> Result<Response<FetchOffsetsResponse>, Status> {
         let _t = self.0.metrics.time("FetchOffsets");
         let req = request.into_inner();
-        let mut slot = self.0.groups.lock(&req.group).await?;
-        let loaded = loaded(&mut slot)?;
+        let loaded = self.0.groups.lock(&req.group).await?;
         let wanted = from_proto(&req.partitions);
         let offsets = loaded
             .coordinator
@@ -277,8 +273,7 @@ impl GroupService for GroupSvc {
         let _t = self.0.metrics.time("DescribeGroup");
         let group = request.into_inner().group;
         let groups = &self.0.groups;
-        let mut slot = groups.lock(&group).await?;
-        let loaded = loaded(&mut slot)?;
+        let loaded = groups.lock(&group).await?;
         let d = loaded.coordinator.describe(&group).ok_or_else(|| {
             BrokerError::from(runnel_groups::GroupError::UnknownGroup(group.clone()))
         })?;
@@ -331,8 +326,7 @@ impl GroupService for GroupSvc {
     ) -> Result<Response<DeleteGroupResponse>, Status> {
         let _t = self.0.metrics.time("DeleteGroup");
         let group = request.into_inner().group;
-        let mut slot = self.0.groups.lock(&group).await?;
-        let loaded = loaded(&mut slot)?;
+        let mut loaded = self.0.groups.lock(&group).await?;
         loaded
             .coordinator
             .check_empty(&group)
