@@ -51,7 +51,7 @@ fn every_command_help_exits_0_and_names_its_flags() {
         (
             3,
             &["topic", "--help"],
-            &["create", "list", "describe", "delete"],
+            &["create", "alter", "list", "describe", "delete"],
         ),
         (
             4,

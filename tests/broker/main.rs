@@ -10,5 +10,6 @@ mod bad_input;
 mod cli_contract;
 mod durability;
 mod metrics;
+mod partitions;
 mod round_trip;
 mod services;

@@ -211,6 +211,21 @@ impl TopicSettings {
         Ok(s)
     }
 
+    /// These settings grown to `partitions` partitions, or INVALID_ARGUMENT
+    /// when that does not grow the topic or exceeds [`MAX_PARTITIONS`].
+    pub fn grown_to(&self, topic: &str, partitions: u32) -> Result<TopicSettings> {
+        if partitions <= self.partitions || partitions > MAX_PARTITIONS {
+            return Err(BrokerError::InvalidArgument(format!(
+                "partitions can only grow, up to {MAX_PARTITIONS}: topic \"{topic}\" has {}, asked for {partitions}",
+                self.partitions
+            )));
+        }
+        Ok(TopicSettings {
+            partitions,
+            ..self.clone()
+        })
+    }
+
     /// Checks every field's range.
     pub fn validate(&self, nodes: u32) -> Result<()> {
         let bad = |m: String| Err(BrokerError::InvalidArgument(m));

@@ -162,20 +162,7 @@ impl TopicRegistry {
         settings: TopicSettings,
         logs: Vec<Log>,
     ) -> Result<Arc<Topic>> {
-        let durable = self.flush == FlushPolicy::Always;
-        let mut partitions: Vec<Arc<dyn Replica>> = Vec::with_capacity(logs.len());
-        let mut counters = Vec::with_capacity(logs.len());
-        for (id, log) in logs.into_iter().enumerate() {
-            let replica = LocalReplica::start(
-                self.node.clone(),
-                log,
-                durable,
-                self.metrics.fsync_seconds.clone(),
-            )
-            .map_err(|e| BrokerError::storage(format!("start {name}-{id}"), e))?;
-            partitions.push(Arc::new(replica));
-            counters.push(self.metrics.partition(&name, id as u32));
-        }
+        let (partitions, counters) = self.start_replicas(&name, 0, logs)?;
         Ok(Arc::new(Topic {
             name,
             settings,
@@ -184,6 +171,26 @@ impl TopicRegistry {
             sticky: AtomicU32::new(0),
             cluster_id: None,
         }))
+    }
+
+    /// Starts the replicas of partitions `first..` over `logs`, with their
+    /// counters.
+    fn start_replicas(&self, name: &str, first: u32, logs: Vec<Log>) -> Result<Started> {
+        let durable = self.flush == FlushPolicy::Always;
+        let mut partitions: Vec<Arc<dyn Replica>> = Vec::with_capacity(logs.len());
+        let mut counters = Vec::with_capacity(logs.len());
+        for (id, log) in (first..).zip(logs) {
+            let replica = LocalReplica::start(
+                self.node.clone(),
+                log,
+                durable,
+                self.metrics.fsync_seconds.clone(),
+            )
+            .map_err(|e| BrokerError::storage(format!("start {name}-{id}"), e))?;
+            partitions.push(Arc::new(replica));
+            counters.push(self.metrics.partition(name, id));
+        }
+        Ok((partitions, counters))
     }
 
     /// Creates a topic, all or nothing.
@@ -210,6 +217,38 @@ impl TopicRegistry {
             topic = name,
             partitions = topic.settings.partitions,
             "created topic"
+        );
+        Ok(topic)
+    }
+
+    /// Grows topic `name` to `partitions` partitions. The new partitions'
+    /// logs are made first and `topic.json` is rewritten last (the commit
+    /// point): after a crash in between the topic keeps its old count, and
+    /// the next grow replaces the leftover directories.
+    pub(crate) async fn add_partitions(&self, name: &str, partitions: u32) -> Result<Arc<Topic>> {
+        let _admin = self.admin.lock().await;
+        let old = self.get(name)?;
+        let settings = old.settings.grown_to(name, partitions)?;
+        let dir = self.topics_dir.join(name);
+        let (s, first, flush) = (settings.clone(), old.settings.partitions, self.flush);
+        let logs = tokio::task::spawn_blocking(move || add_partition_files(&dir, &s, first, flush))
+            .await
+            .map_err(|e| BrokerError::Internal(format!("create partitions task failed: {e}")))??;
+        let (added, added_counters) = self.start_replicas(name, first, logs)?;
+        let topic = Arc::new(Topic {
+            name: name.to_string(),
+            settings,
+            partitions: old.partitions.iter().cloned().chain(added).collect(),
+            counters: old.counters.iter().cloned().chain(added_counters).collect(),
+            sticky: AtomicU32::new(old.sticky.load(Ordering::Relaxed)),
+            cluster_id: None,
+        });
+        self.write().insert(name.to_string(), topic.clone());
+        tracing::info!(
+            topic = name,
+            from = first,
+            to = partitions,
+            "added partitions"
         );
         Ok(topic)
     }
@@ -265,6 +304,9 @@ impl TopicRegistry {
 }
 
 type Recovered = Vec<(String, TopicSettings, Vec<Log>)>;
+
+/// Replicas with their counters, by partition id.
+type Started = (Vec<Arc<dyn Replica>>, Vec<PartitionCounters>);
 
 /// Takes the directory's lock (non-blocking) or fails naming the problem.
 fn lock_data_dir(data_dir: &Path) -> Result<fs::File> {
@@ -405,6 +447,43 @@ fn create_topic_files(
         sync_dir(parent)?;
     }
     Ok(logs)
+}
+
+/// Creates the logs of partitions `first..settings.partitions` of the
+/// topic in `dir` (replacing leftovers of an interrupted grow), then
+/// rewrites `topic.json`. On failure the new directories are removed.
+fn add_partition_files(
+    dir: &Path,
+    settings: &TopicSettings,
+    first: u32,
+    flush: FlushPolicy,
+) -> Result<Vec<Log>> {
+    let pdir = |p: u32| dir.join(p.to_string());
+    let created = (|| {
+        let mut logs = Vec::with_capacity((settings.partitions - first) as usize);
+        for p in first..settings.partitions {
+            let path = pdir(p);
+            if path.exists() {
+                remove_path(&path)?;
+            }
+            let log =
+                Log::open(&path, settings.log_config(log_flush_policy(flush))).map_err(|e| {
+                    BrokerError::storage(format!("create partition {}", path.display()), e)
+                })?;
+            logs.push(log);
+        }
+        sync_dir(dir)?;
+        let json = serde_json::to_vec_pretty(settings)
+            .map_err(|e| BrokerError::Internal(e.to_string()))?;
+        write_atomic(&dir.join(TOPIC_FILE), &json)?;
+        Ok(logs)
+    })();
+    if created.is_err() {
+        for p in first..settings.partitions {
+            let _ = fs::remove_dir_all(pdir(p));
+        }
+    }
+    created
 }
 
 fn remove_path(path: &Path) -> Result<()> {

@@ -1028,3 +1028,71 @@ async fn shutdown_ends_open_produce_streams_without_waiting_for_the_grace() {
     assert_eq!(data.partitions[0].records.len(), 1);
     b.stop().await;
 }
+
+/// A grow that crashed before `topic.json` was rewritten leaves partition
+/// directories the topic does not count: they are not served, and the next
+/// grow replaces them with empty logs.
+#[tokio::test]
+async fn an_interrupted_grow_keeps_the_old_count_and_the_next_grow_starts_empty() {
+    let b = TestBroker::start(None, FlushPolicy::Always).await;
+    b.create("g", 1).await;
+    let dir = b.stop().await;
+    // A leftover partition 1 holding a record (a copy of partition 0 after
+    // a write, made while the broker was stopped).
+    let topic = dir.path().join(crate::TOPICS_DIR).join("g");
+    let b = TestBroker::start(Some(dir), FlushPolicy::Always).await;
+    b.produce()
+        .produce(ProduceRequest {
+            topic: "g".into(),
+            partitions: vec![PartitionRecords {
+                partition: Some(0),
+                data: Some(Data::Records(RecordList {
+                    records: vec![record(None, "kept")],
+                })),
+            }],
+            acks: Acks::All as i32,
+            timeout_ms: 0,
+        })
+        .await
+        .unwrap();
+    let dir = b.stop().await;
+    let (from, to) = (topic.join("0"), topic.join("1"));
+    std::fs::create_dir_all(&to).unwrap();
+    for f in std::fs::read_dir(&from).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+    }
+    let b = TestBroker::start(Some(dir), FlushPolicy::Always).await;
+    let describe = |b: &TestBroker| {
+        let mut admin = b.admin();
+        async move {
+            admin
+                .describe_topic(DescribeTopicRequest { name: "g".into() })
+                .await
+                .unwrap()
+                .into_inner()
+                .topic
+                .unwrap()
+        }
+    };
+    assert_eq!(describe(&b).await.partitions.len(), 1);
+    let grown = b
+        .admin()
+        .create_partitions(CreatePartitionsRequest {
+            name: "g".into(),
+            partitions: 2,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .topic
+        .unwrap();
+    let hwm: Vec<u64> = grown.partitions.iter().map(|p| p.high_watermark).collect();
+    assert_eq!(hwm, vec![1, 0], "{grown:?}");
+    let dir = b.stop().await;
+    let b = TestBroker::start(Some(dir), FlushPolicy::Always).await;
+    let d = describe(&b).await;
+    let hwm: Vec<u64> = d.partitions.iter().map(|p| p.high_watermark).collect();
+    assert_eq!(hwm, vec![1, 0], "{d:?}");
+    b.stop().await;
+}

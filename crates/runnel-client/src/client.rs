@@ -7,8 +7,8 @@ use runnel_proto::v1::admin_service_client::AdminServiceClient;
 use runnel_proto::v1::fetch_service_client::FetchServiceClient;
 use runnel_proto::v1::produce_service_client::ProduceServiceClient;
 use runnel_proto::v1::{
-    CreateTopicRequest, DeleteTopicRequest, DescribeClusterResponse, ErrorReason,
-    ListOffsetsRequest, ListTopicsRequest, OffsetQuery, TopicConfig, TopicDescription,
+    CreatePartitionsRequest, CreateTopicRequest, DeleteTopicRequest, DescribeClusterResponse,
+    ErrorReason, ListOffsetsRequest, ListTopicsRequest, OffsetQuery, TopicConfig, TopicDescription,
     TopicSummary,
 };
 use tonic::transport::{Channel, Endpoint};
@@ -46,6 +46,10 @@ pub struct ClientConfig {
     /// node is asked: a paused node must not hold up metadata refreshes for
     /// a whole request timeout. Default 5 s (at most `request_timeout`).
     pub metadata_timeout: Duration,
+    /// How old a topic's routes may get before a producer sending to it
+    /// reloads them, so that partitions added to the topic come into use
+    /// (Kafka's `metadata.max.age.ms`). Default 5 min.
+    pub metadata_max_age: Duration,
 }
 
 impl Default for ClientConfig {
@@ -59,6 +63,7 @@ impl Default for ClientConfig {
             keepalive_timeout: Duration::from_secs(20),
             metadata_backoff: Duration::from_millis(100),
             metadata_timeout: Duration::from_secs(5),
+            metadata_max_age: Duration::from_secs(300),
         }
     }
 }
@@ -244,6 +249,25 @@ impl Client {
             .await?;
         self.metadata().forget(name);
         Ok(())
+    }
+
+    /// Grows topic `name` to `partitions` partitions (the new total, above
+    /// the current one). Returns the topic with its new partitions; this
+    /// client routes to them at once.
+    pub async fn create_partitions(&self, name: &str, partitions: u32) -> Result<TopicDescription> {
+        let request = CreatePartitionsRequest {
+            name: name.to_string(),
+            partitions,
+        };
+        let response = self
+            .call_once(
+                |channel| async move { self.admin(channel).create_partitions(request).await },
+            )
+            .await?;
+        self.metadata().forget(name);
+        response
+            .topic
+            .ok_or_else(|| Error::Protocol("CreatePartitions answered without the topic".into()))
     }
 
     /// Lists every topic, sorted by name.

@@ -18,12 +18,13 @@ use runnel_proto::v1::fetch_service_server::{FetchService, FetchServiceServer};
 use runnel_proto::v1::partition_records::Data;
 use runnel_proto::v1::produce_service_server::{ProduceService, ProduceServiceServer};
 use runnel_proto::v1::{
-    CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest, DeleteTopicResponse,
-    DescribeClusterRequest, DescribeClusterResponse, DescribeTopicRequest, DescribeTopicResponse,
-    ErrorReason, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
-    ListTopicsRequest, ListTopicsResponse, NodeInfo, OffsetSpec, PartitionData,
-    PartitionDescription, PartitionOffset, PartitionResult, ProduceRequest, ProduceResponse,
-    ProduceStreamRequest, ProduceStreamResponse, SubscribeRequest, TopicDescription,
+    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicRequest, CreateTopicResponse,
+    DeleteTopicRequest, DeleteTopicResponse, DescribeClusterRequest, DescribeClusterResponse,
+    DescribeTopicRequest, DescribeTopicResponse, ErrorReason, FetchRequest, FetchResponse,
+    ListOffsetsRequest, ListOffsetsResponse, ListTopicsRequest, ListTopicsResponse, NodeInfo,
+    OffsetSpec, PartitionData, PartitionDescription, PartitionOffset, PartitionResult,
+    ProduceRequest, ProduceResponse, ProduceStreamRequest, ProduceStreamResponse, SubscribeRequest,
+    TopicDescription,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -355,6 +356,25 @@ impl AdminService for Node {
         _: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
         Err(Status::unimplemented(""))
+    }
+
+    /// Adds partitions led by the nodes in turn.
+    async fn create_partitions(
+        &self,
+        request: Request<CreatePartitionsRequest>,
+    ) -> Result<Response<CreatePartitionsResponse>, Status> {
+        self.admin_gate().await?;
+        let nodes = self.cluster.nodes.lock().unwrap().len() as u32;
+        let mut leaders = self.cluster.leaders.lock().unwrap();
+        for p in leaders.len() as u32..request.get_ref().partitions {
+            leaders.push(p % nodes + 1);
+        }
+        Ok(Response::new(CreatePartitionsResponse {
+            topic: Some(TopicDescription {
+                name: TOPIC.into(),
+                ..TopicDescription::default()
+            }),
+        }))
     }
 
     async fn list_topics(

@@ -200,6 +200,16 @@ impl Metadata {
             .map(|t| u32::try_from(t.leaders.len()).unwrap_or(u32::MAX))
     }
 
+    /// Whether `topic`'s routes are loaded and older than
+    /// [`ClientConfig::metadata_max_age`].
+    pub(crate) fn is_stale(&self, topic: &str) -> bool {
+        let max_age = self.config.metadata_max_age;
+        self.lock()
+            .topics
+            .get(topic)
+            .is_some_and(|t| t.refreshed_at.elapsed() >= max_age)
+    }
+
     /// Takes a `NOT_LEADER` that named the new leader: routes `partition` to
     /// `leader_id` at once. Returns false (nothing changed: refresh instead)
     /// when the leader is unknown (0) or neither the answer nor the cache

@@ -233,3 +233,49 @@ async fn with_one_request_in_flight_retries_keep_partition_order() {
     }
     producer.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_producer_starts_using_added_partitions_once_its_routes_age() {
+    let fake = FakeCluster::start(3, vec![1, 2, 3]).await;
+    let client = Client::connect_with(
+        &fake.bootstrap,
+        ClientConfig {
+            metadata_max_age: Duration::from_millis(200),
+            ..client_config()
+        },
+    )
+    .await
+    .unwrap();
+    let producer = Producer::new(&client, producer_config()).await.unwrap();
+    let send = |i: usize| {
+        let producer = &producer;
+        async move {
+            producer
+                .send(ProducerRecord::new(TOPIC, format!("v{i}").into_bytes()))
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    };
+    for i in 0..30 {
+        send(i).await;
+    }
+    // Another client grows the topic: this producer's routes say 3.
+    let admin = Client::connect_with(&fake.bootstrap, client_config())
+        .await
+        .unwrap();
+    admin.create_partitions(TOPIC, 5).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut i = 30;
+    while fake.cluster.values(3).is_empty() || fake.cluster.values(4).is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "unkeyed records never reached the added partitions"
+        );
+        send(i).await;
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    producer.close().await.unwrap();
+}

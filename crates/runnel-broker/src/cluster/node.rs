@@ -26,7 +26,10 @@ use std::time::Duration;
 use runnel_batch::{BatchBuilder, BatchIter, Compression, NewRecord};
 use runnel_cluster::{ClusterError, ClusterState, Command, ReplicaSpec, TopicId};
 use runnel_proto::v1::admin_service_client::AdminServiceClient;
-use runnel_proto::v1::{CreateTopicRequest, DeleteTopicRequest, TopicConfig};
+use runnel_proto::v1::{
+    CreatePartitionsRequest, CreateTopicRequest, DeleteTopicRequest, DescribeTopicResponse,
+    TopicConfig,
+};
 use runnel_raft::{Acks, Bootstrap, NodeConfig, Role};
 use runnel_storage::{FlushPolicy, Log, LogConfig};
 use tokio::sync::watch;
@@ -297,11 +300,10 @@ impl ClusterNode {
         let known: BTreeMap<String, TopicId> =
             topics.iter().map(|t| (t.name.clone(), t.id)).collect();
         for t in &topics {
-            let present = self
-                .topics
-                .get(&t.name)
-                .ok()
-                .is_some_and(|existing| existing.cluster_id == Some(t.id.0));
+            let present = self.topics.get(&t.name).ok().is_some_and(|existing| {
+                existing.cluster_id == Some(t.id.0)
+                    && existing.partitions.len() == t.partitions.len()
+            });
             if !present {
                 let topic = self.build_topic(t);
                 self.topics.insert(topic);
@@ -532,7 +534,7 @@ impl ClusterNode {
             None => return Err(no_controller()),
         }
         let topic = self.wait_applied(name, |t| t).await?;
-        self.wait_on_every_node(name, true).await;
+        self.wait_on_every_node(name, |answer| answer.is_ok()).await;
         Ok(topic)
     }
 
@@ -559,8 +561,54 @@ impl ClusterNode {
         }
         self.wait_applied(name, |t| t.is_none().then_some(()))
             .await?;
-        self.wait_on_every_node(name, false).await;
+        self.wait_on_every_node(name, |answer| {
+            answer.is_err_and(|s| s.code() == tonic::Code::NotFound)
+        })
+        .await;
         Ok(())
+    }
+
+    /// Grows a topic through the controller (forwarded to its leader).
+    pub(crate) async fn create_partitions(
+        &self,
+        name: &str,
+        partitions: u32,
+    ) -> Result<Arc<Topic>> {
+        self.topics.get(name)?.settings.grown_to(name, partitions)?;
+        match self.wait_for_controller().await {
+            Some(l) if l == self.node_id => {
+                self.propose(&Command::CreatePartitions {
+                    name: name.to_string(),
+                    partitions,
+                    created_ms: crate::service::now_ms(),
+                })
+                .await?;
+            }
+            Some(l) => {
+                let mut client = self.controller_client(l).await?;
+                client
+                    .create_partitions(CreatePartitionsRequest {
+                        name: name.to_string(),
+                        partitions,
+                    })
+                    .await
+                    .map_err(BrokerError::Forwarded)?;
+            }
+            None => return Err(no_controller()),
+        }
+        let wanted = partitions as usize;
+        let topic = self
+            .wait_applied(name, |t| t.filter(|t| t.partitions.len() >= wanted))
+            .await?;
+        self.wait_on_every_node(name, |answer| {
+            answer.is_ok_and(|d| {
+                d.topic
+                    .as_ref()
+                    .is_some_and(|t| t.partitions.len() >= wanted)
+            })
+        })
+        .await;
+        Ok(topic)
     }
 
     /// The controller's leader, waiting for an election in progress (a
@@ -616,10 +664,15 @@ impl ClusterNode {
     }
 
     /// Waits (up to [`PROPAGATION_WAIT`]) until every other node that
-    /// answers knows of the change, so a client that created a topic can
-    /// use it through any node at once (metadata reaches each node by its
-    /// own apply loop, milliseconds apart). Unreachable nodes are skipped.
-    async fn wait_on_every_node(&self, name: &str, exists: bool) {
+    /// answers knows of the change — `done` accepts its answer to
+    /// `DescribeTopic` — so a client that changed a topic can use it through
+    /// any node at once (metadata reaches each node by its own apply loop,
+    /// milliseconds apart). Unreachable nodes are skipped.
+    async fn wait_on_every_node(
+        &self,
+        name: &str,
+        done: impl Fn(std::result::Result<&DescribeTopicResponse, &tonic::Status>) -> bool,
+    ) {
         let deadline = tokio::time::Instant::now() + PROPAGATION_WAIT;
         for &id in self.peers.keys().filter(|&&id| id != self.node_id) {
             let Ok(Ok(mut client)) =
@@ -634,11 +687,11 @@ impl ClusterNode {
                 let Ok(res) = tokio::time::timeout_at(deadline, call).await else {
                     break;
                 };
-                let done = match res {
-                    Ok(_) => exists,
-                    Err(s) => !exists && s.code() == tonic::Code::NotFound,
+                let finished = match &res {
+                    Ok(answer) => done(Ok(answer.get_ref())),
+                    Err(s) => done(Err(s)),
                 };
-                if done || tokio::time::Instant::now() >= deadline {
+                if finished || tokio::time::Instant::now() >= deadline {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;

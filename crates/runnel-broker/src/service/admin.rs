@@ -4,10 +4,10 @@ use std::sync::Arc;
 
 use runnel_proto::v1::admin_service_server::AdminService;
 use runnel_proto::v1::{
-    CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest, DeleteTopicResponse,
-    DescribeClusterRequest, DescribeClusterResponse, DescribeTopicRequest, DescribeTopicResponse,
-    ListTopicsRequest, ListTopicsResponse, NodeInfo, PartitionDescription, TopicDescription,
-    TopicSummary,
+    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicRequest, CreateTopicResponse,
+    DeleteTopicRequest, DeleteTopicResponse, DescribeClusterRequest, DescribeClusterResponse,
+    DescribeTopicRequest, DescribeTopicResponse, ListTopicsRequest, ListTopicsResponse, NodeInfo,
+    PartitionDescription, TopicDescription, TopicSummary,
 };
 use tonic::{Request, Response, Status};
 
@@ -62,6 +62,33 @@ impl AdminService for AdminSvc {
             }
         };
         Ok(Response::new(CreateTopicResponse {
+            topic: Some(describe(&topic)),
+        }))
+    }
+
+    async fn create_partitions(
+        &self,
+        request: Request<CreatePartitionsRequest>,
+    ) -> Result<Response<CreatePartitionsResponse>, Status> {
+        let _t = self.0.metrics.time("CreatePartitions");
+        let req = request.into_inner();
+        if req.name == crate::groups::OFFSETS_TOPIC {
+            return Err(crate::error::BrokerError::InvalidArgument(format!(
+                "{} is internal: its partition count is fixed",
+                req.name
+            ))
+            .into());
+        }
+        let topic = match &self.0.cluster {
+            Some(cluster) => cluster.create_partitions(&req.name, req.partitions).await?,
+            None => {
+                self.0
+                    .topics
+                    .add_partitions(&req.name, req.partitions)
+                    .await?
+            }
+        };
+        Ok(Response::new(CreatePartitionsResponse {
             topic: Some(describe(&topic)),
         }))
     }

@@ -1,5 +1,6 @@
-//! `runnel topic`: create, list, describe and delete topics.
+//! `runnel topic`: create, alter, list, describe and delete topics.
 
+mod alter;
 mod create;
 mod delete;
 mod describe;
@@ -16,6 +17,7 @@ Examples:
   runnel topic create orders --partitions 8 --retention-ms 86400000
   runnel topic list
   runnel topic describe orders --output json | jq '.partitions[].high_watermark'
+  runnel topic alter orders --partitions 16
   runnel topic delete orders
   RUNNEL_BOOTSTRAP=node1:9740,node2:9740 runnel topic list
 
@@ -36,6 +38,8 @@ pub(crate) struct TopicArgs {
 enum TopicCommand {
     /// Create a topic.
     Create(create::CreateArgs),
+    /// Add partitions to a topic.
+    Alter(alter::AlterArgs),
     /// List topics with their partition counts.
     List(list::ListArgs),
     /// Show a topic's config and, per partition, leader, replicas and offsets.
@@ -49,6 +53,7 @@ pub(crate) async fn run(args: TopicArgs) -> anyhow::Result<ExitCode> {
     let admin = args.admin;
     match args.command {
         TopicCommand::Create(verb) => create::run(verb, &admin).await,
+        TopicCommand::Alter(verb) => alter::run(verb, &admin).await,
         TopicCommand::List(verb) => list::run(verb, &admin).await,
         TopicCommand::Describe(verb) => describe::run(verb, &admin).await,
         TopicCommand::Delete(verb) => delete::run(verb, &admin).await,

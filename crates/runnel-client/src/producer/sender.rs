@@ -259,6 +259,11 @@ impl Sender {
             buffered,
             id,
         } = closed;
+        if self.client.metadata().is_stale(&topic) {
+            // Old routes: reload them (the batch waits for it), so that
+            // partitions added to the topic come into use.
+            self.request_refresh(&topic);
+        }
         match builder.finish() {
             Ok(bytes) => self.pending.push_back(Batch {
                 topic,

@@ -12,10 +12,11 @@ use runnel_proto::v1::admin_service_server::{AdminService, AdminServiceServer};
 use runnel_proto::v1::partition_records::Data;
 use runnel_proto::v1::produce_service_server::{ProduceService, ProduceServiceServer};
 use runnel_proto::v1::{
-    CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest, DeleteTopicResponse,
-    DescribeClusterRequest, DescribeClusterResponse, DescribeTopicRequest, DescribeTopicResponse,
-    ListTopicsRequest, ListTopicsResponse, PartitionDescription, PartitionResult, ProduceRequest,
-    ProduceResponse, ProduceStreamRequest, ProduceStreamResponse, TopicDescription,
+    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicRequest, CreateTopicResponse,
+    DeleteTopicRequest, DeleteTopicResponse, DescribeClusterRequest, DescribeClusterResponse,
+    DescribeTopicRequest, DescribeTopicResponse, ListTopicsRequest, ListTopicsResponse,
+    PartitionDescription, PartitionResult, ProduceRequest, ProduceResponse, ProduceStreamRequest,
+    ProduceStreamResponse, TopicDescription,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -168,6 +169,12 @@ impl AdminService for Svc {
         &self,
         _: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
+        Err(Status::unimplemented(""))
+    }
+    async fn create_partitions(
+        &self,
+        _: Request<CreatePartitionsRequest>,
+    ) -> Result<Response<CreatePartitionsResponse>, Status> {
         Err(Status::unimplemented(""))
     }
     async fn list_topics(
