@@ -6,11 +6,11 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use runnel_proto::v1::{Acks, ProduceRequest};
+use runnel_proto::v1::{Acks, ErrorReason, ProduceRequest};
 
 use crate::history::{Producer, check_all_nodes, read_log, wait_converged};
 use crate::support::cluster::probe_channel;
-use crate::support::grpc::{plain_records, records_for};
+use crate::support::grpc::{assert_partition_error, plain_records, records_for};
 use crate::support::{Cluster, ClusterOptions, eventually, with_deadline};
 
 /// What the issue asks of a failover: kill to first acknowledged write.
@@ -227,9 +227,38 @@ async fn isolated_leader_stops_acknowledging_and_its_suffix_is_discarded() {
 
         let t0 = Instant::now();
         cluster.isolate(old);
+        // Before it notices it lost the quorum (check-quorum takes an
+        // election timeout, >= 1 s), the cut-off leader answers an acks=all
+        // write that cannot commit with TIMEOUT once its timeout_ms passed.
+        let mut client = runnel_proto::v1::produce_service_client::ProduceServiceClient::new(
+            probe_channel(cluster.addr(old)),
+        );
+        let asked = Instant::now();
+        let answer = client
+            .produce(ProduceRequest {
+                topic: topic.into(),
+                partitions: vec![records_for(
+                    Some(0),
+                    plain_records(&[Bytes::from_static(b"stale-timeout")]),
+                )],
+                acks: Acks::All as i32,
+                timeout_ms: 300,
+            })
+            .await
+            .expect("a per-partition answer")
+            .into_inner();
+        let waited = asked.elapsed();
+        assert_partition_error(
+            answer.results.first().and_then(|r| r.error.as_ref()),
+            ErrorReason::Timeout,
+        );
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
+            "TIMEOUT after {waited:?}, asked for 300 ms"
+        );
+        let mut stale_sent: Vec<Bytes> = vec![Bytes::from_static(b"stale-timeout")];
         // The old leader, cut off, takes writes from a client that still
         // reaches it but must not acknowledge any with acks=all.
-        let mut stale_sent: Vec<Bytes> = Vec::new();
         let mut stale_acked = Vec::new();
         let mut stale_errors = Vec::new();
         let new = loop {

@@ -120,6 +120,10 @@ pub enum BrokerError {
     /// The feature asked for is not supported by this version.
     #[error("{0}")]
     Unsupported(String),
+    /// A write was not acknowledged within the request's `timeout_ms`; it
+    /// may or may not be stored. Retriable.
+    #[error("{0}")]
+    Timeout(String),
     /// A partition log failed.
     #[error("{context}: {source}")]
     Storage {
@@ -213,6 +217,7 @@ impl BrokerError {
             TopicAlreadyExists(_) => ErrorReason::TopicAlreadyExists,
             Unavailable(_) => ErrorReason::Unavailable,
             Unsupported(_) => ErrorReason::Unsupported,
+            Timeout(_) => ErrorReason::Timeout,
             Storage { source, .. } => match &**source {
                 // A failed or full log refuses writes until it is reopened:
                 // another replica (or a later retry) may take them.

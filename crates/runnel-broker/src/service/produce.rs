@@ -7,6 +7,7 @@
 //! `finish` awaits the acknowledgements.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use runnel_batch::partitioner::partition_for_key;
@@ -40,6 +41,8 @@ struct PlannedAppend {
 struct Started {
     topic: Arc<Topic>,
     acks: AckLevel,
+    /// When unacknowledged appends answer TIMEOUT (`timeout_ms`).
+    deadline: tokio::time::Instant,
     appends: Vec<(PlannedAppend, BoxFuture<Result<Appended, ReplicaError>>)>,
 }
 
@@ -204,8 +207,20 @@ fn encode(topic: &Topic, partition: u32, records: &[&Record], now: i64) -> Resul
     })
 }
 
+/// How long acknowledgements may take when a request gives no `timeout_ms`.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Queues every planned batch on its replica, in order.
-fn start(topic: Arc<Topic>, acks: AckLevel, planned: Vec<PlannedAppend>) -> Started {
+fn start(
+    topic: Arc<Topic>,
+    acks: AckLevel,
+    timeout_ms: u32,
+    planned: Vec<PlannedAppend>,
+) -> Started {
+    let wait = match timeout_ms {
+        0 => DEFAULT_TIMEOUT,
+        ms => Duration::from_millis(u64::from(ms)),
+    };
     let appends = planned
         .into_iter()
         .map(|p| {
@@ -217,6 +232,7 @@ fn start(topic: Arc<Topic>, acks: AckLevel, planned: Vec<PlannedAppend>) -> Star
     Started {
         topic,
         acks,
+        deadline: tokio::time::Instant::now() + wait,
         appends,
     }
 }
@@ -226,11 +242,23 @@ async fn finish(started: Started) -> ProduceResponse {
     let Started {
         topic,
         acks,
+        deadline,
         appends,
     } = started;
     let mut results = Vec::with_capacity(appends.len());
     for (p, fut) in appends {
-        let res = fut.await;
+        let res = match tokio::time::timeout_at(deadline, fut).await {
+            Ok(res) => res,
+            Err(_) => {
+                results.push(PartitionResult {
+                    partition: p.partition,
+                    base_offset: None,
+                    record_count: 0,
+                    error: Some(timed_out(&topic.name, p.partition).to_proto()),
+                });
+                continue;
+            }
+        };
         let mut result = PartitionResult {
             partition: p.partition,
             base_offset: None,
@@ -257,13 +285,22 @@ async fn finish(started: Started) -> ProduceResponse {
     ProduceResponse { results }
 }
 
+/// The error of an append not acknowledged before the request's deadline.
+fn timed_out(topic: &str, partition: u32) -> BrokerError {
+    BrokerError::Timeout(format!(
+        "{topic}-{partition}: the write was not acknowledged within the request's timeout_ms \
+         (replicas unreachable or slow); it may or may not be stored: retry, and expect a duplicate"
+    ))
+}
+
 impl ProduceSvc {
     /// Checks and queues one request.
     fn begin(&self, req: ProduceRequest) -> Result<Started> {
         let topic = self.0.topics.get(&req.topic)?;
         let acks = ack_level(req.acks)?;
+        let timeout_ms = req.timeout_ms;
         let planned = plan(&topic, req)?;
-        Ok(start(topic, acks, planned))
+        Ok(start(topic, acks, timeout_ms, planned))
     }
 }
 

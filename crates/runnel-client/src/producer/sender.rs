@@ -503,7 +503,11 @@ impl Sender {
                     })
                     .collect(),
                 acks: acks as i32,
-                timeout_ms: u32::try_from(config.request_timeout.as_millis()).unwrap_or(u32::MAX),
+                // The broker answers TIMEOUT (retriable, per partition) a
+                // little before this client would give up on the request.
+                timeout_ms: u32::try_from((config.request_timeout * 9 / 10).as_millis())
+                    .unwrap_or(u32::MAX)
+                    .max(1),
             }),
         }
     }
