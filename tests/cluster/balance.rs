@@ -1,5 +1,6 @@
-//! Leadership after a node comes back: every node, follower or leader,
-//! reports the ISR the partition's leader sees.
+//! Leadership after a node comes back: leaders move back to the preferred
+//! replicas (balanced again), and every node, follower or leader, reports
+//! the ISR the partition's leader sees.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -24,6 +25,15 @@ async fn leaders(cluster: &Cluster, topic: &str, partitions: u32) -> Option<BTre
         out.insert(p, agreed_leader(&live, topic, p, cluster.majority()).await?);
     }
     Some(out)
+}
+
+/// How many partitions each node leads (nodes leading none included).
+fn counts(cluster: &Cluster, leaders: &BTreeMap<u32, u32>) -> BTreeMap<u32, usize> {
+    let mut c: BTreeMap<u32, usize> = cluster.ids().into_iter().map(|id| (id, 0)).collect();
+    for l in leaders.values() {
+        *c.entry(*l).or_default() += 1;
+    }
+    c
 }
 
 /// Each partition's description on node `id`, by partition id.
@@ -61,6 +71,11 @@ fn everywhere(cluster: &Cluster, partitions: u32, isr: &[u32]) -> BTreeMap<(u32,
         .collect()
 }
 
+/// The transfers the nodes have logged so far.
+fn transfers(cluster: &Cluster) -> Vec<String> {
+    cluster.grep_stderr("handing leadership to the preferred leader")
+}
+
 /// Writes one record to every partition through the CLI (routed to each
 /// partition's leader), so that a node that was down has to catch up.
 fn write_each(cluster: &Cluster, via: u32, topic: &str, partitions: u32, tag: &str) {
@@ -69,6 +84,83 @@ fn write_each(cluster: &Cluster, via: u32, topic: &str, partitions: u32, tag: &s
         let part = p.to_string();
         cluster.cli_ok(via, &["produce", topic, "--partition", &part], &value);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaders_move_back_to_the_preferred_replicas_when_a_node_returns() {
+    const TOPIC: &str = "balanced";
+    const PARTITIONS: u32 = 6;
+    let mut cluster = Cluster::start(ClusterOptions::default()).await;
+    with_deadline(Duration::from_secs(300), async {
+        cluster.create_topic(1, TOPIC, PARTITIONS, 3).await;
+        let preferred: BTreeMap<u32, u32> = partitions_on(&cluster, 1, TOPIC)
+            .await
+            .expect("node 1 describes the topic")
+            .into_iter()
+            .map(|(p, d)| (p, d.replicas[0]))
+            .collect();
+        let two_each: BTreeMap<u32, usize> = cluster.ids().into_iter().map(|id| (id, 2)).collect();
+        assert_eq!(
+            counts(&cluster, &preferred),
+            two_each,
+            "placement spreads preferred leaders: {preferred:?}"
+        );
+        // A new topic starts with its preferred leaders.
+        eventually(
+            Duration::from_secs(60),
+            "the preferred leaders to lead",
+            || async { (leaders(&cluster, TOPIC, PARTITIONS).await? == preferred).then_some(()) },
+        )
+        .await;
+
+        // Node 3 dies: its two partitions move to nodes 1 and 2.
+        let victim = 3;
+        cluster.kill9(victim);
+        let moved = eventually(Duration::from_secs(60), "failover off node 3", || async {
+            let l = leaders(&cluster, TOPIC, PARTITIONS).await?;
+            l.values().all(|&n| n != victim).then_some(l)
+        })
+        .await;
+        eprintln!("leaders with node {victim} down: {moved:?}");
+        write_each(&cluster, 1, TOPIC, PARTITIONS, "while-down");
+
+        // It comes back: once it has caught up, it leads its two again.
+        let before = transfers(&cluster).len();
+        cluster.restart(victim);
+        let back = Instant::now();
+        let balanced = eventually(
+            Duration::from_secs(60),
+            "two leaders per node again",
+            || async {
+                let l = leaders(&cluster, TOPIC, PARTITIONS).await?;
+                (counts(&cluster, &l) == two_each).then_some(l)
+            },
+        )
+        .await;
+        eprintln!(
+            "BALANCED {} ms after the restart: {balanced:?}",
+            back.elapsed().as_millis()
+        );
+        assert_eq!(balanced, preferred, "every preferred leader leads");
+        let moves = transfers(&cluster);
+        assert!(
+            moves.len() >= before + 2,
+            "two transfers at least: {moves:#?}"
+        );
+
+        // No flapping: leadership stays put over two balancing rounds,
+        // and the partitions take writes.
+        let until = Instant::now() + Duration::from_secs(12);
+        while Instant::now() < until {
+            if let Some(l) = leaders(&cluster, TOPIC, PARTITIONS).await {
+                assert_eq!(l, preferred, "leadership moved again");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        write_each(&cluster, 2, TOPIC, PARTITIONS, "after");
+        assert_eq!(transfers(&cluster), moves, "no transfer since");
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,8 +22,8 @@ use protobuf::Message as _;
 use runnel_batch::VerifiedBatch;
 use runnel_raft::eraftpb::{Message, MessageType};
 use runnel_raft::{
-    Acks, AppendInfo, Bootstrap, GroupId, GroupMessage, Node, NodeConfig, NodeId, Output,
-    ProposalError, ProposeError, Role,
+    Acks, AppendInfo, Bootstrap, GroupId, GroupMessage, GroupStatus, Node, NodeConfig, NodeId,
+    Output, ProposalError, ProposeError, Role,
 };
 use runnel_storage::Log;
 use tokio::sync::{oneshot, watch};
@@ -42,6 +42,11 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Most inputs taken before `ready()` runs (bounds the latency of a tick).
 const MAX_INPUTS_PER_ROUND: usize = 4096;
+
+/// Most Raft entries a follower may lack for leadership to be handed to
+/// it ([`RaftHandle::transfer_leader`]): raft-rs sends it the rest and
+/// holds new proposals until it has them, so the lag bounds that pause.
+pub(crate) const MAX_TRANSFER_LAG: u64 = 64;
 
 /// Why a proposal did not end in an acknowledgement.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -140,6 +145,10 @@ enum Input {
         reply: Reply<()>,
     },
     Campaign(GroupId),
+    TransferLeader {
+        group: GroupId,
+        to: NodeId,
+    },
     Unreachable(NodeId),
     Stop,
 }
@@ -283,6 +292,13 @@ impl RaftHandle {
     /// Asks the group to hold an election now (a node that should lead it).
     pub(crate) fn campaign(&self, group: GroupId) {
         let _ = self.tx.send(Input::Campaign(group));
+    }
+
+    /// Asks this node, if it leads the group, to hand leadership to `to`,
+    /// provided `to` is in sync and at most [`MAX_TRANSFER_LAG`] entries
+    /// behind (otherwise nothing happens; the caller asks again later).
+    pub(crate) fn transfer_leader(&self, group: GroupId, to: NodeId) {
+        let _ = self.tx.send(Input::TransferLeader { group, to });
     }
 
     /// Stops the loop and waits for it (every group's log stays open:
@@ -488,6 +504,22 @@ impl LoopState {
                     tracing::debug!(group, error = %e, "campaign refused");
                 }
             }
+            Input::TransferLeader { group, to } => {
+                let ready = self
+                    .node
+                    .status(group)
+                    .ok_or("the group is not open here")
+                    .and_then(|status| transfer_ready(&status, to));
+                match ready.map(|()| self.node.transfer_leader(group, to)) {
+                    Ok(Ok(())) => {
+                        tracing::info!(group, to, "handing leadership to the preferred leader")
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(group, to, error = %e, "leadership transfer refused")
+                    }
+                    Err(why) => tracing::debug!(group, to, why, "leadership transfer skipped"),
+                }
+            }
             Input::Unreachable(peer) => self.node.report_unreachable(peer),
             Input::Stop => return false,
         }
@@ -630,6 +662,30 @@ fn in_order(mut voters: Vec<NodeId>, order: &[NodeId]) -> Vec<NodeId> {
     voters
 }
 
+/// Whether leadership of the group whose state on this node is `status`
+/// may go to `to` now: this node leads, and `to` is another voter in sync
+/// and at most [`MAX_TRANSFER_LAG`] entries behind. `Err` says why not.
+pub(crate) fn transfer_ready(status: &GroupStatus, to: NodeId) -> Result<(), &'static str> {
+    if status.role != Role::Leader {
+        return Err("not the leader");
+    }
+    if status.leader == Some(to) {
+        return Err("already the leader");
+    }
+    let replica = status
+        .replicas
+        .iter()
+        .find(|r| r.node == to)
+        .ok_or("not a voter")?;
+    if !replica.in_sync {
+        return Err("not in sync");
+    }
+    if replica.matched.saturating_add(MAX_TRANSFER_LAG) < status.last_index {
+        return Err("too far behind");
+    }
+    Ok(())
+}
+
 /// Protobuf-encodes messages for the wire (an unencodable one is dropped
 /// and logged: Raft resends what matters). A heartbeat of a group this
 /// node leads carries the group's in-sync set from `leader_isr`.
@@ -657,12 +713,95 @@ fn encode(messages: Vec<GroupMessage>, leader_isr: &HashMap<GroupId, Vec<u32>>) 
 
 #[cfg(test)]
 mod tests {
+    use runnel_raft::ReplicaStatus;
+
     use super::*;
+
+    /// Node 1 leading a group of 1-3 whose last index is 1000.
+    fn leading(replicas: [(u64, bool); 3]) -> GroupStatus {
+        GroupStatus {
+            group: 7,
+            role: Role::Leader,
+            term: 3,
+            leader: Some(1),
+            commit: 990,
+            committed_in_term: true,
+            high_watermark: 5000,
+            first_index: 1,
+            last_index: 1000,
+            voters: vec![1, 2, 3],
+            replicas: replicas
+                .iter()
+                .enumerate()
+                .map(|(i, &(matched, in_sync))| ReplicaStatus {
+                    node: i as u64 + 1,
+                    matched,
+                    in_sync,
+                })
+                .collect(),
+        }
+    }
 
     #[test]
     fn voters_keep_the_placement_order() {
         assert_eq!(in_order(vec![1, 2, 3], &[3, 1, 2]), vec![3, 1, 2]);
         assert_eq!(in_order(vec![1, 2, 3, 5], &[2, 3]), vec![2, 3, 1, 5]);
         assert_eq!(in_order(vec![1, 2], &[]), vec![1, 2]);
+    }
+
+    #[test]
+    fn leadership_goes_only_to_an_in_sync_caught_up_voter() {
+        let lag = MAX_TRANSFER_LAG;
+        let cases: [(u32, GroupStatus, NodeId, Result<(), &str>); 7] = [
+            (
+                1,
+                leading([(1000, true), (1000, true), (990, true)]),
+                2,
+                Ok(()),
+            ),
+            (
+                2,
+                leading([(1000, true), (1000 - lag, true), (0, false)]),
+                2,
+                Ok(()),
+            ),
+            (
+                3,
+                leading([(1000, true), (999 - lag, true), (0, false)]),
+                2,
+                Err("too far behind"),
+            ),
+            (
+                4,
+                leading([(1000, true), (1000, false), (0, false)]),
+                2,
+                Err("not in sync"),
+            ),
+            (
+                5,
+                leading([(1000, true), (1000, true), (1000, true)]),
+                4,
+                Err("not a voter"),
+            ),
+            (
+                6,
+                leading([(1000, true), (1000, true), (1000, true)]),
+                1,
+                Err("already the leader"),
+            ),
+            (
+                7,
+                GroupStatus {
+                    role: Role::Follower,
+                    leader: Some(2),
+                    ..leading([(1000, true), (1000, true), (1000, true)])
+                },
+                3,
+                Err("not the leader"),
+            ),
+        ];
+        for (case, status, to, want) in cases {
+            assert_eq!(transfer_ready(&status, to), want, "case {case}");
+        }
     }
 }
