@@ -12,6 +12,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod balance;
 mod faults;
 mod history;
 mod metadata;

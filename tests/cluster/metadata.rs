@@ -144,7 +144,10 @@ async fn topic_create_on_a_follower_shows_on_every_node_per_the_cli_contract() {
                         .collect();
                     for (i, p) in parts.iter().enumerate() {
                         assert_eq!(p["id"], i as u64, "{v}");
-                        assert_eq!(u64_list(&p["replicas"]), vec![1, 2, 3], "{v}");
+                        // In placement order: preferred leader first.
+                        let mut replicas = u64_list(&p["replicas"]);
+                        replicas.sort_unstable();
+                        assert_eq!(replicas, vec![1, 2, 3], "{v}");
                         assert_eq!(p["log_start_offset"], 0, "{v}");
                         let (hwm, end) =
                             (p["high_watermark"].as_u64()?, p["log_end_offset"].as_u64()?);
@@ -302,4 +305,44 @@ async fn topic_delete_on_a_follower_is_gone_on_every_node() {
         assert!(out.stderr.contains("doomed"), "{out}");
     })
     .await;
+}
+
+/// A cluster has one address per node, its `--peers` entry: `--advertise`
+/// with anything else stops the node at once with a message naming both
+/// (it would otherwise be silently ignored); the entry itself is accepted.
+#[test]
+fn a_cluster_node_refuses_an_advertise_other_than_its_peers_entry() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let data = dir.path().to_string_lossy().into_owned();
+    let ports = crate::support::cluster::free_ports(2);
+    let peers = format!("1=127.0.0.1:{},2=127.0.0.1:{}", ports[0], ports[1]);
+    let out = crate::support::cli::run_cli_timeout(
+        &[
+            "broker",
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+            "--data-dir",
+            &data,
+            "--peers",
+            &peers,
+            "--advertise",
+            "clients.example.com:9740",
+        ],
+        "",
+        &[],
+        Duration::from_secs(30),
+    );
+    assert!(!out.status.success(), "it started: {out}");
+    assert!(!out.stdout.contains("listening"), "a ready line: {out}");
+    let entry = format!("127.0.0.1:{}", ports[0]);
+    assert!(
+        out.stderr
+            .contains("--advertise clients.example.com:9740 differs")
+            && out.stderr.contains(&entry),
+        "the message does not name both addresses: {out}"
+    );
 }

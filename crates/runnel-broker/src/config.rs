@@ -73,7 +73,28 @@ impl BrokerConfig {
                 self.node_id
             )));
         }
-        Ok(())
+        check_advertise(self.node_id, &self.advertise, &self.peers)
+            .map_err(BrokerError::InvalidArgument)
+    }
+}
+
+/// Refuses an advertised address other than the node's own `--peers`
+/// entry in a cluster (more than one peer). A cluster has one address per
+/// node, its `--peers` entry: the other nodes dial it, and every node gives
+/// it to clients (DescribeCluster, NOT_LEADER redirects), so another
+/// `--advertise` would reach no client. A single node advertises anything.
+pub fn check_advertise(
+    node_id: u32,
+    advertise: &str,
+    peers: &BTreeMap<u32, String>,
+) -> std::result::Result<(), String> {
+    match peers.get(&node_id) {
+        Some(entry) if peers.len() > 1 && entry != advertise => Err(format!(
+            "--advertise {advertise} differs from node {node_id}'s --peers entry {entry}: in a \
+             cluster clients and the other nodes reach a node at its --peers entry; leave \
+             --advertise out or set it to {entry} (and put the address clients can reach in --peers)"
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -464,6 +485,24 @@ mod peer_tests {
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("node 1 is not in --peers"), "{e}");
         c.node_id = 2;
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn a_cluster_node_advertises_its_peers_entry() {
+        // Case 1: a single node advertises anything.
+        let mut c = BrokerConfig::new("/d", "lb:9");
+        c.validate().unwrap();
+        c.peers = parse_peers("1=a:1").unwrap();
+        c.validate().unwrap();
+        // Case 2: in a cluster, only its own --peers entry.
+        c.peers = parse_peers("1=a:1,2=b:1").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("--advertise lb:9 differs") && e.contains("a:1"),
+            "{e}"
+        );
+        c.advertise = "a:1".into();
         c.validate().unwrap();
     }
 }

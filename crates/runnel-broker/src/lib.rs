@@ -88,7 +88,7 @@ mod service;
 
 pub use config::{
     BrokerConfig, MAX_NAME_LEN, MAX_PARTITIONS, MAX_PEERS, MAX_RECORD_BYTES, MAX_SEGMENT_BYTES,
-    MIN_RECORD_BYTES, MIN_SEGMENT_BYTES, TopicSettings, format_peers, parse_peers,
+    MIN_RECORD_BYTES, MIN_SEGMENT_BYTES, TopicSettings, check_advertise, format_peers, parse_peers,
     validate_topic_name,
 };
 pub use error::{BrokerError, Result};

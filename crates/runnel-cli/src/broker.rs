@@ -103,7 +103,8 @@ pub(crate) struct BrokerArgs {
     #[arg(long, value_name = "HOST:PORT", env = "RUNNEL_LISTEN")]
     listen: Option<String>,
 
-    /// Address clients are told to use [default: the address actually bound].
+    /// Address clients are told to use [default: the address actually bound;
+    /// with --peers, this node's entry, the only value a cluster accepts].
     #[arg(long, value_name = "HOST:PORT", env = "RUNNEL_ADVERTISE")]
     advertise: Option<String>,
 
@@ -123,9 +124,8 @@ pub(crate) struct BrokerArgs {
     metrics_listen: Option<String>,
 
     /// Every node of the cluster, this one included: ID=HOST:PORT,... (the
-    /// address each node serves clients and peers on; this node's entry is
-    /// what it advertises unless --advertise says otherwise). Without it,
-    /// a single node.
+    /// address each node serves clients and peers on, and the address
+    /// clients are given for it). Without it, a single node.
     #[arg(long, value_name = "ID=HOST:PORT,...", env = "RUNNEL_PEERS", value_parser = parse_peers_arg)]
     peers: Option<BTreeMap<u32, String>>,
 
@@ -236,6 +236,9 @@ impl BrokerSettings {
             .advertise
             .or(file.advertise)
             .or_else(|| peers.get(&id).cloned());
+        if let Some(a) = &advertise {
+            runnel_broker::check_advertise(id, a, &peers).map_err(anyhow::Error::msg)?;
+        }
         Ok(BrokerSettings {
             id,
             listen: args
@@ -461,14 +464,26 @@ mod tests {
         let s = BrokerSettings::resolve(BrokerArgs::default(), file).unwrap();
         assert_eq!(s.peers.len(), 3);
         assert_eq!(s.advertise.as_deref(), Some("h2:9740"));
+        // A cluster node advertises its --peers entry and nothing else.
         let args = BrokerArgs {
             id: Some(3),
             advertise: Some("lb:1".into()),
             peers: Some(runnel_broker::parse_peers("1=a:1,3=c:1").unwrap()),
             ..Default::default()
         };
+        let e = BrokerSettings::resolve(args, FileConfig::default()).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("--advertise lb:1 differs from node 3's --peers entry c:1"),
+            "{e:#}"
+        );
+        let args = BrokerArgs {
+            id: Some(3),
+            advertise: Some("c:1".into()),
+            peers: Some(runnel_broker::parse_peers("1=a:1,3=c:1").unwrap()),
+            ..Default::default()
+        };
         let s = BrokerSettings::resolve(args, FileConfig::default()).unwrap();
-        assert_eq!(s.advertise.as_deref(), Some("lb:1"));
+        assert_eq!(s.advertise.as_deref(), Some("c:1"));
         let file = FileConfig::parse("peers = \"2=a:1,3=b:1\"").unwrap();
         let e = BrokerSettings::resolve(BrokerArgs::default(), file).unwrap_err();
         assert!(

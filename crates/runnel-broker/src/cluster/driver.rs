@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
 use runnel_batch::VerifiedBatch;
-use runnel_raft::eraftpb::Message;
+use runnel_raft::eraftpb::{Message, MessageType};
 use runnel_raft::{
-    Acks, AppendInfo, Bootstrap, GroupId, GroupMessage, Node, NodeConfig, NodeId, Output,
-    ProposalError, ProposeError, Role,
+    Acks, AppendInfo, Bootstrap, GroupId, GroupMessage, GroupStatus, Node, NodeConfig, NodeId,
+    Output, ProposalError, ProposeError, Role,
 };
 use runnel_storage::Log;
 use tokio::sync::{oneshot, watch};
@@ -42,6 +42,11 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Most inputs taken before `ready()` runs (bounds the latency of a tick).
 const MAX_INPUTS_PER_ROUND: usize = 4096;
+
+/// Most Raft entries a follower may lack for leadership to be handed to
+/// it ([`RaftHandle::transfer_leader`]): raft-rs sends it the rest and
+/// holds new proposals until it has them, so the lag bounds that pause.
+pub(crate) const MAX_TRANSFER_LAG: u64 = 64;
 
 /// Why a proposal did not end in an acknowledgement.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -75,10 +80,12 @@ pub(crate) struct GroupView {
     pub(crate) term: u64,
     /// Known leader.
     pub(crate) leader: Option<NodeId>,
-    /// Voters.
+    /// Voters, in the order the group was opened with (a partition's
+    /// placement: preferred leader first).
     pub(crate) voters: Vec<NodeId>,
-    /// Voters caught up to the commit (known on the leader; elsewhere the
-    /// voters this node last saw in sync, or all voters).
+    /// The in-sync replicas: on the leader, itself and the followers it
+    /// heard from lately that replicate as a stream; on a follower, the set
+    /// the leader sent with its last heartbeat (all voters until one came).
     pub(crate) in_sync: Vec<NodeId>,
 }
 
@@ -138,6 +145,10 @@ enum Input {
         reply: Reply<()>,
     },
     Campaign(GroupId),
+    TransferLeader {
+        group: GroupId,
+        to: NodeId,
+    },
     Unreachable(NodeId),
     Stop,
 }
@@ -283,6 +294,13 @@ impl RaftHandle {
         let _ = self.tx.send(Input::Campaign(group));
     }
 
+    /// Asks this node, if it leads the group, to hand leadership to `to`,
+    /// provided `to` is in sync and at most [`MAX_TRANSFER_LAG`] entries
+    /// behind (otherwise nothing happens; the caller asks again later).
+    pub(crate) fn transfer_leader(&self, group: GroupId, to: NodeId) {
+        let _ = self.tx.send(Input::TransferLeader { group, to });
+    }
+
     /// Stops the loop and waits for it (every group's log stays open:
     /// their owners close them).
     pub(crate) fn stop(&self) {
@@ -310,6 +328,13 @@ struct LoopState {
     transport: Transport,
     groups: HashMap<GroupId, Arc<GroupShared>>,
     waiting: HashMap<(GroupId, runnel_raft::Ticket), Reply<Result<AppendInfo, ProposeFailure>>>,
+    /// In-sync sets of the groups this node leads, sent with heartbeats.
+    leader_isr: HashMap<GroupId, Vec<u32>>,
+    /// In-sync sets the leaders of groups this node follows last sent.
+    reported_isr: HashMap<GroupId, Vec<NodeId>>,
+    /// Each group's voters in the order it was opened with (Raft keeps
+    /// them sorted), for [`GroupView::voters`].
+    placement: HashMap<GroupId, Vec<NodeId>>,
 }
 
 fn run_loop(node: Node, rx: std_mpsc::Receiver<Input>, transport: Transport) {
@@ -318,6 +343,9 @@ fn run_loop(node: Node, rx: std_mpsc::Receiver<Input>, transport: Transport) {
         transport,
         groups: HashMap::new(),
         waiting: HashMap::new(),
+        leader_isr: HashMap::new(),
+        reported_isr: HashMap::new(),
+        placement: HashMap::new(),
     };
     let mut next_tick = Instant::now() + RAFT_TICK;
     let mut next_retention = Instant::now() + RETENTION_INTERVAL;
@@ -358,9 +386,10 @@ fn run_loop(node: Node, rx: std_mpsc::Receiver<Input>, transport: Transport) {
         // A leader's appends and heartbeats leave before its own fsync, so
         // followers write while it syncs (RAFT.md trap 8); the rest after.
         let transport = st.transport.clone();
+        let isr = &st.leader_isr;
         let out = st.node.ready_with(|to, messages| {
             if let Ok(to) = u32::try_from(to) {
-                transport.send(to, encode(messages));
+                transport.send(to, encode(messages, isr));
             }
         });
         st.carry_out(out);
@@ -377,9 +406,22 @@ impl LoopState {
         match input {
             Input::Inbound(Inbound { from, messages }) => {
                 let mut decoded = Vec::with_capacity(messages.len());
-                for Envelope { group, message } in messages {
+                let mut reports = Vec::new();
+                for Envelope {
+                    group,
+                    message,
+                    leader_in_sync,
+                } in messages
+                {
                     match Message::parse_from_bytes(&message) {
-                        Ok(msg) => decoded.push(GroupMessage { group, msg }),
+                        Ok(msg) => {
+                            if !leader_in_sync.is_empty()
+                                && msg.get_msg_type() == MessageType::MsgHeartbeat
+                            {
+                                reports.push((group, msg.term, leader_in_sync));
+                            }
+                            decoded.push(GroupMessage { group, msg });
+                        }
                         Err(e) => {
                             tracing::warn!(from, group, error = %e, "undecodable raft message dropped");
                         }
@@ -389,6 +431,7 @@ impl LoopState {
                 for group in unknown {
                     tracing::trace!(from, group, "raft message for a group not open here");
                 }
+                self.take_isr_reports(u64::from(from), reports);
             }
             Input::Propose {
                 group,
@@ -432,19 +475,22 @@ impl LoopState {
                     .map_err(|e| e.to_string())
                     .map(|status| {
                         shared.hwm.send_replace(status.high_watermark);
+                        let voters = in_order(status.voters, &bootstrap.voters);
                         let mut v = shared.view.lock().unwrap_or_else(PoisonError::into_inner);
                         v.role = Some(status.role);
                         v.term = status.term;
                         v.leader = status.leader;
-                        v.voters = status.voters.clone();
-                        v.in_sync = status.voters;
+                        v.voters = voters.clone();
+                        v.in_sync = voters;
                     });
                 if res.is_ok() {
                     self.groups.insert(group, shared);
+                    self.placement.insert(group, bootstrap.voters);
                 }
                 let _ = reply.send(res);
             }
             Input::Close { group, reply } => {
+                self.forget_group(group);
                 if self.node.close_group(group).is_ok()
                     && let Some(shared) = self.groups.remove(&group)
                 {
@@ -456,6 +502,22 @@ impl LoopState {
             Input::Campaign(group) => {
                 if let Err(e) = self.node.campaign(group) {
                     tracing::debug!(group, error = %e, "campaign refused");
+                }
+            }
+            Input::TransferLeader { group, to } => {
+                let ready = self
+                    .node
+                    .status(group)
+                    .ok_or("the group is not open here")
+                    .and_then(|status| transfer_ready(&status, to));
+                match ready.map(|()| self.node.transfer_leader(group, to)) {
+                    Ok(Ok(())) => {
+                        tracing::info!(group, to, "handing leadership to the preferred leader")
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(group, to, error = %e, "leadership transfer refused")
+                    }
+                    Err(why) => tracing::debug!(group, to, why, "leadership transfer skipped"),
                 }
             }
             Input::Unreachable(peer) => self.node.report_unreachable(peer),
@@ -477,7 +539,7 @@ impl LoopState {
                     m
                 });
         for (to, messages) in out.messages {
-            let envelopes = encode(messages);
+            let envelopes = encode(messages, &self.leader_isr);
             let delivered = u32::try_from(to).is_ok_and(|to| self.transport.send(to, envelopes));
             for &group in snapshots.get(&to).into_iter().flatten() {
                 self.node.report_snapshot(group, to, delivered);
@@ -511,6 +573,7 @@ impl LoopState {
         }
         for (group, reason) in out.failed {
             tracing::error!(group, %reason, "raft group failed and was closed");
+            self.forget_group(group);
             if let Some(shared) = self.groups.remove(&group) {
                 shared.closed.store(true, Ordering::Release);
                 shared.hwm.send_modify(|_| {});
@@ -532,40 +595,112 @@ impl LoopState {
         }
     }
 
+    /// Keeps the in-sync sets that leaders sent with their heartbeats
+    /// (`(group, term, set)` from node `from`): a set counts only from the
+    /// leader this node now knows for that term, after the step.
+    fn take_isr_reports(&mut self, from: NodeId, reports: Vec<(GroupId, u64, Vec<u32>)>) {
+        for (group, term, set) in reports {
+            let current = self.node.status(group).is_some_and(|s| {
+                s.term == term && s.leader == Some(from) && s.role != Role::Leader
+            });
+            if current {
+                self.reported_isr
+                    .insert(group, set.into_iter().map(u64::from).collect());
+            }
+        }
+    }
+
+    /// Drops what the loop keeps about a group that closed.
+    fn forget_group(&mut self, group: GroupId) {
+        self.leader_isr.remove(&group);
+        self.reported_isr.remove(&group);
+        self.placement.remove(&group);
+    }
+
     /// Refreshes every group's voters and in-sync set (once per tick).
     fn refresh_views(&mut self) {
         for (group, shared) in &self.groups {
             let Some(status) = self.node.status(*group) else {
                 continue;
             };
-            let in_sync = if status.role == Role::Leader {
-                status
+            let in_sync: Vec<NodeId> = if status.role == Role::Leader {
+                let set: Vec<NodeId> = status
                     .replicas
                     .iter()
                     .filter(|r| r.in_sync)
                     .map(|r| r.node)
-                    .collect()
+                    .collect();
+                self.leader_isr.insert(
+                    *group,
+                    set.iter().filter_map(|&n| u32::try_from(n).ok()).collect(),
+                );
+                set
             } else {
-                status.voters.clone()
+                self.leader_isr.remove(group);
+                self.reported_isr
+                    .get(group)
+                    .cloned()
+                    .unwrap_or_else(|| status.voters.clone())
             };
             let mut v = shared.view.lock().unwrap_or_else(PoisonError::into_inner);
             v.role = Some(status.role);
             v.term = status.term;
             v.leader = status.leader;
-            v.voters = status.voters;
+            v.voters = match self.placement.get(group) {
+                Some(order) => in_order(status.voters, order),
+                None => status.voters,
+            };
             v.in_sync = in_sync;
         }
     }
 }
 
+/// `voters` sorted by their position in `order` (those missing from it
+/// last, by id).
+fn in_order(mut voters: Vec<NodeId>, order: &[NodeId]) -> Vec<NodeId> {
+    voters.sort_by_key(|v| (order.iter().position(|o| o == v).unwrap_or(usize::MAX), *v));
+    voters
+}
+
+/// Whether leadership of the group whose state on this node is `status`
+/// may go to `to` now: this node leads, and `to` is another voter in sync
+/// and at most [`MAX_TRANSFER_LAG`] entries behind. `Err` says why not.
+pub(crate) fn transfer_ready(status: &GroupStatus, to: NodeId) -> Result<(), &'static str> {
+    if status.role != Role::Leader {
+        return Err("not the leader");
+    }
+    if status.leader == Some(to) {
+        return Err("already the leader");
+    }
+    let replica = status
+        .replicas
+        .iter()
+        .find(|r| r.node == to)
+        .ok_or("not a voter")?;
+    if !replica.in_sync {
+        return Err("not in sync");
+    }
+    if replica.matched.saturating_add(MAX_TRANSFER_LAG) < status.last_index {
+        return Err("too far behind");
+    }
+    Ok(())
+}
+
 /// Protobuf-encodes messages for the wire (an unencodable one is dropped
-/// and logged: Raft resends what matters).
-fn encode(messages: Vec<GroupMessage>) -> Vec<Envelope> {
+/// and logged: Raft resends what matters). A heartbeat of a group this
+/// node leads carries the group's in-sync set from `leader_isr`.
+fn encode(messages: Vec<GroupMessage>, leader_isr: &HashMap<GroupId, Vec<u32>>) -> Vec<Envelope> {
     messages
         .into_iter()
         .filter_map(|GroupMessage { group, msg }| match msg.write_to_bytes() {
             Ok(bytes) => Some(Envelope {
                 group,
+                leader_in_sync: match msg.get_msg_type() {
+                    MessageType::MsgHeartbeat => {
+                        leader_isr.get(&group).cloned().unwrap_or_default()
+                    }
+                    _ => Vec::new(),
+                },
                 message: bytes.into(),
             }),
             Err(e) => {
@@ -574,4 +709,99 @@ fn encode(messages: Vec<GroupMessage>) -> Vec<Envelope> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use runnel_raft::ReplicaStatus;
+
+    use super::*;
+
+    /// Node 1 leading a group of 1-3 whose last index is 1000.
+    fn leading(replicas: [(u64, bool); 3]) -> GroupStatus {
+        GroupStatus {
+            group: 7,
+            role: Role::Leader,
+            term: 3,
+            leader: Some(1),
+            commit: 990,
+            committed_in_term: true,
+            high_watermark: 5000,
+            first_index: 1,
+            last_index: 1000,
+            voters: vec![1, 2, 3],
+            replicas: replicas
+                .iter()
+                .enumerate()
+                .map(|(i, &(matched, in_sync))| ReplicaStatus {
+                    node: i as u64 + 1,
+                    matched,
+                    in_sync,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn voters_keep_the_placement_order() {
+        assert_eq!(in_order(vec![1, 2, 3], &[3, 1, 2]), vec![3, 1, 2]);
+        assert_eq!(in_order(vec![1, 2, 3, 5], &[2, 3]), vec![2, 3, 1, 5]);
+        assert_eq!(in_order(vec![1, 2], &[]), vec![1, 2]);
+    }
+
+    #[test]
+    fn leadership_goes_only_to_an_in_sync_caught_up_voter() {
+        let lag = MAX_TRANSFER_LAG;
+        let cases: [(u32, GroupStatus, NodeId, Result<(), &str>); 7] = [
+            (
+                1,
+                leading([(1000, true), (1000, true), (990, true)]),
+                2,
+                Ok(()),
+            ),
+            (
+                2,
+                leading([(1000, true), (1000 - lag, true), (0, false)]),
+                2,
+                Ok(()),
+            ),
+            (
+                3,
+                leading([(1000, true), (999 - lag, true), (0, false)]),
+                2,
+                Err("too far behind"),
+            ),
+            (
+                4,
+                leading([(1000, true), (1000, false), (0, false)]),
+                2,
+                Err("not in sync"),
+            ),
+            (
+                5,
+                leading([(1000, true), (1000, true), (1000, true)]),
+                4,
+                Err("not a voter"),
+            ),
+            (
+                6,
+                leading([(1000, true), (1000, true), (1000, true)]),
+                1,
+                Err("already the leader"),
+            ),
+            (
+                7,
+                GroupStatus {
+                    role: Role::Follower,
+                    leader: Some(2),
+                    ..leading([(1000, true), (1000, true), (1000, true)])
+                },
+                3,
+                Err("not the leader"),
+            ),
+        ];
+        for (case, status, to, want) in cases {
+            assert_eq!(transfer_ready(&status, to), want, "case {case}");
+        }
+    }
 }

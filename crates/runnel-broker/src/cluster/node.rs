@@ -44,6 +44,8 @@ use crate::registry::{Topic, TopicRegistry};
 use crate::replica::Replica;
 use crate::service::ShutdownSignal;
 
+mod balance;
+
 /// The controller's Raft group.
 pub(crate) const CONTROLLER_GROUP: u64 = 0;
 /// Directory of the cluster's data in the data directory.
@@ -153,7 +155,8 @@ impl ClusterNode {
             hosted: Mutex::new(HashMap::new()),
         });
         tokio::spawn(node.clone().apply_loop(stop.clone()));
-        tokio::spawn(node.clone().register_loop(stop));
+        tokio::spawn(node.clone().register_loop(stop.clone()));
+        tokio::spawn(node.clone().balance_loop(stop));
         Ok((node, svc))
     }
 

@@ -40,6 +40,8 @@ fn env(group: u64, n: u8) -> Envelope {
     Envelope {
         group,
         message: Bytes::from(vec![n; 3]),
+        // Carried as sent (a leader's heartbeat), or empty.
+        leader_in_sync: if n % 2 == 0 { vec![1, 2] } else { Vec::new() },
     }
 }
 

@@ -43,6 +43,9 @@ pub struct Envelope {
     pub group: u64,
     /// The encoded `eraftpb::Message`.
     pub message: Bytes,
+    /// On a leader's heartbeat: the replicas it counts in sync (itself
+    /// included), for the follower to report. Empty otherwise.
+    pub leader_in_sync: Vec<u32>,
 }
 
 /// Messages received from one peer, in the order it sent them.
@@ -181,7 +184,11 @@ async fn run_peer(
                         to_node: id,
                         messages: messages
                             .into_iter()
-                            .map(|m| RaftEnvelope { group: m.group, message: m.message })
+                            .map(|m| RaftEnvelope {
+                                group: m.group,
+                                message: m.message,
+                                leader_in_sync: m.leader_in_sync,
+                            })
                             .collect(),
                     };
                     if tx.send(batch).await.is_err() {
@@ -305,6 +312,7 @@ impl RaftService for RaftSvc {
                     .map(|m| Envelope {
                         group: m.group,
                         message: m.message,
+                        leader_in_sync: m.leader_in_sync,
                     })
                     .collect(),
             };
