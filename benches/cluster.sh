@@ -10,7 +10,9 @@
 #            latency p50/p99/p99.9, the produce latency
 #   e2e      at 50% of the peak (linger 0): send-to-consume latency
 # The disk's same-run limit (dd of 2 GiB, conv=fdatasync, twice; the
-# second is the divisor) is measured first.
+# second is the divisor) is measured first; after the 3-node side,
+# benches/fsync_load.py measures the disk's own fsync latency for the same
+# write pattern at the 50% rate (the floor under acks=all latency).
 # Then: cargo test --release ... failover_median_of_10 (kill -9 the leader
 # ten times under an acks=all writer; time to the first acknowledgement by
 # the new leader).
@@ -72,6 +74,7 @@ side() { # label rf
   local peak half
   peak=$(tail -1 "$RESULTS" | sed -n 's/.*"msgs_per_sec":\([0-9.]*\).*/\1/p')
   half=$(awk -v p="$peak" 'BEGIN { printf "%d", p / 2 }')
+  HALF_MBS=$(awk -v h="$half" 'BEGIN { printf "%.1f", h * 1024 / 1e6 }')
   bench "$label/8p/1024/acks=all/produce@50%" produce --topic bench --partitions 8 --record-size 1024 \
     --acks all --rate "$half" --duration "$DURATION" --linger-ms 0
   "$BIN" topic create e2e --partitions 8 --replication-factor "$rf" --bootstrap "$BOOTSTRAP" > /dev/null
@@ -102,6 +105,16 @@ side "3 nodes RF=3" 3
 stop
 cp "$WORK"/dev/node-*.log "$OUT/" 2>/dev/null || true
 rm -rf "$WORK/dev"
+
+# The disk's own fsync latency for the same write pattern at the same rate
+# (three nodes, eight logs each, parallel fdatasync rounds), without Runnel:
+# the floor under the acks=all latency measured just before.
+{
+  echo
+  echo "fsync floor (benches/fsync_load.py --nodes 3 --files 8 --mbps $HALF_MBS --seconds $DURATION):"
+  python3 "$ROOT/benches/fsync_load.py" --nodes 3 --files 8 --mbps "$HALF_MBS" --seconds "$DURATION" --dir "$WORK/fsync-load"
+} | tee -a "$OUT/summary.md" >&2
+rm -rf "$WORK/fsync-load"
 
 {
   echo
