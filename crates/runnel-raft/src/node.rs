@@ -298,6 +298,14 @@ struct Group {
     /// (role, term) when the election timeout was last drawn, and the draw.
     timeout_key: (StateRole, u64),
     timeout: usize,
+    /// The group's tick count (see [`Node::tick`]).
+    ticks: u64,
+    /// Tick at which each peer's last message for this group arrived: the
+    /// in-sync set counts a follower heard within an election timeout.
+    /// (raft-rs's own `recent_active` is cleared at every check-quorum
+    /// round, so a set built on it would drop every follower for up to a
+    /// heartbeat interval once per election timeout.)
+    heard: BTreeMap<NodeId, u64>,
 }
 
 /// SplitMix64: a small, well-known deterministic generator.
@@ -413,6 +421,8 @@ impl Node {
             hwm,
             timeout_key: (StateRole::Follower, u64::MAX),
             timeout: 0,
+            ticks: 0,
+            heard: BTreeMap::new(),
         };
         self.fix_election_timeout(&mut g);
         self.groups.insert(group, g);
@@ -455,6 +465,7 @@ impl Node {
         let mut groups = std::mem::take(&mut self.groups);
         for g in groups.values_mut() {
             g.raw.tick();
+            g.ticks += 1;
             self.fix_election_timeout(g);
         }
         self.groups = groups;
@@ -479,6 +490,7 @@ impl Node {
                 tracing::warn!(node = self.config.id, group, from, %reason, "dropping an invalid raft message");
                 continue;
             }
+            g.heard.insert(from, g.ticks);
             if let Err(e) = g.raw.step(msg) {
                 tracing::debug!(node = self.config.id, group, from, error = %e, "raft refused a message");
             }
@@ -641,8 +653,11 @@ impl Node {
                 // In sync: the leader itself, or a follower heard from within
                 // the election timeout that takes appends as a stream
                 // (Replicate), i.e. not probing nor waiting for a snapshot.
+                let heard_lately = g.heard.get(id).is_some_and(|&at| {
+                    g.ticks.saturating_sub(at) <= self.config.election_tick as u64
+                });
                 let in_sync = *id == self.config.id
-                    || (pr.recent_active && pr.state == raft::ProgressState::Replicate);
+                    || (heard_lately && pr.state == raft::ProgressState::Replicate);
                 replicas.push(ReplicaStatus {
                     node: *id,
                     matched: pr.matched,

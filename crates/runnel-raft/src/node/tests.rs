@@ -411,3 +411,50 @@ fn closing_a_group_ends_its_proposals_as_unknown() {
     ));
     assert!(c.node(l).status(G).is_none());
 }
+
+/// The leader's in-sync set holds every follower that keeps answering, at
+/// every tick (raft-rs clears its `recent_active` flags at each check-quorum
+/// round; a set built on them lost every follower for a heartbeat interval
+/// once per election timeout), and drops a follower silent for longer than
+/// an election timeout.
+#[test]
+fn the_in_sync_set_is_steady_while_followers_answer_and_drops_a_silent_one() {
+    let mut c = Cluster::new(3);
+    let l = c.leader();
+    let in_sync = |c: &mut Cluster| -> Vec<NodeId> {
+        let st = c.node(l).status(G).unwrap();
+        st.replicas
+            .iter()
+            .filter(|r| r.in_sync)
+            .map(|r| r.node)
+            .collect()
+    };
+    for tick in 0..60 {
+        // Between a tick and the answers it causes, as a describe may see it.
+        c.now += 100;
+        let now = c.now;
+        for node in &mut c.nodes {
+            node.tick(now);
+        }
+        assert_eq!(
+            in_sync(&mut c),
+            vec![1, 2, 3],
+            "tick {tick}, before the answers"
+        );
+        c.pump();
+        assert_eq!(in_sync(&mut c), vec![1, 2, 3], "tick {tick}");
+    }
+    let f = if l == 3 { 2 } else { 3 };
+    c.cut.insert(f);
+    let election = NodeConfig::default().election_tick;
+    for _ in 0..=election + 1 {
+        c.tick();
+    }
+    let want: Vec<NodeId> = (1..=3).filter(|&n| n != f).collect();
+    assert_eq!(in_sync(&mut c), want);
+    c.cut.clear();
+    for _ in 0..5 {
+        c.tick();
+    }
+    assert_eq!(in_sync(&mut c), vec![1, 2, 3]);
+}
