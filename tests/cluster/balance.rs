@@ -244,3 +244,63 @@ async fn every_node_reports_the_leaders_isr() {
     })
     .await;
 }
+
+/// SIGTERM of a node (a rolling restart): before it stops serving it hands
+/// every group it leads to an in-sync replica, which takes over at its
+/// request (raft-rs TimeoutNow) instead of after an election timeout
+/// without heartbeats; when it is gone the others agree on live leaders,
+/// and an acks=all writer loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_leadership_over_before_the_node_exits() {
+    const TOPIC: &str = "handoff";
+    const PARTITIONS: u32 = 3;
+    let mut cluster = Cluster::start(ClusterOptions::default()).await;
+    with_deadline(Duration::from_secs(300), async {
+        cluster.create_topic(1, TOPIC, PARTITIONS, 3).await;
+        let first = eventually(Duration::from_secs(60), "a leader per partition", || async {
+            leaders(&cluster, TOPIC, PARTITIONS).await
+        })
+        .await;
+        let victim = first[&0];
+        let p = crate::history::Producer::start(&cluster, TOPIC, 0, "h");
+        p.wait_for_more(30, Duration::from_secs(60), &cluster).await;
+
+        cluster.terminate_ok(victim).await;
+        // At once (no waiting): every live node names a live leader for
+        // every partition.
+        for id in cluster.live_ids() {
+            let views = partitions_on(&cluster, id, TOPIC)
+                .await
+                .expect("a live node describes the topic");
+            for (part, d) in views {
+                assert!(
+                    d.leader != 0 && d.leader != victim,
+                    "node {id} names leader {} for partition {part} right after node {victim} exited\n{}",
+                    d.leader,
+                    cluster.stderr_tails(30)
+                );
+            }
+        }
+        // It handed over while still running (it saw no group led here)
+        // and the others took over on its word (raft-rs's TimeoutNow), not
+        // after an election timeout without its heartbeats.
+        assert!(
+            !cluster.grep_stderr("leadership handed over").is_empty(),
+            "the stopping node does not say it handed over\n{}",
+            cluster.stderr_tails(30)
+        );
+        let took_over = cluster.grep_stderr(&format!("received MsgTimeoutNow from {victim}"));
+        assert!(
+            !took_over.is_empty(),
+            "no node took over on node {victim}'s request\n{}",
+            cluster.stderr_tails(30)
+        );
+        eprintln!("taken over on request: {took_over:?}");
+        p.wait_for_more(30, Duration::from_secs(60), &cluster).await;
+        cluster.restart(victim);
+        p.wait_for_more(30, Duration::from_secs(60), &cluster).await;
+        let h = p.stop().await;
+        crate::history::check_all_nodes(&cluster, TOPIC, 0, &[("h", &h)]).await;
+    })
+    .await;
+}

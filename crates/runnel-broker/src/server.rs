@@ -34,6 +34,9 @@ use crate::service::group::GroupSvc;
 use crate::service::produce::ProduceSvc;
 use crate::service::{NodeContext, ShutdownSignal, now_ms};
 
+/// Longest a cluster node stopping gracefully waits for the groups it
+/// leads to move to other replicas before it stops anyway.
+const HANDOFF_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// HTTP/2 initial stream and connection windows (measured: see the issue).
 pub const WINDOW_BYTES: u32 = 16 << 20;
 /// HTTP/2 max frame size.
@@ -195,8 +198,15 @@ impl Broker {
         });
 
         let health_on_stop = health.clone();
+        let handing_over = cluster.clone();
         let signal = async move {
             shutdown.await;
+            if let Some(cluster) = handing_over {
+                // Still serving (clients get NOT_LEADER naming the new
+                // leaders) and still speaking Raft, which the hand-over needs.
+                tracing::info!("shutting down: handing leadership over");
+                cluster.hand_over_leadership(HANDOFF_LIMIT).await;
+            }
             tracing::info!("shutting down: finishing in-flight requests");
             health_on_stop
                 .set_service_status("", ServingStatus::NotServing)

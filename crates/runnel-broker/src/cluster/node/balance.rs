@@ -103,7 +103,77 @@ pub(super) fn plan(
     round
 }
 
+/// Where a stopping node hands its groups: for each group `me` leads, the
+/// first voter in placement order (preferred leader first) that is in
+/// sync. Groups without such a voter are left out (they fail over).
+pub(super) fn handoff_targets(me: u64, views: &[(u64, GroupView)]) -> Vec<Move> {
+    views
+        .iter()
+        .filter(|(_, v)| v.role == Some(Role::Leader))
+        .filter_map(|(group, v)| {
+            v.voters
+                .iter()
+                .find(|&&n| n != me && v.in_sync.contains(&n))
+                .and_then(|&n| u32::try_from(n).ok())
+                .map(|to| (*group, to))
+        })
+        .collect()
+}
+
+/// How often a stopping node re-asks for the hand-overs still due.
+const HANDOFF_RETRY: Duration = Duration::from_millis(200);
+
 impl ClusterNode {
+    /// Before a graceful stop (Kafka's controlled shutdown): hands every
+    /// group this node leads, the controller's included, to an in-sync
+    /// replica and waits up to `limit` until none is led here, so its
+    /// partitions stay writable while it restarts instead of waiting one
+    /// failover. It stops waiting early when no group it still leads has a
+    /// replica in sync (the last node of a cluster being stopped). Groups
+    /// still led then (or a follower too far behind under load at the
+    /// deadline) fail over as after a crash.
+    pub(crate) async fn hand_over_leadership(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        let me = u64::from(self.node_id);
+        loop {
+            let mut views: Vec<(u64, GroupView)> = self
+                .hosted
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .map(|(&group, shared)| (group, shared.view()))
+                .collect();
+            views.push((super::CONTROLLER_GROUP, self.controller.view()));
+            let led = views
+                .iter()
+                .filter(|(_, v)| v.role == Some(Role::Leader))
+                .count();
+            if led == 0 {
+                tracing::info!("leadership handed over");
+                return;
+            }
+            let targets = handoff_targets(me, &views);
+            if targets.is_empty() {
+                tracing::info!(
+                    groups = led,
+                    "no replica in sync to take over the groups still led here"
+                );
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    groups = led,
+                    "still leading groups at the hand-over deadline: they fail over"
+                );
+                return;
+            }
+            for (group, to) in targets {
+                self.raft.transfer_leader(group, u64::from(to));
+            }
+            tokio::time::sleep(HANDOFF_RETRY).await;
+        }
+    }
+
     /// Runs a balancing round every [`BALANCE_INTERVAL`] (see the module
     /// docs) until `stop`.
     pub(super) async fn balance_loop(self: Arc<Self>, stop: ShutdownSignal) {
@@ -172,6 +242,24 @@ mod tests {
             voters: vec![1, 2, 3],
             in_sync: in_sync.to_vec(),
         }
+    }
+
+    #[test]
+    fn a_stopping_node_hands_each_group_it_leads_to_the_first_in_sync_voter() {
+        let led = |voters: &[u64], in_sync: &[u64]| GroupView {
+            role: Some(Role::Leader),
+            term: 2,
+            leader: Some(1),
+            voters: voters.to_vec(),
+            in_sync: in_sync.to_vec(),
+        };
+        let views = vec![
+            (10, led(&[1, 3, 2], &[1, 2, 3])),
+            (11, led(&[2, 1, 3], &[1, 3])),
+            (12, led(&[1, 2, 3], &[1])),
+            (13, view(Role::Follower, 2, &[1, 2, 3])),
+        ];
+        assert_eq!(handoff_targets(1, &views), vec![(10, 3), (11, 3)]);
     }
 
     #[test]
