@@ -52,6 +52,18 @@ async fn metrics_move_with_produce_and_fetch() {
 
         let before = samples(&broker);
         assert_eq!(value(&before, HIGH_WATERMARK, &p0), 0.0);
+        // One node leads, holds and keeps in sync every partition.
+        let id = f64::from(broker.id());
+        assert_eq!(value(&before, "runnel_partition_leader", &p0), id);
+        assert_eq!(value(&before, "runnel_partition_replicas", &p0), 1.0);
+        assert_eq!(
+            value(&before, "runnel_partition_in_sync_replicas", &p0),
+            1.0
+        );
+        assert_eq!(
+            value(&before, "runnel_partition_under_replicated", &p0),
+            0.0
+        );
         let records_in = sum(&before, RECORDS_IN, &topic).unwrap_or(0.0);
         let bytes_in = sum(&before, BYTES_IN, &topic).unwrap_or(0.0);
         let produce_calls = sum(&before, REQUEST_LATENCY_COUNT, &produce_rpc).unwrap_or(0.0);

@@ -71,6 +71,26 @@ fn everywhere(cluster: &Cluster, partitions: u32, isr: &[u32]) -> BTreeMap<(u32,
         .collect()
 }
 
+/// `runnel_partition_under_replicated` of `topic` summed over the live
+/// nodes' /metrics (each partition's leader reports it).
+fn under_replicated(cluster: &Cluster, topic: &str) -> f64 {
+    cluster
+        .live_ids()
+        .into_iter()
+        .filter_map(|id| cluster.broker(id).metrics_addr_opt())
+        .map(|addr| {
+            let (_, _, body) = crate::support::metrics::scrape(addr);
+            let samples = crate::support::metrics::parse(&body);
+            crate::support::metrics::sum(
+                &samples,
+                "runnel_partition_under_replicated",
+                &[("topic", topic)],
+            )
+            .unwrap_or(0.0)
+        })
+        .sum()
+}
+
 /// The transfers the nodes have logged so far.
 fn transfers(cluster: &Cluster) -> Vec<String> {
     cluster.grep_stderr("handing leadership to the preferred leader")
@@ -210,6 +230,13 @@ async fn every_node_reports_the_leaders_isr() {
             "node {victim} out of every ISR on nodes 1 and 2 after {:?}",
             started.elapsed()
         );
+        // /metrics: each partition's leader counts it under-replicated.
+        eventually(
+            Duration::from_secs(30),
+            "3 partitions under-replicated in /metrics",
+            || async { (under_replicated(&cluster, TOPIC) == f64::from(PARTITIONS)).then_some(()) },
+        )
+        .await;
         write_each(&cluster, 1, TOPIC, PARTITIONS, "while-down");
 
         // Back and caught up: in every ISR again, on all three nodes.
@@ -219,6 +246,12 @@ async fn every_node_reports_the_leaders_isr() {
             Duration::from_secs(60),
             "node 3 back in every ISR everywhere",
             || async { (isr_views(&cluster, TOPIC).await? == want).then_some(()) },
+        )
+        .await;
+        eventually(
+            Duration::from_secs(30),
+            "nothing under-replicated in /metrics",
+            || async { (under_replicated(&cluster, TOPIC) == 0.0).then_some(()) },
         )
         .await;
         // The CLI shows the same through a follower.

@@ -8,6 +8,9 @@
 //! | `runnel_partition_high_watermark` | gauge | topic, partition | offset after the last committed record |
 //! | `runnel_partition_log_end_offset` | gauge | topic, partition | offset after the last appended record |
 //! | `runnel_partition_size_bytes` | gauge | topic, partition | bytes stored |
+//! | `runnel_partition_leader` | gauge | topic, partition | node id of the leader this node knows, 0 for none |
+//! | `runnel_partition_replicas` / `runnel_partition_in_sync_replicas` | gauge | topic, partition | replicas, and those in sync (as `topic describe` shows them) |
+//! | `runnel_partition_under_replicated` | gauge | topic, partition | 1 on the partition's leader while some replica is out of sync, else 0 (sum over nodes: Kafka's UnderReplicatedPartitions) |
 //! | `runnel_bytes_in_total` / `runnel_records_in_total` | counter | topic, partition | appended (acknowledged or acks=0) |
 //! | `runnel_bytes_out_total` / `runnel_records_out_total` | counter | topic, partition | returned by Fetch and Subscribe (records: whole batches) |
 //! | `runnel_request_duration_seconds` | histogram | rpc | time to answer each RPC (per request of a ProduceStream; until the first message of a Subscribe) |
@@ -76,6 +79,10 @@ pub(crate) struct Metrics {
     high_watermark: Family<PartitionLabels, Gauge>,
     log_end: Family<PartitionLabels, Gauge>,
     size_bytes: Family<PartitionLabels, Gauge>,
+    leader: Family<PartitionLabels, Gauge>,
+    replicas: Family<PartitionLabels, Gauge>,
+    in_sync: Family<PartitionLabels, Gauge>,
+    under_replicated: Family<PartitionLabels, Gauge>,
     bytes_in: Family<PartitionLabels, Counter>,
     records_in: Family<PartitionLabels, Counter>,
     bytes_out: Family<PartitionLabels, Counter>,
@@ -106,6 +113,10 @@ impl Metrics {
             high_watermark: Family::default(),
             log_end: Family::default(),
             size_bytes: Family::default(),
+            leader: Family::default(),
+            replicas: Family::default(),
+            in_sync: Family::default(),
+            under_replicated: Family::default(),
             bytes_in: Family::default(),
             records_in: Family::default(),
             bytes_out: Family::default(),
@@ -134,6 +145,26 @@ impl Metrics {
             m.log_end.clone(),
         );
         registry.register("partition_size_bytes", "Bytes stored", m.size_bytes.clone());
+        registry.register(
+            "partition_leader",
+            "Node id of the partition's leader as this node knows it (0: none)",
+            m.leader.clone(),
+        );
+        registry.register(
+            "partition_replicas",
+            "Replicas of the partition",
+            m.replicas.clone(),
+        );
+        registry.register(
+            "partition_in_sync_replicas",
+            "Replicas of the partition in sync with its leader",
+            m.in_sync.clone(),
+        );
+        registry.register(
+            "partition_under_replicated",
+            "1 on the partition's leader while a replica is out of sync",
+            m.under_replicated.clone(),
+        );
         registry.register("bytes_in", "Batch bytes appended", m.bytes_in.clone());
         registry.register("records_in", "Records appended", m.records_in.clone());
         registry.register(
@@ -204,6 +235,10 @@ impl Metrics {
             &self.high_watermark,
             &self.log_end,
             &self.size_bytes,
+            &self.leader,
+            &self.replicas,
+            &self.in_sync,
+            &self.under_replicated,
         ] {
             f.remove(&l);
         }
@@ -225,8 +260,10 @@ impl Metrics {
         }
     }
 
-    /// Encodes everything, after reading the partitions' offsets.
+    /// Encodes everything, after reading the partitions' offsets and
+    /// replication state.
     pub(crate) fn encode(&self, topics: &TopicRegistry) -> Result<String, std::fmt::Error> {
+        let me = topics.node().id;
         for topic in topics.list() {
             for (id, replica) in topic.partitions.iter().enumerate() {
                 let o = replica.offsets();
@@ -242,6 +279,13 @@ impl Metrics {
                 set(&self.high_watermark, o.high_watermark);
                 set(&self.log_end, o.log_end);
                 set(&self.size_bytes, replica.size_bytes());
+                let leader = replica.leader().map_or(0, |l| l.id);
+                let (replicas, in_sync) = (replica.replicas(), replica.in_sync_replicas());
+                set(&self.leader, u64::from(leader));
+                set(&self.replicas, replicas.len() as u64);
+                set(&self.in_sync, in_sync.len() as u64);
+                let under = leader == me && in_sync.len() < replicas.len();
+                set(&self.under_replicated, u64::from(under));
             }
         }
         let mut out = String::with_capacity(16 << 10);

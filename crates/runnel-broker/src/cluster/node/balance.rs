@@ -124,6 +124,16 @@ pub(super) fn handoff_targets(me: u64, views: &[(u64, GroupView)]) -> Vec<Move> 
 const HANDOFF_RETRY: Duration = Duration::from_millis(200);
 
 impl ClusterNode {
+    /// The view of every partition group open here, by Raft group.
+    fn hosted_views<C: FromIterator<(u64, GroupView)>>(&self) -> C {
+        self.hosted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(&group, shared)| (group, shared.view()))
+            .collect()
+    }
+
     /// Before a graceful stop (Kafka's controlled shutdown): hands every
     /// group this node leads, the controller's included, to an in-sync
     /// replica and waits up to `limit` until none is led here, so its
@@ -136,13 +146,7 @@ impl ClusterNode {
         let deadline = tokio::time::Instant::now() + limit;
         let me = u64::from(self.node_id);
         loop {
-            let mut views: Vec<(u64, GroupView)> = self
-                .hosted
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .iter()
-                .map(|(&group, shared)| (group, shared.view()))
-                .collect();
+            let mut views: Vec<(u64, GroupView)> = self.hosted_views();
             views.push((super::CONTROLLER_GROUP, self.controller.view()));
             let led = views
                 .iter()
@@ -183,13 +187,7 @@ impl ClusterNode {
         }
         let mut pending = BTreeSet::new();
         loop {
-            let views: HashMap<u64, GroupView> = self
-                .hosted
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .iter()
-                .map(|(&group, shared)| (group, shared.view()))
-                .collect();
+            let views: HashMap<u64, GroupView> = self.hosted_views();
             let round = plan(&self.state(), self.node_id, &views, &pending);
             for &(group, to) in &round.transfers {
                 tracing::debug!(group, to, "moving leadership back to the preferred leader");
