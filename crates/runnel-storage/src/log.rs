@@ -290,6 +290,7 @@ impl Log {
                 state.log_start_offset,
                 state.compacted_index + 1,
                 &config,
+                true,
             )?);
         } else {
             let (last, sealed) = bases.split_last().unwrap_or((&0, &[]));
@@ -639,9 +640,12 @@ impl Log {
     }
 
     /// Seals the active segment and starts a new one at the log end,
-    /// without waiting for the sealed segment's fsync: that happens in the
-    /// next flush ([`Log::finish_seal`], outside the lock), or at the next
-    /// roll if no flush came first (by then the data is long written back).
+    /// without waiting for any fsync: the sealed segment's data and the
+    /// directory holding the new segment are fsynced by the next flush
+    /// ([`Log::finish_seal`], outside the lock), or at the next roll if no
+    /// flush came first (by then the data is long written back). A crash
+    /// before that may lose the new segment's file, never anything flushed:
+    /// recovery then ends the log with the sealed segment.
     /// A failure to create the new segment changes nothing; a failure to
     /// seal the old one fails the log.
     fn roll(&self, inner: &mut Inner) -> Result<()> {
@@ -649,7 +653,9 @@ impl Log {
         // scan the last two segments.
         self.finish_seal_locked(inner)?;
         let (base_offset, base_index) = (inner.log_end(), inner.last_index() + 1);
-        let new = Segment::create(&self.dir, base_offset, base_index, &self.config)?;
+        // Not durable yet: the seal started below fsyncs the directory
+        // (finish_seal), before any of the new segment counts as durable.
+        let new = Segment::create(&self.dir, base_offset, base_index, &self.config, false)?;
         if let Err(e) = inner.active_mut().seal_start() {
             return Err(self.fail(inner, e));
         }
@@ -673,6 +679,10 @@ impl Log {
             return Err(self.fail(inner, e));
         }
         let end = seg.next_offset;
+        // The segment the roll created after this one (see `roll`).
+        if let Err(e) = sync_dir(&self.dir) {
+            return Err(self.fail(inner, e));
+        }
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.durable_offset.fetch_max(end, Ordering::AcqRel);
         inner.sealing = None;
@@ -704,7 +714,11 @@ impl Log {
                 inner.generation,
             )
         };
-        if let Err(e) = sync_data(&file, &path, self.config.faults.as_deref()) {
+        // The sealed data, then the directory: the roll created the next
+        // segment without making that durable (see `roll`).
+        if let Err(e) = sync_data(&file, &path, self.config.faults.as_deref())
+            .and_then(|()| sync_dir(&self.dir))
+        {
             let mut inner = self.lock()?;
             return Err(self.fail(&mut inner, e));
         }
@@ -1296,7 +1310,7 @@ impl Log {
                 Segment::delete_files(&self.dir, seg.base_offset)?;
             }
             sync_dir(&self.dir)?;
-            let new = Segment::create(&self.dir, start_offset, index + 1, &self.config)?;
+            let new = Segment::create(&self.dir, start_offset, index + 1, &self.config, true)?;
             state.reset_pending = false;
             state.store(&self.dir)?;
             Ok(new)
