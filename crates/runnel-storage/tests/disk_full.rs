@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use common::{Stored, append, assert_log_holds, file_names, scratch_dir, simple_batch};
+use common::{Stored, append, assert_log_holds, scratch_dir, simple_batch};
 use runnel_storage::filename::{LOG_EXT, segment_file_name};
 use runnel_storage::{Faults, FlushPolicy, Log, LogConfig, StorageError};
 
