@@ -20,7 +20,7 @@
 //! earliest. Nothing moves during the first [`BALANCE_DELAY`] after start,
 //! while the preferred leaders still win their first elections.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
@@ -145,17 +145,25 @@ impl ClusterNode {
     pub(crate) async fn hand_over_leadership(&self, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
         let me = u64::from(self.node_id);
+        // Groups that left this node once since the stop began. One that
+        // comes back was handed back by a node stopping too (a whole
+        // cluster stopped at once): it is not handed over again, or the
+        // nodes would pass leadership around until the deadline.
+        let mut moved: HashSet<u64> = HashSet::new();
         loop {
             let mut views: Vec<(u64, GroupView)> = self.hosted_views();
             views.push((super::CONTROLLER_GROUP, self.controller.view()));
-            let led = views
-                .iter()
-                .filter(|(_, v)| v.role == Some(Role::Leader))
-                .count();
-            if led == 0 {
+            for (group, v) in &views {
+                if v.role != Some(Role::Leader) {
+                    moved.insert(*group);
+                }
+            }
+            views.retain(|(group, v)| v.role == Some(Role::Leader) && !moved.contains(group));
+            if views.is_empty() {
                 tracing::info!("leadership handed over");
                 return;
             }
+            let led = views.len();
             let targets = handoff_targets(me, &views);
             if targets.is_empty() {
                 tracing::info!(
