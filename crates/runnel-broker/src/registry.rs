@@ -433,16 +433,7 @@ fn create_topic_files(
         remove_path(dir)?;
     }
     fs::create_dir_all(dir).map_err(|e| BrokerError::io("create directory", dir, e))?;
-    let mut logs = Vec::with_capacity(settings.partitions as usize);
-    for p in 0..settings.partitions {
-        let pdir = dir.join(p.to_string());
-        let log = Log::open(&pdir, settings.log_config(log_flush_policy(flush)))
-            .map_err(|e| BrokerError::storage(format!("create partition {}", pdir.display()), e))?;
-        logs.push(log);
-    }
-    let json =
-        serde_json::to_vec_pretty(settings).map_err(|e| BrokerError::Internal(e.to_string()))?;
-    write_atomic(&dir.join(TOPIC_FILE), &json)?;
+    let logs = add_partition_files(dir, settings, 0, flush)?;
     if let Some(parent) = dir.parent() {
         sync_dir(parent)?;
     }
