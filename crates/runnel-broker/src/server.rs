@@ -39,7 +39,8 @@ use crate::service::{NodeContext, ShutdownSignal, now_ms};
 const HANDOFF_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// HTTP/2 initial stream and connection windows (measured: see the issue).
 pub const WINDOW_BYTES: u32 = 16 << 20;
-/// HTTP/2 max frame size.
+/// Largest HTTP/2 frame a node accepts, and (as a client of other nodes)
+/// asks them to send.
 pub const MAX_FRAME_BYTES: u32 = 1 << 20;
 /// Largest gRPC message decoded or encoded: a request may carry a 64 MiB
 /// batch per partition, a fetch response one 64 MiB batch past its budget.

@@ -50,6 +50,12 @@ pub struct ConsumerConfig {
     /// How long a partition's fetches may keep failing with such retriable
     /// errors before [`Consumer::poll`] returns the error. Default 30 s.
     pub retry_timeout: Duration,
+    /// Fetches in flight to one node at a time, each for its own share of
+    /// the node's partitions (so a node can read and send one while the
+    /// client receives another). Default 1, as in Kafka: over one HTTP/2
+    /// connection a second fetch did not measurably speed up consuming
+    /// (benches/RESULTS.md, "Consume: HTTP/2 frame size").
+    pub fetches_per_node: usize,
 }
 
 impl Default for ConsumerConfig {
@@ -61,6 +67,7 @@ impl Default for ConsumerConfig {
             max_wait: Duration::from_millis(500),
             retry_backoff: Duration::from_millis(100),
             retry_timeout: Duration::from_secs(30),
+            fetches_per_node: 1,
         }
     }
 }
@@ -98,8 +105,12 @@ struct PartitionState {
 
 /// Reads a set of partitions of one topic, each from its own position.
 ///
-/// Partitions are grouped by leader node; every node gets one `Fetch` at a
-/// time covering its partitions. [`Consumer::poll`] returns what the first
+/// Partitions are grouped by leader node; a node's partitions are split
+/// over up to [`ConsumerConfig::fetches_per_node`] concurrent `Fetch`es, a
+/// partition in one of them at a time, and the order in which partitions are
+/// asked rotates from round to round, so that a response budget spent on
+/// the first partitions does not starve the last ones (as KIP-74 has Kafka
+/// consumers do). [`Consumer::poll`] returns what the first
 /// node (and any other already done) answered; the consumer verifies each
 /// batch's CRC, skips records below the position and advances the position
 /// past what it returns. The next fetch of a node starts as soon as a poll
@@ -118,12 +129,14 @@ pub struct Consumer {
     topic: Arc<str>,
     partitions: Vec<PartitionState>,
     config: ConsumerConfig,
-    /// Fetches in flight, one per node at most.
+    /// Fetches in flight, at most `fetches_per_node` per node.
     fetches: JoinSet<Result<FetchResponse>>,
     /// What each fetch in flight asked for.
     asked: HashMap<task::Id, NodeFetch>,
     /// A metadata refresh running after a failure.
     refresh: Option<JoinHandle<()>>,
+    /// Where in `partitions` the next round of fetches starts asking.
+    rotation: usize,
 }
 
 /// A fetch in flight to one node.
@@ -209,6 +222,7 @@ impl Consumer {
             fetches: JoinSet::new(),
             asked: HashMap::new(),
             refresh: None,
+            rotation: 0,
         }
     }
 
@@ -367,16 +381,24 @@ impl Consumer {
             .collect()
     }
 
-    /// Starts one fetch per leader node for the partitions no fetch covers,
-    /// except those waiting out a backoff or a metadata refresh, and those
-    /// whose node already has a fetch in flight (they join its next one).
+    /// Starts fetches for the partitions no fetch covers, except those
+    /// waiting out a backoff or a metadata refresh: a node's uncovered
+    /// partitions are split over the fetches it has room for (none when it
+    /// already has `fetches_per_node` in flight; they join a later one).
     fn start_fetches(&mut self, now: Instant) -> Result<()> {
         let covered = self.covered();
-        let busy: HashSet<Arc<str>> = self.asked.values().map(|f| f.address.clone()).collect();
+        let mut in_flight: HashMap<Arc<str>, usize> = HashMap::new();
+        for f in self.asked.values() {
+            *in_flight.entry(f.address.clone()).or_default() += 1;
+        }
+        let per_node = self.config.fetches_per_node.max(1);
         let refreshing = self.refresh.as_ref().is_some_and(|r| !r.is_finished());
         let metadata = self.client.metadata();
         let mut groups: Vec<(Route, Vec<(u32, u64)>)> = Vec::new();
-        for p in &self.partitions {
+        let n = self.partitions.len();
+        let first = if n == 0 { 0 } else { self.rotation % n };
+        for i in 0..n {
+            let p = &self.partitions[(first + i) % n];
             if covered.contains(&p.id) {
                 continue;
             }
@@ -384,7 +406,7 @@ impl Consumer {
                 continue;
             }
             let route = metadata.route(&self.topic, p.id)?;
-            if busy.contains(&route.address) {
+            if in_flight.get(&route.address).copied().unwrap_or(0) >= per_node {
                 continue;
             }
             match groups.iter_mut().find(|(r, _)| r.address == route.address) {
@@ -392,8 +414,15 @@ impl Consumer {
                 None => groups.push((route, vec![(p.id, p.position)])),
             }
         }
+        if !groups.is_empty() {
+            self.rotation = self.rotation.wrapping_add(1);
+        }
         for (route, positions) in groups {
-            self.start_fetch(route, positions);
+            let free = per_node - in_flight.get(&route.address).copied().unwrap_or(0);
+            let size = positions.len().div_ceil(free.min(positions.len()));
+            for share in positions.chunks(size) {
+                self.start_fetch(route.clone(), share.to_vec());
+            }
         }
         Ok(())
     }

@@ -276,6 +276,12 @@ impl FetchService for Node {
         self.check_up()?;
         self.stats.fetches.fetch_add(1, Ordering::SeqCst);
         let mut partitions = Vec::new();
+        // The response budget, spent in request order as the broker does:
+        // once it is gone the remaining partitions get nothing.
+        let mut budget = match request.get_ref().max_bytes {
+            0 => usize::MAX,
+            n => n as usize,
+        };
         for p in &request.get_ref().partitions {
             let high_watermark = self.cluster.end_offset(p.partition);
             if let Some(error) = self.not_leader(p.partition) {
@@ -293,12 +299,13 @@ impl FetchService for Node {
             let logs = self.cluster.logs.lock().unwrap();
             for (_, bytes) in logs.get(&p.partition).into_iter().flatten() {
                 let next = BatchView::new(bytes).unwrap().header().next_offset();
-                if next > p.offset && batches.len() < 2 {
+                if next > p.offset && batches.len() < 2 && budget > 0 {
                     batches.push(bytes.clone());
                 }
             }
             drop(logs);
             let data: Vec<u8> = batches.iter().flat_map(|b| b.iter().copied()).collect();
+            budget = budget.saturating_sub(data.len());
             partitions.push(PartitionData {
                 partition: p.partition,
                 high_watermark,

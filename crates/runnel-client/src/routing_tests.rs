@@ -45,7 +45,15 @@ fn producer_config() -> ProducerConfig {
 /// A fake cluster of three nodes leading partitions 0, 1, 2 of [`TOPIC`],
 /// a client bootstrapped with every node, and a producer.
 async fn start(config: ProducerConfig) -> (FakeCluster, Client, Producer) {
-    let fake = FakeCluster::start(3, vec![1, 2, 3]).await;
+    start_led_by(vec![1, 2, 3], config).await
+}
+
+/// As [`start`], partition `i` led by node `leaders[i]`.
+async fn start_led_by(
+    leaders: Vec<u32>,
+    config: ProducerConfig,
+) -> (FakeCluster, Client, Producer) {
+    let fake = FakeCluster::start(3, leaders).await;
     let client = Client::connect_with(&fake.bootstrap, client_config())
         .await
         .unwrap();
@@ -62,6 +70,17 @@ fn move_leader(fake: &FakeCluster, how: Move, partition: u32, from: u32, to: u32
     if matches!(how, Move::Down) {
         fake.node(from).down.store(true, Ordering::SeqCst);
     }
+}
+
+/// A cluster led by `leaders` holding 60 acknowledged records in each of
+/// its 3 partitions: the cluster, a client, what was sent, and how many.
+async fn filled(leaders: Vec<u32>) -> (FakeCluster, Client, HashMap<u32, Vec<Vec<u8>>>, usize) {
+    let (fake, client, producer) = start_led_by(leaders, producer_config()).await;
+    let (mut sent, mut futures) = (HashMap::new(), Vec::new());
+    send_round(&producer, 0, 60, &mut sent, &mut futures).await;
+    producer.close().await.unwrap();
+    let total = sent.values().map(Vec::len).sum();
+    (fake, client, sent, total)
 }
 
 /// Sends `n` records per partition of 3, numbered, checking nothing yet.
@@ -149,11 +168,7 @@ async fn a_consumer_follows_leader_moves_and_keeps_its_positions() {
         .into_iter()
         .enumerate()
     {
-        let (fake, client, producer) = start(producer_config()).await;
-        let (mut sent, mut futures) = (HashMap::new(), Vec::new());
-        send_round(&producer, 0, 60, &mut sent, &mut futures).await;
-        producer.close().await.unwrap();
-        let total: usize = sent.values().map(Vec::len).sum();
+        let (fake, client, sent, total) = filled(vec![1, 2, 3]).await;
         let mut consumer = Consumer::new(
             &client,
             TOPIC,
@@ -278,4 +293,54 @@ async fn a_producer_starts_using_added_partitions_once_its_routes_age() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     producer.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_spent_response_budget_does_not_starve_the_last_partitions() {
+    for fetches_per_node in [1, 2] {
+        // One node leads all three partitions: one fetch asks for all.
+        let (_fake, client, sent, total) = filled(vec![1, 1, 1]).await;
+        let mut consumer = Consumer::new(
+            &client,
+            TOPIC,
+            None,
+            StartPosition::Earliest,
+            ConsumerConfig {
+                // One byte: each response carries one partition's batches.
+                max_bytes: 1,
+                max_wait: Duration::from_millis(20),
+                fetches_per_node,
+                ..ConsumerConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let mut got: HashMap<u32, Vec<u64>> = HashMap::new();
+        let mut first_served: Vec<u32> = Vec::new();
+        let (mut read, mut polls) = (0, 0);
+        while read < total {
+            polls += 1;
+            assert!(polls < 2000, "stuck after {read} records");
+            for r in consumer.poll().await.unwrap() {
+                read += 1;
+                if !got.contains_key(&r.partition) {
+                    first_served.push(r.partition);
+                }
+                got.entry(r.partition).or_default().push(r.offset);
+            }
+            if polls == 3 {
+                // Every partition has far more than one response's worth,
+                // yet each was served within the first three polls.
+                assert_eq!(
+                    got.len(),
+                    3,
+                    "{fetches_per_node} per node: served {first_served:?} in 3 polls"
+                );
+            }
+        }
+        for p in 0..3u32 {
+            let want: Vec<u64> = (0..sent[&p].len() as u64).collect();
+            assert_eq!(got[&p], want, "partition {p} read once, in order");
+        }
+    }
 }

@@ -22,7 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::server::{MAX_MESSAGE_BYTES, WINDOW_BYTES};
+use crate::server::{MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, WINDOW_BYTES};
 use crate::service::ShutdownSignal;
 
 /// Batches queued per peer before messages are dropped.
@@ -247,6 +247,7 @@ async fn connect(addr: &str) -> Result<RaftServiceClient<Channel>, tonic::transp
         .tcp_nodelay(true)
         .initial_stream_window_size(WINDOW_BYTES)
         .initial_connection_window_size(WINDOW_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
         .http2_keep_alive_interval(Duration::from_millis(500))
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
