@@ -554,6 +554,19 @@ async fn raw_produce_stream(
     h2::PingPong,
     tokio::task::JoinHandle<()>,
 ) {
+    raw_call(addr, "runnel.v1.ProduceService/ProduceStream").await
+}
+
+/// Opens a raw HTTP/2 connection and a call of `method` on it.
+async fn raw_call(
+    addr: SocketAddr,
+    method: &str,
+) -> (
+    h2::SendStream<Bytes>,
+    h2::client::ResponseFuture,
+    h2::PingPong,
+    tokio::task::JoinHandle<()>,
+) {
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .unwrap_or_else(|e| panic!("connect: {e}"));
@@ -571,9 +584,7 @@ async fn raw_produce_stream(
         .unwrap_or_else(|e| panic!("h2 not ready: {e}"));
     let req = http::Request::builder()
         .method("POST")
-        .uri(format!(
-            "http://{addr}/runnel.v1.ProduceService/ProduceStream"
-        ))
+        .uri(format!("http://{addr}/{method}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .body(())
@@ -590,6 +601,113 @@ async fn round_trip(ping: &mut h2::PingPong) {
     ping.ping(h2::Ping::opaque())
         .await
         .unwrap_or_else(|e| panic!("ping: {e}"));
+}
+
+/// Sends `body` (with `encoding` as grpc-encoding, if any) as a whole Fetch
+/// call over raw HTTP/2; returns its grpc-status and grpc-message, from
+/// the trailers or, for an early error, the headers.
+async fn raw_fetch(addr: SocketAddr, body: Bytes) -> (String, String) {
+    let (mut stream, resp, _ping, driver) = raw_call(addr, "runnel.v1.FetchService/Fetch").await;
+    stream
+        .send_data(body, true)
+        .unwrap_or_else(|e| panic!("send_data: {e}"));
+    let resp = resp.await.unwrap_or_else(|e| panic!("Fetch answer: {e}"));
+    let (parts, mut body) = resp.into_parts();
+    let mut headers = parts.headers;
+    if !headers.contains_key("grpc-status") {
+        while let Some(data) = body.data().await {
+            data.unwrap_or_else(|e| panic!("Fetch body: {e}"));
+        }
+        headers = body
+            .trailers()
+            .await
+            .unwrap_or_else(|e| panic!("Fetch trailers: {e}"))
+            .expect("a Fetch answer ends with trailers");
+    }
+    driver.abort();
+    let get = |k: &str| {
+        headers
+            .get(k)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default()
+    };
+    (get("grpc-status"), get("grpc-message"))
+}
+
+#[tokio::test]
+async fn malformed_fetch_calls_get_a_grpc_error_and_the_broker_serves_on() {
+    with_deadline(LIMIT, async {
+        let (broker, _) = start_with_topic(BrokerOptions::flush("never"), "rawfetch", 1).await;
+        let addr = broker.grpc_addr();
+        let good = fetch_request("rawfetch", 0, 0, false).encode_to_vec();
+        // A good one first: status 0 (OK).
+        let (status, _) = raw_fetch(addr, grpc_frame(&good, good.len())).await;
+        assert_eq!(status, "0");
+        let mut compressed = grpc_frame(&good, good.len()).to_vec();
+        compressed[0] = 1;
+        let mut two = grpc_frame(&good, good.len()).to_vec();
+        two.extend_from_slice(&grpc_frame(&good, good.len()));
+        let cases: Vec<(&str, Bytes, Code, &str)> = vec![
+            (
+                "empty",
+                Bytes::new(),
+                Code::Internal,
+                "no complete gRPC message",
+            ),
+            (
+                "truncated",
+                grpc_frame(&good[..2], good.len()),
+                Code::Internal,
+                "prefix says",
+            ),
+            (
+                "two messages",
+                Bytes::from(two),
+                Code::Internal,
+                "exactly one message",
+            ),
+            (
+                "garbage",
+                grpc_frame(&[0xff; 9], 9),
+                Code::Internal,
+                "does not decode",
+            ),
+            (
+                "compressed",
+                Bytes::from(compressed),
+                Code::Unimplemented,
+                "uncompressed",
+            ),
+        ];
+        for (case, body, code, says) in cases {
+            let (status, message) = raw_fetch(addr, body).await;
+            assert_eq!(status, (code as i32).to_string(), "{case}: {message}");
+            let message = percent_decode(&message);
+            assert!(message.contains(says), "{case}: {message}");
+        }
+        assert_still_serves(&broker, "rawfetch").await;
+    })
+    .await;
+}
+
+/// Undoes grpc-message's percent-encoding (enough for ASCII messages).
+fn percent_decode(s: &str) -> String {
+    let mut out = Vec::new();
+    let mut rest = s.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        let hex = tail.get(..2).and_then(|h| std::str::from_utf8(h).ok());
+        match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            Some(v) if b == b'%' => {
+                out.push(v);
+                rest = &tail[2..];
+            }
+            _ => {
+                out.push(b);
+                rest = tail;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,6 +30,7 @@ use crate::metrics::{Metrics, serve_metrics};
 use crate::registry::TopicRegistry;
 use crate::service::admin::AdminSvc;
 use crate::service::fetch::FetchSvc;
+use crate::service::fetch_body::FetchServer;
 use crate::service::group::GroupSvc;
 use crate::service::produce::ProduceSvc;
 use crate::service::{NodeContext, ShutdownSignal, now_ms};
@@ -180,9 +181,7 @@ impl Broker {
         let produce = ProduceServiceServer::new(ProduceSvc(ctx.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let fetch = FetchServiceServer::new(FetchSvc(ctx.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let fetch = FetchServer::new(FetchSvc(ctx.clone()), MAX_MESSAGE_BYTES);
 
         let group = GroupServiceServer::new(GroupSvc(ctx.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)

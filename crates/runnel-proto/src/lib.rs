@@ -6,12 +6,18 @@
 //! `FetchService` and `GroupService`, and the file descriptor set that the
 //! broker serves through gRPC reflection. The `.proto` files are the contract and carry the
 //! documentation; read them, not the generated code.
+//!
+//! Beside it, [`wire`]: the gRPC framing of `FetchService.Fetch`, which the
+//! broker and the Rust client write and read themselves so that fetched
+//! batches are not copied in and out of tonic's buffers.
 
 /// Messages and services of package `runnel.v1`.
 pub mod v1 {
     #![allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
     tonic::include_proto!("runnel.v1");
 }
+
+pub mod wire;
 
 /// The encoded `FileDescriptorSet` of package `runnel.v1`, for
 /// `tonic-reflection`.

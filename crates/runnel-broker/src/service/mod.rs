@@ -14,6 +14,7 @@ use crate::replica::ReplicaError;
 
 pub(crate) mod admin;
 pub(crate) mod fetch;
+pub(crate) mod fetch_body;
 pub(crate) mod group;
 pub(crate) mod produce;
 
