@@ -23,6 +23,7 @@ use std::task::{Context, Poll};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http_body::Frame;
 use prost::Message;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use tonic::Status;
 use tonic::codegen::http::HeaderMap;
 
@@ -45,6 +46,80 @@ pub fn prefixed(message: &impl Message) -> Bytes {
     buf.put_slice(&prefix(u32::try_from(len).unwrap_or(u32::MAX)));
     message.encode_raw(&mut buf);
     buf.freeze()
+}
+
+/// Stored or produced bytes shorter than this are copied into the
+/// surrounding chunk: an HTTP/2 frame of their own would cost more than the
+/// copy.
+pub const SHARE_MIN: usize = 16 << 10;
+
+/// The encoded length of a `bytes` field `tag` of `len` bytes (0 when empty:
+/// proto3 leaves it out).
+pub fn bytes_field_len(tag: u32, len: usize) -> usize {
+    if len == 0 {
+        0
+    } else {
+        key_len(tag) + encoded_len_varint(len as u64) + len
+    }
+}
+
+/// The encoded length of a message field `tag` whose body is `len` bytes.
+pub fn message_field_len(tag: u32, len: usize) -> usize {
+    key_len(tag) + encoded_len_varint(len as u64) + len
+}
+
+/// Writes protobuf into chunks, sharing large `bytes` fields instead of
+/// copying them: the writer's own bytes go into one growing buffer, cut
+/// into a chunk wherever a shared field is put between them.
+#[derive(Debug, Default)]
+pub struct ChunkWriter {
+    head: BytesMut,
+    chunks: Vec<Bytes>,
+}
+
+impl ChunkWriter {
+    /// A writer starting with the gRPC prefix of a `length`-byte message.
+    pub fn message(length: u32) -> ChunkWriter {
+        let mut w = ChunkWriter::default();
+        w.head.put_slice(&prefix(length));
+        w
+    }
+
+    /// The key and length of a message field `tag` of `len` bytes; its
+    /// fields follow.
+    pub fn message_field(&mut self, tag: u32, len: usize) {
+        encode_key(tag, WireType::LengthDelimited, &mut self.head);
+        encode_varint(len as u64, &mut self.head);
+    }
+
+    /// The fields of `m`, encoded by prost.
+    pub fn fields(&mut self, m: &impl Message) {
+        m.encode_raw(&mut self.head);
+    }
+
+    /// A `bytes` field `tag` (nothing when empty), shared when at least
+    /// [`SHARE_MIN`] bytes long.
+    pub fn bytes_field(&mut self, tag: u32, bytes: &Bytes) {
+        if bytes.is_empty() {
+            return;
+        }
+        encode_key(tag, WireType::LengthDelimited, &mut self.head);
+        encode_varint(bytes.len() as u64, &mut self.head);
+        if bytes.len() < SHARE_MIN {
+            self.head.put_slice(bytes);
+        } else {
+            self.chunks.push(self.head.split().freeze());
+            self.chunks.push(bytes.clone());
+        }
+    }
+
+    /// The chunks written, in order.
+    pub fn finish(mut self) -> Vec<Bytes> {
+        if !self.head.is_empty() {
+            self.chunks.push(self.head.freeze());
+        }
+        self.chunks
+    }
 }
 
 /// An HTTP body of ready chunks, then optional trailers.

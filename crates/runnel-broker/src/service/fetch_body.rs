@@ -20,12 +20,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use prost::Message;
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use runnel_proto::v1::fetch_service_server::{FetchService, FetchServiceServer};
 use runnel_proto::v1::{FetchRequest, FetchResponse, PartitionData};
-use runnel_proto::wire::{ChunkBody, Chunks, FETCH_PATH, PREFIX, decode_message, prefix};
+use runnel_proto::wire::{
+    ChunkBody, ChunkWriter, Chunks, FETCH_PATH, PREFIX, bytes_field_len, decode_message,
+    message_field_len,
+};
 use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::http::{self, HeaderMap, HeaderValue, header};
@@ -35,22 +37,13 @@ use tonic::server::NamedService;
 
 use super::fetch::FetchSvc;
 
-/// `batches` shorter than this are copied into the surrounding chunk: an
-/// HTTP/2 frame of their own would cost more than the copy.
-const SHARE_MIN: usize = 16 << 10;
-
-/// The encoded length of `data` (whose `batches` are given apart) as the
-/// body of a `PartitionData`.
-fn partition_len(data: &PartitionData, batches: &Bytes) -> usize {
-    let mut n = data.encoded_len();
-    if !batches.is_empty() {
-        n += key_len(4) + encoded_len_varint(batches.len() as u64) + batches.len();
-    }
-    n
-}
+/// `PartitionData.batches`.
+const BATCHES_TAG: u32 = 4;
+/// `FetchResponse.partitions`.
+const PARTITIONS_TAG: u32 = 1;
 
 /// `response` as one gRPC message (prefix included), in chunks; each
-/// `batches` of at least [`SHARE_MIN`] bytes is a chunk of its own, shared
+/// `batches` of at least [`SHARE_MIN`](runnel_proto::wire::SHARE_MIN) bytes is a chunk of its own, shared
 /// with the caller's bytes. Fails when the message would exceed `limit`.
 pub(crate) fn encode_response(response: FetchResponse, limit: usize) -> Result<Vec<Bytes>, Status> {
     let parts: Vec<(PartitionData, Bytes)> = response
@@ -61,10 +54,13 @@ pub(crate) fn encode_response(response: FetchResponse, limit: usize) -> Result<V
             (data, batches)
         })
         .collect();
-    let lens: Vec<usize> = parts.iter().map(|(d, b)| partition_len(d, b)).collect();
+    let lens: Vec<usize> = parts
+        .iter()
+        .map(|(d, b)| d.encoded_len() + bytes_field_len(BATCHES_TAG, b.len()))
+        .collect();
     let total: usize = lens
         .iter()
-        .map(|n| key_len(1) + encoded_len_varint(*n as u64) + n)
+        .map(|n| message_field_len(PARTITIONS_TAG, *n))
         .sum();
     let length = u32::try_from(total)
         .ok()
@@ -74,30 +70,13 @@ pub(crate) fn encode_response(response: FetchResponse, limit: usize) -> Result<V
                 "the fetch response would be {total} bytes, over the {limit}-byte limit: ask for a smaller max_bytes"
             ))
         })?;
-    let mut chunks = Vec::with_capacity(1 + 2 * parts.len());
-    let mut head = BytesMut::with_capacity(PREFIX + 48 * parts.len());
-    head.put_slice(&prefix(length));
+    let mut w = ChunkWriter::message(length);
     for ((data, batches), len) in parts.iter().zip(lens) {
-        encode_key(1, WireType::LengthDelimited, &mut head);
-        encode_varint(len as u64, &mut head);
-        data.encode(&mut head)
-            .map_err(|e| Status::internal(format!("encoding a fetch response: {e}")))?;
-        if batches.is_empty() {
-            continue;
-        }
-        encode_key(4, WireType::LengthDelimited, &mut head);
-        encode_varint(batches.len() as u64, &mut head);
-        if batches.len() < SHARE_MIN {
-            head.put_slice(batches);
-        } else {
-            chunks.push(head.split().freeze());
-            chunks.push(batches.clone());
-        }
+        w.message_field(PARTITIONS_TAG, len);
+        w.fields(data);
+        w.bytes_field(BATCHES_TAG, batches);
     }
-    if !head.is_empty() {
-        chunks.push(head.freeze());
-    }
-    Ok(chunks)
+    Ok(w.finish())
 }
 
 /// Reads the request body: exactly one uncompressed gRPC message of at most
