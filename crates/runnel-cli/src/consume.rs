@@ -294,10 +294,7 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
 
     let stop = stop_requested();
     tokio::pin!(stop);
-    let stdout = std::io::stdout();
-    let mut printed = 0u64;
-    let mut last_record = Instant::now();
-    let mut buf = Vec::with_capacity(1 << 16);
+    let mut printer = Printer::new(&args, idle_limit);
     loop {
         let records = tokio::select! {
             biased;
@@ -305,31 +302,83 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
             polled = consumer.poll() => polled.map_err(|e| explain(e, Some(&args.topic)))?,
         };
         if records.is_empty() {
-            if idle_limit.is_some_and(|limit| last_record.elapsed() >= limit) {
+            if printer.idle_too_long() {
                 break;
             }
             continue;
         }
-        last_record = Instant::now();
-        buf.clear();
-        let mut done = false;
-        for record in &records {
-            args.format.write(record, &mut buf);
-            printed += 1;
-            if args.max_messages.is_some_and(|max| printed >= max) {
-                done = true;
-                break;
-            }
-        }
-        let mut out = stdout.lock();
-        out.write_all(&buf)
-            .context("cannot write to standard output")?;
-        out.flush().context("cannot write to standard output")?;
-        if done {
+        let taken = printer.format(&records);
+        printer.write()?;
+        if printer.done(taken, records.len()) {
             break;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints records as `--format` says, up to `--max-messages`, and knows
+/// when consuming should stop; shared by the plain and the group loop.
+struct Printer<'a> {
+    args: &'a ConsumeArgs,
+    idle_limit: Option<Duration>,
+    printed: u64,
+    last_record: Instant,
+    buf: Vec<u8>,
+}
+
+impl<'a> Printer<'a> {
+    fn new(args: &'a ConsumeArgs, idle_limit: Option<Duration>) -> Printer<'a> {
+        Printer {
+            args,
+            idle_limit,
+            printed: 0,
+            last_record: Instant::now(),
+            buf: Vec::with_capacity(1 << 16),
+        }
+    }
+
+    /// After an empty poll: whether nothing has come for `--timeout-ms`.
+    fn idle_too_long(&self) -> bool {
+        self.idle_limit
+            .is_some_and(|limit| self.last_record.elapsed() >= limit)
+    }
+
+    /// Formats `records` (all, or up to `--max-messages`) for one write;
+    /// returns how many it took.
+    fn format(&mut self, records: &[ConsumerRecord]) -> usize {
+        self.last_record = Instant::now();
+        self.buf.clear();
+        for (i, record) in records.iter().enumerate() {
+            self.args.format.write(record, &mut self.buf);
+            self.printed += 1;
+            if self
+                .args
+                .max_messages
+                .is_some_and(|max| self.printed >= max)
+            {
+                return i + 1;
+            }
+        }
+        records.len()
+    }
+
+    /// Writes what [`Printer::format`] formatted to standard output.
+    fn write(&self) -> anyhow::Result<()> {
+        let mut out = std::io::stdout().lock();
+        out.write_all(&self.buf)
+            .and_then(|()| out.flush())
+            .context("cannot write to standard output")
+    }
+
+    /// Whether `--max-messages` is reached, after `taken` of `polled`
+    /// records were printed.
+    fn done(&self, taken: usize, polled: usize) -> bool {
+        taken < polled
+            || self
+                .args
+                .max_messages
+                .is_some_and(|max| self.printed >= max)
+    }
 }
 
 /// `runnel consume --group`: the same loop as a group member.
@@ -356,10 +405,7 @@ async fn run_group(
         .map_err(|e| explain(e, Some(&args.topic)))?;
     let stop = stop_requested();
     tokio::pin!(stop);
-    let stdout = std::io::stdout();
-    let mut printed = 0u64;
-    let mut last_record = Instant::now();
-    let mut buf = Vec::with_capacity(1 << 16);
+    let mut printer = Printer::new(args, idle_limit);
     let outcome: anyhow::Result<()> = loop {
         let records = tokio::select! {
             biased;
@@ -370,22 +416,12 @@ async fn run_group(
             },
         };
         if records.is_empty() {
-            if idle_limit.is_some_and(|limit| last_record.elapsed() >= limit) {
+            if printer.idle_too_long() {
                 break Ok(());
             }
             continue;
         }
-        last_record = Instant::now();
-        buf.clear();
-        let mut taken = records.len();
-        for (i, record) in records.iter().enumerate() {
-            args.format.write(record, &mut buf);
-            printed += 1;
-            if args.max_messages.is_some_and(|max| printed >= max) {
-                taken = i + 1;
-                break;
-            }
-        }
+        let taken = printer.format(&records);
         // Records not printed are not committed: move back to the first
         // one of each partition.
         let mut rewind: std::collections::BTreeMap<u32, u64> = std::collections::BTreeMap::new();
@@ -395,12 +431,10 @@ async fn run_group(
         for (p, o) in rewind {
             member.seek(p, o);
         }
-        let mut out = stdout.lock();
-        let written = out.write_all(&buf).and_then(|()| out.flush());
-        if let Err(e) = written {
-            break Err(anyhow::Error::new(e).context("cannot write to standard output"));
+        if let Err(e) = printer.write() {
+            break Err(e);
         }
-        if taken < records.len() || args.max_messages.is_some_and(|max| printed >= max) {
+        if printer.done(taken, records.len()) {
             break Ok(());
         }
     };
