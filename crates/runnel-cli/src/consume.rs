@@ -307,9 +307,9 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
             }
             continue;
         }
-        let taken = printer.format(&records);
+        printer.format(&records);
         printer.write()?;
-        if printer.done(taken, records.len()) {
+        if printer.done() {
             break;
         }
     }
@@ -351,11 +351,7 @@ impl<'a> Printer<'a> {
         for (i, record) in records.iter().enumerate() {
             self.args.format.write(record, &mut self.buf);
             self.printed += 1;
-            if self
-                .args
-                .max_messages
-                .is_some_and(|max| self.printed >= max)
-            {
+            if self.done() {
                 return i + 1;
             }
         }
@@ -370,14 +366,11 @@ impl<'a> Printer<'a> {
             .context("cannot write to standard output")
     }
 
-    /// Whether `--max-messages` is reached, after `taken` of `polled`
-    /// records were printed.
-    fn done(&self, taken: usize, polled: usize) -> bool {
-        taken < polled
-            || self
-                .args
-                .max_messages
-                .is_some_and(|max| self.printed >= max)
+    /// Whether `--max-messages` records have been printed.
+    fn done(&self) -> bool {
+        self.args
+            .max_messages
+            .is_some_and(|max| self.printed >= max)
     }
 }
 
@@ -434,7 +427,7 @@ async fn run_group(
         if let Err(e) = printer.write() {
             break Err(e);
         }
-        if printer.done(taken, records.len()) {
+        if printer.done() {
             break Ok(());
         }
     };

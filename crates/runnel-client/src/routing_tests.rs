@@ -83,6 +83,13 @@ async fn filled(leaders: Vec<u32>) -> (FakeCluster, Client, HashMap<u32, Vec<Vec
     (fake, client, sent, total)
 }
 
+/// A consumer of every partition of [`TOPIC`] from its earliest offset.
+async fn from_earliest(client: &Client, config: ConsumerConfig) -> Consumer {
+    Consumer::new(client, TOPIC, None, StartPosition::Earliest, config)
+        .await
+        .unwrap()
+}
+
 /// Sends `n` records per partition of 3, numbered, checking nothing yet.
 async fn send_round(
     producer: &Producer,
@@ -169,11 +176,8 @@ async fn a_consumer_follows_leader_moves_and_keeps_its_positions() {
         .enumerate()
     {
         let (fake, client, sent, total) = filled(vec![1, 2, 3]).await;
-        let mut consumer = Consumer::new(
+        let mut consumer = from_earliest(
             &client,
-            TOPIC,
-            None,
-            StartPosition::Earliest,
             ConsumerConfig {
                 max_wait: Duration::from_millis(20),
                 retry_backoff: Duration::from_millis(5),
@@ -181,8 +185,7 @@ async fn a_consumer_follows_leader_moves_and_keeps_its_positions() {
                 ..ConsumerConfig::default()
             },
         )
-        .await
-        .unwrap();
+        .await;
         let mut got: HashMap<u32, Vec<(u64, Vec<u8>)>> = HashMap::new();
         let mut read = 0;
         let mut polls = 0;
@@ -300,11 +303,8 @@ async fn a_spent_response_budget_does_not_starve_the_last_partitions() {
     for fetches_per_node in [1, 2] {
         // One node leads all three partitions: one fetch asks for all.
         let (_fake, client, sent, total) = filled(vec![1, 1, 1]).await;
-        let mut consumer = Consumer::new(
+        let mut consumer = from_earliest(
             &client,
-            TOPIC,
-            None,
-            StartPosition::Earliest,
             ConsumerConfig {
                 // One byte: each response carries one partition's batches.
                 max_bytes: 1,
@@ -313,8 +313,7 @@ async fn a_spent_response_budget_does_not_starve_the_last_partitions() {
                 ..ConsumerConfig::default()
             },
         )
-        .await
-        .unwrap();
+        .await;
         let mut got: HashMap<u32, Vec<u64>> = HashMap::new();
         let mut first_served: Vec<u32> = Vec::new();
         let (mut read, mut polls) = (0, 0);

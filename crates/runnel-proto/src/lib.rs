@@ -8,8 +8,8 @@
 //! documentation; read them, not the generated code.
 //!
 //! Beside it, [`wire`]: the gRPC framing of `FetchService.Fetch`, which the
-//! broker and the Rust client write and read themselves so that fetched
-//! batches are not copied in and out of tonic's buffers.
+//! broker writes itself so that fetched batches are not copied into tonic's
+//! encode buffer.
 
 /// Messages and services of package `runnel.v1`.
 pub mod v1 {

@@ -39,16 +39,7 @@ pub fn prefix(length: u32) -> [u8; PREFIX] {
     [0, l[0], l[1], l[2], l[3]]
 }
 
-/// `message` as one uncompressed gRPC message, prefix included.
-pub fn prefixed(message: &impl Message) -> Bytes {
-    let len = message.encoded_len();
-    let mut buf = BytesMut::with_capacity(PREFIX + len);
-    buf.put_slice(&prefix(u32::try_from(len).unwrap_or(u32::MAX)));
-    message.encode_raw(&mut buf);
-    buf.freeze()
-}
-
-/// Stored or produced bytes shorter than this are copied into the
+/// Stored bytes shorter than this are copied into the
 /// surrounding chunk: an HTTP/2 frame of their own would cost more than the
 /// copy.
 pub const SHARE_MIN: usize = 16 << 10;
@@ -254,6 +245,16 @@ mod tests {
     use super::*;
     use crate::v1::{FetchResponse, PartitionData};
 
+    /// `message` as one uncompressed gRPC message, prefix included.
+    fn prefixed(message: &impl Message) -> Bytes {
+        let len = u32::try_from(message.encoded_len()).unwrap();
+        let mut w = ChunkWriter::message(len);
+        w.fields(message);
+        let chunks = w.finish();
+        assert_eq!(chunks.len(), 1, "no bytes field was shared");
+        chunks[0].clone()
+    }
+
     fn response() -> FetchResponse {
         FetchResponse {
             partitions: (0..3)
@@ -269,16 +270,14 @@ mod tests {
     }
 
     /// `bytes` cut at `cuts`.
-    fn chunks(bytes: &Bytes, cuts: &[usize]) -> (Chunks, Vec<Bytes>) {
+    fn chunks(bytes: &Bytes, cuts: &[usize]) -> Chunks {
         let mut out = Chunks::default();
-        let mut parts = Vec::new();
         let mut at = 0;
         for &cut in cuts.iter().chain([bytes.len()].iter()) {
-            parts.push(bytes.slice(at..cut));
             out.push(bytes.slice(at..cut));
             at = cut;
         }
-        (out, parts)
+        out
     }
 
     #[test]
@@ -291,7 +290,7 @@ mod tests {
             vec![100, 2100, 2101],
             vec![5],
         ] {
-            let (c, _) = chunks(&whole, &cuts);
+            let c = chunks(&whole, &cuts);
             let got: FetchResponse = decode_message(c, "the response").unwrap();
             assert_eq!(got, response(), "cut at {cuts:?}");
         }
@@ -300,7 +299,7 @@ mod tests {
     #[test]
     fn bytes_inside_one_chunk_are_shared() {
         let whole = prefixed(&response());
-        let (c, _) = chunks(&whole, &[]);
+        let c = chunks(&whole, &[]);
         let got: FetchResponse = decode_message(c, "the response").unwrap();
         for p in &got.partitions {
             let start = whole.as_ptr() as usize;
@@ -312,20 +311,20 @@ mod tests {
     #[test]
     fn bad_messages_are_refused_with_a_reason() {
         let whole = prefixed(&response());
-        let (c, _) = chunks(&whole.slice(..3), &[]);
+        let c = chunks(&whole.slice(..3), &[]);
         let e = decode_message::<FetchResponse>(c, "x").unwrap_err();
         assert!(e.message().contains("no complete gRPC message"), "{e}");
-        let (c, _) = chunks(&whole.slice(..whole.len() - 1), &[]);
+        let c = chunks(&whole.slice(..whole.len() - 1), &[]);
         let e = decode_message::<FetchResponse>(c, "x").unwrap_err();
         assert!(e.message().contains("prefix says"), "{e}");
         let mut compressed = whole.to_vec();
         compressed[0] = 1;
-        let (c, _) = chunks(&Bytes::from(compressed), &[]);
+        let c = chunks(&Bytes::from(compressed), &[]);
         let e = decode_message::<FetchResponse>(c, "x").unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unimplemented);
         let mut garbage = prefix(4).to_vec();
         garbage.extend_from_slice(&[0xff; 4]);
-        let (c, _) = chunks(&Bytes::from(garbage), &[]);
+        let c = chunks(&Bytes::from(garbage), &[]);
         let e = decode_message::<FetchResponse>(c, "x").unwrap_err();
         assert!(e.message().contains("does not decode"), "{e}");
     }
