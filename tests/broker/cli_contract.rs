@@ -46,6 +46,7 @@ fn every_command_help_exits_0_and_names_its_flags() {
                 "--config",
                 "--log-format",
                 "--peers",
+                "--page-cache-bytes",
             ],
         ),
         (
@@ -118,6 +119,7 @@ fn every_command_help_exits_0_and_names_its_flags() {
                 "--producers",
                 "--acks",
                 "--keys",
+                "--warmup",
                 "--output",
             ],
         ),
@@ -540,7 +542,7 @@ async fn cli_errors_exit_non_zero_and_name_what_is_wrong() {
         let broker = Broker::start(BrokerOptions::flush("never"));
         broker.cli_ok(&["topic", "create", "one"], "");
         // (case, args, stdin, what stderr must mention)
-        let cases: [(u32, &[&str], &str, &str); 6] = [
+        let cases: [(u32, &[&str], &str, &str); 8] = [
             (1, &["consume", "nope", "--timeout-ms", "500"], "", "nope"),
             (
                 2,
@@ -557,6 +559,13 @@ async fn cli_errors_exit_non_zero_and_name_what_is_wrong() {
             ),
             (5, &["topic", "describe", "nope"], "", "nope"),
             (6, &["topic", "create", "one"], "", "one"),
+            (7, &["broker", "--page-cache-bytes", "4GB"], "", "4GB"),
+            (
+                8,
+                &["bench", "e2e", "--topic", "one", "--warmup", "soon"],
+                "",
+                "--warmup",
+            ),
         ];
         for (case, args, stdin, mention) in cases {
             let out = broker.cli(args, stdin);

@@ -21,6 +21,8 @@ const REQUEST_LATENCY_BUCKET: &str = "runnel_request_duration_seconds_bucket";
 const FSYNC_COUNT: &str = "runnel_fsync_duration_seconds_count";
 const ACTIVE_CONNECTIONS: &str = "runnel_active_connections";
 const RPC_LABEL: &str = "rpc";
+const PAGE_CACHE: &str = "runnel_page_cache_bytes";
+const PAGE_CACHE_DROPPED: &str = "runnel_page_cache_dropped_bytes_total";
 
 fn samples(broker: &Broker) -> Vec<Sample> {
     let (code, content_type, body) = scrape(broker.metrics_addr());
@@ -137,6 +139,76 @@ async fn metrics_move_with_produce_and_fetch() {
             value(&after, REQUEST_LATENCY_COUNT, &fetch_rpc) - fetch_calls >= 1.0,
             "fetch latency histogram"
         );
+    })
+    .await;
+}
+
+/// `--page-cache-bytes`: past the budget, the oldest written data leaves
+/// the page cache (the metrics show it) and still reads back whole.
+#[tokio::test]
+async fn the_page_cache_budget_drops_old_data_and_reads_still_see_it() {
+    with_deadline(Duration::from_secs(120), async {
+        const BUDGET: u64 = 1 << 20;
+        const SEGMENT: u64 = 1 << 20;
+        let broker = Broker::start(BrokerOptions {
+            extra_args: vec!["--page-cache-bytes".into(), "1MiB".into()],
+            ..BrokerOptions::flush("never")
+        });
+        let mut c = crate::support::grpc::Clients::connect(broker.grpc_addr()).await;
+        c.create_topic_with(
+            "cached",
+            runnel_proto::v1::TopicConfig {
+                partitions: Some(2),
+                segment_bytes: Some(SEGMENT),
+                max_record_bytes: Some(128 << 10),
+                ..Default::default()
+            },
+        )
+        .await;
+        let before = samples(&broker);
+        assert_eq!(value(&before, PAGE_CACHE_DROPPED, &[]), 0.0);
+        // About 3 MB per partition: two or three sealed segments each.
+        let batches = 48u64;
+        for partition in 0..2 {
+            for b in 0..batches {
+                let records: Vec<Record> = (0..64)
+                    .map(|i| record(None, &format!("{partition}-{b}-{i:0>996}"), &[]))
+                    .collect();
+                c.produce_ok("cached", partition, records).await;
+            }
+        }
+        // Once a second the node cuts its cache down to the budget; only
+        // the active segments (never handed to writeback yet) may stay above it.
+        let (cached, dropped) = crate::support::eventually(
+            Duration::from_secs(60),
+            "the page cache budget to drop old data",
+            || {
+                let s = samples(&broker);
+                let cached = value(&s, PAGE_CACHE, &[]) as u64;
+                let dropped = value(&s, PAGE_CACHE_DROPPED, &[]) as u64;
+                std::future::ready(
+                    (dropped > 0 && cached <= BUDGET + 2 * SEGMENT).then_some((cached, dropped)),
+                )
+            },
+        )
+        .await;
+        let written = 2 * batches * 64 * 1000;
+        assert!(
+            dropped + cached >= written,
+            "cached {cached} + dropped {dropped} should cover the {written} value bytes written"
+        );
+        for partition in 0..2u32 {
+            let got = c.fetch_decoded("cached", partition, 0).await;
+            assert_eq!(got.len() as u64, batches * 64, "partition {partition}");
+            for (n, r) in got.iter().enumerate() {
+                let (b, i) = (n / 64, n % 64);
+                assert_eq!(
+                    r.value,
+                    format!("{partition}-{b}-{i:0>996}").as_bytes(),
+                    "partition {partition} offset {n}"
+                );
+            }
+        }
     })
     .await;
 }

@@ -36,6 +36,11 @@ pub struct BrokerConfig {
     /// Every node of the cluster, this one included, by id (`--peers`):
     /// the address each serves clients and peers on. Empty: a single node.
     pub peers: BTreeMap<u32, String>,
+    /// Most bytes of written partition data the node leaves in the page
+    /// cache (`--page-cache-bytes`); older data is dropped once written
+    /// back (see the `page_cache` module). 0: no limit, the kernel decides.
+    /// Default [`crate::default_page_cache_bytes`].
+    pub page_cache_bytes: u64,
 }
 
 impl BrokerConfig {
@@ -50,6 +55,7 @@ impl BrokerConfig {
             retention_interval: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
             peers: BTreeMap::new(),
+            page_cache_bytes: crate::default_page_cache_bytes(),
         }
     }
 

@@ -81,6 +81,7 @@ mod config;
 pub mod error;
 mod groups;
 mod metrics;
+mod page_cache;
 mod registry;
 mod replica;
 mod server;
@@ -93,6 +94,7 @@ pub use config::{
 };
 pub use error::{BrokerError, Result};
 pub use groups::{OFFSETS_PARTITIONS, OFFSETS_TOPIC};
+pub use page_cache::default_page_cache_bytes;
 pub use registry::{LOCK_FILE, NODE_FILE, TOPIC_FILE, TOPICS_DIR};
 pub use replica::{
     AckLevel, Appended, BoxFuture, LOCAL_TERM, LocalReplica, MAX_QUEUED_BYTES, NodeRef,

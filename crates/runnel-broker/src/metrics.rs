@@ -16,6 +16,8 @@
 //! | `runnel_request_duration_seconds` | histogram | rpc | time to answer each RPC (per request of a ProduceStream; until the first message of a Subscribe) |
 //! | `runnel_fsync_duration_seconds` | histogram | | one group-commit `Log::flush` (flush=always) or an interval flush that synced; each call is one data fsync |
 //! | `runnel_active_connections` | gauge | | open client TCP connections |
+//! | `runnel_page_cache_bytes` | gauge | | written partition data left in the page cache, as the budget counts it (`--page-cache-bytes`; 0 when unlimited) |
+//! | `runnel_page_cache_dropped_bytes_total` | counter | | partition data written back and dropped from the page cache to keep the budget |
 //! | `runnel_group_members` | gauge | group | members of a group this node coordinates |
 //! | `runnel_group_committed_offset` | gauge | group, topic, partition | the group's committed offset |
 //! | `runnel_group_lag` | gauge | group, topic, partition | high watermark - committed offset (when this node holds the partition) |
@@ -90,6 +92,8 @@ pub(crate) struct Metrics {
     requests: Family<RpcLabels, Histogram, fn() -> Histogram>,
     pub(crate) fsync_seconds: Histogram,
     pub(crate) connections: Gauge,
+    pub(crate) page_cache_bytes: Gauge,
+    pub(crate) page_cache_dropped_bytes: Counter,
     pub(crate) group_members: Family<GroupLabels, Gauge>,
     pub(crate) group_committed: Family<GroupPartitionLabels, Gauge>,
     pub(crate) group_lag: Family<GroupPartitionLabels, Gauge>,
@@ -124,6 +128,8 @@ impl Metrics {
             requests: Family::new_with_constructor(latency_histogram),
             fsync_seconds: latency_histogram(),
             connections: Gauge::default(),
+            page_cache_bytes: Gauge::default(),
+            page_cache_dropped_bytes: Counter::default(),
             group_members: Family::default(),
             group_committed: Family::default(),
             group_lag: Family::default(),
@@ -191,6 +197,16 @@ impl Metrics {
             "active_connections",
             "Open client connections",
             m.connections.clone(),
+        );
+        registry.register(
+            "page_cache_bytes",
+            "Written partition data left in the page cache, as the budget counts it",
+            m.page_cache_bytes.clone(),
+        );
+        registry.register(
+            "page_cache_dropped_bytes",
+            "Partition data written back and dropped from the page cache to keep the budget",
+            m.page_cache_dropped_bytes.clone(),
         );
         registry.register(
             "group_members",

@@ -184,10 +184,11 @@ pub trait Replica: Send + Sync + 'static {
     /// time (retention compares it with record timestamps).
     fn maintain(&self, mono_ms: i64, wall_ms: i64, retention: bool) -> Result<(), ReplicaError>;
 
-    /// Unmaps the log pages that reads mapped into this process (they stay
-    /// in the page cache), so they remain cheap to reclaim. Blocking; the
-    /// broker calls it about once a second. Default: nothing to release.
-    fn release_mapped_pages(&self) {}
+    /// The partition's log on this node, for the node-wide page cache work
+    /// (unmapping read pages, the page cache budget). Default: none.
+    fn log(&self) -> Option<Arc<Log>> {
+        None
+    }
 
     /// Whether [`Replica::close`] has finished: reads fail, appends too.
     fn is_closed(&self) -> bool;
@@ -559,10 +560,8 @@ impl Replica for LocalReplica {
         Ok(())
     }
 
-    fn release_mapped_pages(&self) {
-        if let Err(e) = self.shared.log.release_mapped_pages() {
-            tracing::debug!(error = %e, "releasing mapped pages failed");
-        }
+    fn log(&self) -> Option<Arc<Log>> {
+        Some(self.shared.log.clone())
     }
 
     fn is_closed(&self) -> bool {

@@ -27,6 +27,7 @@ use crate::config::BrokerConfig;
 use crate::error::{BrokerError, Result};
 use crate::groups::Coordinators;
 use crate::metrics::{Metrics, serve_metrics};
+use crate::page_cache;
 use crate::registry::TopicRegistry;
 use crate::service::admin::AdminSvc;
 use crate::service::fetch::FetchSvc;
@@ -145,7 +146,12 @@ impl Broker {
             groups,
         });
 
-        let ticker = tokio::spawn(run_ticker(topics.clone(), config.clone(), stop.clone()));
+        let ticker = tokio::spawn(run_ticker(
+            topics.clone(),
+            config.clone(),
+            metrics.clone(),
+            stop.clone(),
+        ));
         let metrics_server = metrics_listener.map(|l| {
             let stop = stop.clone();
             tokio::spawn(serve_metrics(
@@ -280,12 +286,17 @@ impl Broker {
 }
 
 /// How often the pages that reads mapped into the broker are unmapped
-/// ([`crate::Replica::release_mapped_pages`]).
+/// (`Log::release_mapped_pages`) and the page cache budget is enforced.
 const RELEASE_PAGES_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Runs interval flushes, retention and the release of mapped pages on the
-/// blocking pool.
-async fn run_ticker(topics: Arc<TopicRegistry>, config: BrokerConfig, stop: ShutdownSignal) {
+/// Runs interval flushes, retention, the release of mapped pages and the
+/// page cache budget on the blocking pool.
+async fn run_ticker(
+    topics: Arc<TopicRegistry>,
+    config: BrokerConfig,
+    metrics: Arc<Metrics>,
+    stop: ShutdownSignal,
+) {
     let period = match config.flush {
         FlushPolicy::IntervalMs(ms) => config.tick_interval.min(Duration::from_millis(ms.max(1))),
         _ => config.retention_interval,
@@ -316,16 +327,36 @@ async fn run_ticker(topics: Arc<TopicRegistry>, config: BrokerConfig, stop: Shut
         let list = topics.list();
         let mono = i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX);
         let wall = now_ms();
+        let budget = config.page_cache_bytes;
+        let metrics = metrics.clone();
         let work = tokio::task::spawn_blocking(move || {
+            let mut logs = Vec::new();
             for topic in list {
                 for (id, replica) in topic.partitions.iter().enumerate() {
                     if let Err(e) = replica.maintain(mono, wall, retention) {
                         tracing::warn!(topic = %topic.name, partition = id, error = %e, "partition maintenance failed");
                     }
-                    if release {
-                        replica.release_mapped_pages();
+                    if release && let Some(log) = replica.log() {
+                        // Mapped pages cannot leave the page cache: unmap first.
+                        if let Err(e) = log.release_mapped_pages() {
+                            tracing::debug!(topic = %topic.name, partition = id, error = %e, "releasing mapped pages failed");
+                        }
+                        logs.push(log);
                     }
                 }
+            }
+            if release {
+                let (cached, dropped) = match budget {
+                    0 => (0, 0),
+                    budget => page_cache::enforce(&logs, budget),
+                };
+                metrics.page_cache_bytes.set(
+                    cached
+                        .saturating_sub(dropped)
+                        .try_into()
+                        .unwrap_or(i64::MAX),
+                );
+                metrics.page_cache_dropped_bytes.inc_by(dropped);
             }
         });
         if let Err(e) = work.await {

@@ -52,7 +52,8 @@ Modes:
            `bench produce` stored); latency = one fetch call
   e2e      a consumer follows the topic's end while producers send;
            latency = producer send() to consumer receipt (use --rate to
-           measure latency below saturation)
+           measure latency below saturation, --warmup to leave the first
+           seconds out)
   group    --consumers members of one consumer group (--group, default a
            new one) drain what the topic holds from its earliest offset
            (throughput); then one member leaves cleanly and the time until
@@ -76,6 +77,9 @@ Examples:
   # produce-to-consume latency at 200,000 records/s for 20 s, as JSON
   runnel bench e2e --topic lat --rate 200000 --duration 20 --output json
 
+  # the same, with latency over the steady state after 2 s of warm-up
+  runnel bench e2e --topic lat --rate 200000 --duration 20 --warmup 2
+
   # a group of 4 consumers drains the topic; rebalance time when one leaves
   runnel bench group --topic bench --consumers 4
 
@@ -83,7 +87,7 @@ JSON output (--output json), one object:
   {\"mode\":..,\"topic\":..,\"partitions\":N,\"record_size\":B,\"batch_bytes\":B,
    \"acks\":\"0|1|all\",\"producers\":N,\"keys\":N|null,\"messages\":N,\"bytes\":N,
    \"elapsed_s\":F,\"msgs_per_sec\":F,\"mb_per_sec\":F,
-   \"latency_us\":{\"p50\":N,\"p99\":N,\"p999\":N,\"max\":N}}
+   \"latency_us\":{\"p50\":N,\"p99\":N,\"p999\":N,\"max\":N},\"warmup_s\":F}
   group adds \"consumers\":N and \"rebalance_ms\":F.";
 
 /// What `runnel bench` measures.
@@ -150,6 +154,11 @@ pub(crate) struct BenchArgs {
     /// Target total send rate in records/s (default: as fast as possible).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     rate: Option<u64>,
+    /// Leave the records sent in the first S seconds out of the latency
+    /// figures (produce, e2e): connections, caches and allocators warm up
+    /// there. Throughput still counts them. Default 0: every record.
+    #[arg(long, value_name = "S", default_value_t = 0.0, value_parser = parse_warmup)]
+    warmup: f64,
     /// Members of the consumer group (group mode).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=256))]
     consumers: u32,
@@ -157,6 +166,15 @@ pub(crate) struct BenchArgs {
     /// bench-<ms since the epoch>, deleted at the end).
     #[arg(long)]
     group: Option<String>,
+}
+
+fn parse_warmup(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!(
+            "--warmup must be a number of seconds, 0 or more, not {s:?}"
+        )),
+    }
 }
 
 fn parse_acks(s: &str) -> Result<Acks, String> {
@@ -191,6 +209,8 @@ struct Report {
     msgs_per_sec: f64,
     mb_per_sec: f64,
     latency_us: Latency,
+    /// Seconds at the start whose records the latency leaves out (`--warmup`).
+    warmup_s: f64,
     /// Group members (group mode only).
     #[serde(skip_serializing_if = "Option::is_none")]
     consumers: Option<u32>,
@@ -307,6 +327,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         msgs_per_sec: messages as f64 / secs,
         mb_per_sec: bytes as f64 / secs / 1e6,
         latency_us: Latency::of(&latency),
+        warmup_s: args.warmup,
         consumers: (args.mode == Mode::Group).then_some(args.consumers),
         rebalance_ms: rebalance.map(|d: Duration| d.as_secs_f64() * 1000.0),
     };
@@ -360,6 +381,12 @@ fn print_text(r: &Report) {
         ms(r.latency_us.p999),
         ms(r.latency_us.max)
     );
+    if r.warmup_s > 0.0 {
+        println!(
+            "  (latency leaves out the records sent in the first {} s)",
+            r.warmup_s
+        );
+    }
 }
 
 async fn existing_partitions(client: &Client, topic: &str) -> anyhow::Result<u32> {
@@ -543,6 +570,7 @@ async fn produce(
         ..ProducerConfig::default()
     };
     let producers = u64::from(args.producers);
+    let measured_from = start + Duration::from_secs_f64(args.warmup);
     let mut tasks = JoinSet::new();
     for p in 0..producers {
         let share = match amount {
@@ -569,7 +597,9 @@ async fn produce(
                     for (delivery, sent) in chunk {
                         delivery.await?;
                         last_ack = Instant::now();
-                        latency.saturating_record(sent.elapsed().as_micros() as u64);
+                        if sent >= measured_from {
+                            latency.saturating_record(sent.elapsed().as_micros() as u64);
+                        }
                     }
                     acked += n;
                     done.fetch_add(n, Ordering::Relaxed);
@@ -906,6 +936,9 @@ async fn e2e(
     )
     .await?;
     let base = Instant::now();
+    // Send times are stamped in ns since `base`.
+    let measured_from =
+        u64::try_from(Duration::from_secs_f64(args.warmup).as_nanos()).unwrap_or(u64::MAX);
     let produced_all = Arc::new(AtomicU64::new(u64::MAX));
     let reader = {
         let produced_all = produced_all.clone();
@@ -932,7 +965,9 @@ async fn e2e(
                         .value
                         .get(..8)
                         .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
-                    latency.saturating_record(now.saturating_sub(stamp) / 1000);
+                    if stamp >= measured_from {
+                        latency.saturating_record(now.saturating_sub(stamp) / 1000);
+                    }
                 }
                 received += records.len() as u64;
                 done.fetch_add(records.len() as u64, Ordering::Relaxed);

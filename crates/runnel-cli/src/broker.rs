@@ -31,8 +31,15 @@ log is flushed and closed, exit status 0.
 
 Each setting is taken from its flag, else its RUNNEL_* environment variable,
 else the --config TOML file (same names in snake_case: id, listen,
-advertise, data_dir, flush, metrics_listen, log_format, peers), else its
-default.
+advertise, data_dir, flush, metrics_listen, log_format, peers,
+page_cache_bytes), else its default.
+
+Page cache: the node keeps at most --page-cache-bytes of the partition data
+it wrote in the OS page cache. Once a second the oldest data beyond that is
+written back and dropped (partitions holding little keep theirs; the largest
+are cut first), so a node that writes for hours does not fill memory with
+cached log pages. Consumers near the end of a log read from memory; reads of
+dropped data go to the disk. 0 leaves it all to the kernel.
 
 Examples:
   # a durable node with the defaults
@@ -62,6 +69,7 @@ A config file:
   flush = \"always\"          # or \"never\", or a number of milliseconds: 100
   metrics_listen = \"0.0.0.0:9741\"   # or \"off\"
   log_format = \"json\"
+  page_cache_bytes = \"8GiB\"       # or a number of bytes; 0: no limit
   peers = \"1=host1:9740,2=host2:9740,3=host3:9740\"";
 
 /// `runnel broker -h`: a pointer to the long help.
@@ -129,6 +137,13 @@ pub(crate) struct BrokerArgs {
     #[arg(long, value_name = "ID=HOST:PORT,...", env = "RUNNEL_PEERS", value_parser = parse_peers_arg)]
     peers: Option<BTreeMap<u32, String>>,
 
+    /// Most bytes of written partition data left in the page cache; the
+    /// oldest beyond it is written back and dropped once a second. A number
+    /// of bytes, or with a KiB|MiB|GiB|TiB suffix; 0: no limit [default: a
+    /// quarter of the machine's memory].
+    #[arg(long, value_name = "BYTES", env = "RUNNEL_PAGE_CACHE_BYTES", value_parser = parse_byte_size)]
+    page_cache_bytes: Option<u64>,
+
     /// TOML file with any of the settings above (snake_case names).
     #[arg(long, value_name = "FILE", env = "RUNNEL_CONFIG")]
     config: Option<PathBuf>,
@@ -140,6 +155,31 @@ pub(crate) struct BrokerArgs {
 
 fn parse_flush(s: &str) -> Result<FlushPolicy, String> {
     s.parse()
+}
+
+/// A byte count: digits, optionally followed by KiB, MiB, GiB or TiB (also
+/// K, M, G, T; powers of 1024).
+fn parse_byte_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        "t" | "tib" => 40,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {s:?}: give bytes, or a number with KiB, MiB, GiB or TiB"
+            ));
+        }
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a byte count: give e.g. 4294967296 or 4GiB"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 fn parse_peers_arg(s: &str) -> Result<BTreeMap<u32, String>, String> {
@@ -154,6 +194,14 @@ enum FileFlush {
     Word(String),
 }
 
+/// A byte count in the TOML file: a number, or a string with a unit.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+enum FileBytes {
+    Number(u64),
+    Text(String),
+}
+
 /// The `--config` file. Unknown keys are an error.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -166,6 +214,7 @@ struct FileConfig {
     metrics_listen: Option<String>,
     log_format: Option<LogFormat>,
     peers: Option<String>,
+    page_cache_bytes: Option<FileBytes>,
 }
 
 impl FileConfig {
@@ -196,6 +245,8 @@ pub(crate) struct BrokerSettings {
     log_format: LogFormat,
     /// Empty: a single node.
     peers: BTreeMap<u32, String>,
+    /// `None`: the default (a quarter of memory).
+    page_cache_bytes: Option<u64>,
 }
 
 impl BrokerSettings {
@@ -239,6 +290,15 @@ impl BrokerSettings {
         if let Some(a) = &advertise {
             runnel_broker::check_advertise(id, a, &peers).map_err(anyhow::Error::msg)?;
         }
+        let page_cache_bytes = match (args.page_cache_bytes, file.page_cache_bytes) {
+            (Some(b), _) => Some(b),
+            (None, Some(FileBytes::Number(b))) => Some(b),
+            (None, Some(FileBytes::Text(t))) => Some(
+                parse_byte_size(&t)
+                    .map_err(|e| anyhow::anyhow!("page_cache_bytes in the config file: {e}"))?,
+            ),
+            (None, None) => None,
+        };
         Ok(BrokerSettings {
             id,
             listen: args
@@ -254,6 +314,7 @@ impl BrokerSettings {
             metrics_listen: (!metrics_listen.eq_ignore_ascii_case("off")).then_some(metrics_listen),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             peers,
+            page_cache_bytes,
         })
     }
 }
@@ -364,6 +425,9 @@ pub(crate) async fn run(args: BrokerArgs) -> anyhow::Result<ExitCode> {
     config.node_id = settings.id;
     config.flush = settings.flush;
     config.peers = settings.peers.clone();
+    if let Some(bytes) = settings.page_cache_bytes {
+        config.page_cache_bytes = bytes;
+    }
     tracing::info!(id = settings.id, flush = ?settings.flush, data_dir = %data_dir.display(), "opening the data directory");
     let broker = Broker::open(config).await.with_context(|| {
         format!(
@@ -409,8 +473,41 @@ mod tests {
                 metrics_listen: Some("127.0.0.1:9741".into()),
                 log_format: LogFormat::Text,
                 peers: BTreeMap::new(),
+                page_cache_bytes: None,
             }
         );
+    }
+
+    #[test]
+    fn page_cache_bytes_takes_units_from_flag_and_file() {
+        assert_eq!(parse_byte_size("4096"), Ok(4096));
+        assert_eq!(parse_byte_size("8GiB"), Ok(8 << 30));
+        assert_eq!(parse_byte_size("512 MiB"), Ok(512 << 20));
+        assert_eq!(parse_byte_size("2k"), Ok(2048));
+        assert_eq!(parse_byte_size("0"), Ok(0));
+        for bad in ["", "GiB", "4 GB", "-1", "1.5GiB", "99999999999TiB"] {
+            assert!(parse_byte_size(bad).is_err(), "{bad:?}");
+        }
+        let file = FileConfig::parse("page_cache_bytes = \"1GiB\"").unwrap();
+        let s = BrokerSettings::resolve(BrokerArgs::default(), file).unwrap();
+        assert_eq!(s.page_cache_bytes, Some(1 << 30));
+        let file = FileConfig::parse("page_cache_bytes = 0").unwrap();
+        let s = BrokerSettings::resolve(BrokerArgs::default(), file).unwrap();
+        assert_eq!(s.page_cache_bytes, Some(0));
+        let args = BrokerArgs {
+            page_cache_bytes: Some(5),
+            ..Default::default()
+        };
+        let file = FileConfig::parse("page_cache_bytes = 7").unwrap();
+        assert_eq!(
+            BrokerSettings::resolve(args, file)
+                .unwrap()
+                .page_cache_bytes,
+            Some(5)
+        );
+        let file = FileConfig::parse("page_cache_bytes = \"lots\"").unwrap();
+        let e = BrokerSettings::resolve(BrokerArgs::default(), file).unwrap_err();
+        assert!(format!("{e:#}").contains("page_cache_bytes"), "{e:#}");
     }
 
     #[test]

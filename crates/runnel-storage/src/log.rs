@@ -865,6 +865,58 @@ impl Log {
         Ok(())
     }
 
+    /// Bytes of this log's data that may still be in the page cache: all
+    /// that was written or recovered and not dropped by
+    /// [`Log::drop_cached`] since. (Pages that reads bring back in are not
+    /// counted: the kernel keeps or reclaims them as it likes.)
+    pub fn cached_bytes(&self) -> Result<u64> {
+        Ok(self
+            .lock()?
+            .segments
+            .iter()
+            .map(Segment::cached_bytes)
+            .sum())
+    }
+
+    /// Drops the oldest cached data from the page cache until at most
+    /// `keep` bytes of it stay ([`Log::cached_bytes`]); returns the bytes
+    /// dropped. Data still being appended to (the part of the active
+    /// segment not yet handed to writeback) stays. Waits for the writeback
+    /// of what it drops, so call it off the request path; the broker does
+    /// once a second, after [`Log::release_mapped_pages`] (mapped pages
+    /// cannot be dropped). Reads of dropped data go to the disk.
+    ///
+    /// Why: a broker that writes faster than the kernel reclaims grows the
+    /// page cache into all free memory; on a virtual machine whose memory
+    /// the host backs lazily, each new page then costs a host fault (3x the
+    /// cost of a recycled one on the benchmark machine, see
+    /// benches/RESULTS.md), which ate the CPU the broker needed.
+    pub fn drop_cached(&self, keep: u64) -> Result<u64> {
+        let ranges = {
+            let mut inner = self.lock()?;
+            let total: u64 = inner.segments.iter().map(Segment::cached_bytes).sum();
+            let mut excess = total.saturating_sub(keep);
+            let mut ranges = Vec::new();
+            for seg in &mut inner.segments {
+                if excess == 0 {
+                    break;
+                }
+                if let Some(range) = seg.take_cached(excess) {
+                    excess -= range.len();
+                    ranges.push(range);
+                }
+            }
+            ranges
+        };
+        // Outside the lock: the writeback wait may take a while.
+        let mut dropped = 0;
+        for range in &ranges {
+            range.drop_pages();
+            dropped += range.len();
+        }
+        Ok(dropped)
+    }
+
     /// Offset up to which (exclusive) appended data is known to be on disk.
     pub fn durable_offset(&self) -> u64 {
         self.durable_offset.load(Ordering::Acquire)

@@ -70,6 +70,9 @@ pub(crate) struct Segment {
     bytes_since_index: u64,
     /// Position up to which writeback to disk has been started.
     writeback_started: u64,
+    /// Position below which the page cache was dropped
+    /// ([`Segment::take_cached`]).
+    uncached: u64,
     /// Term of the last batch (active segment only; 0 when unknown).
     pub(crate) last_term: u64,
     pub(crate) active: bool,
@@ -135,6 +138,7 @@ impl Segment {
                 rolling_timestamp: None,
                 bytes_since_index: 0,
                 writeback_started: 0,
+                uncached: 0,
                 last_term: 0,
                 active: true,
             })
@@ -230,6 +234,7 @@ impl Segment {
             rolling_timestamp,
             bytes_since_index: 0,
             writeback_started: 0,
+            uncached: 0,
             last_term: 0,
             active: false,
         };
@@ -340,6 +345,7 @@ impl Segment {
             rolling_timestamp: None,
             bytes_since_index: 0,
             writeback_started: 0,
+            uncached: 0,
             last_term: 0,
             active: true,
         };
@@ -648,6 +654,35 @@ impl Segment {
         self.writeback_started = self.size;
     }
 
+    /// Bytes of data the page cache may still hold (not yet dropped).
+    pub(crate) fn cached_bytes(&self) -> u64 {
+        self.size.saturating_sub(self.uncached)
+    }
+
+    /// Takes up to `max` of the oldest cached bytes out of the account and
+    /// returns them as a range to drop ([`drop_cached_range`]): only data
+    /// whose writeback was started (all of a sealed segment), so that the
+    /// drop rarely has to wait for the disk.
+    pub(crate) fn take_cached(&mut self, max: u64) -> Option<CachedRange> {
+        let written = if self.active {
+            self.writeback_started
+        } else {
+            self.size
+        };
+        let to = written.min(self.uncached.saturating_add(max));
+        if to <= self.uncached {
+            return None;
+        }
+        let range = CachedRange {
+            file: self.file.clone(),
+            path: self.log_path.clone(),
+            from: self.uncached,
+            to,
+        };
+        self.uncached = to;
+        Some(range)
+    }
+
     fn seal_indexes(&mut self) -> Result<()> {
         self.push_time_entry();
         self.offset_index.seal()?;
@@ -744,6 +779,7 @@ impl Segment {
         self.size = pos;
         self.durable_size = self.durable_size.min(pos);
         self.writeback_started = self.writeback_started.min(pos);
+        self.uncached = self.uncached.min(pos);
         self.next_offset = next_offset;
         self.next_index = next_index;
         self.last_term = last_term;
@@ -960,6 +996,56 @@ impl SegmentReader {
     /// Zero-copy bytes `[from, to)` of the segment.
     pub(crate) fn slice(&self, from: u64, to: u64) -> Bytes {
         Bytes::from_owner(MapOwner(self.map.clone())).slice(from as usize..to as usize)
+    }
+}
+
+/// Bytes `[from, to)` of a segment file whose pages are to leave the page
+/// cache ([`Segment::take_cached`]).
+pub(crate) struct CachedRange {
+    file: Arc<File>,
+    path: PathBuf,
+    from: u64,
+    to: u64,
+}
+
+impl CachedRange {
+    /// Length of the range in bytes.
+    pub(crate) fn len(&self) -> u64 {
+        self.to - self.from
+    }
+
+    /// Writes the range's dirty pages back (waiting for it) and drops its
+    /// pages from the page cache. Only a hint to the kernel: pages that are
+    /// mapped, or dirtied again meanwhile, stay. Never changes the file.
+    pub(crate) fn drop_pages(&self) {
+        let (Ok(from), Ok(len)) = (
+            libc::off64_t::try_from(self.from),
+            libc::off64_t::try_from(self.len()),
+        ) else {
+            return;
+        };
+        let fd = self.file.as_raw_fd();
+        // SAFETY: plain syscalls on a descriptor we own; no memory is passed.
+        let rc = unsafe {
+            libc::sync_file_range(
+                fd,
+                from,
+                len,
+                libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                    | libc::SYNC_FILE_RANGE_WRITE
+                    | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+            )
+        };
+        if rc != 0 {
+            tracing::debug!(segment = %self.path.display(), error = %std::io::Error::last_os_error(),
+                "sync_file_range before dropping cached pages failed");
+        }
+        // SAFETY: as above.
+        let rc = unsafe { libc::posix_fadvise(fd, from, len, libc::POSIX_FADV_DONTNEED) };
+        if rc != 0 {
+            tracing::debug!(segment = %self.path.display(), error = %std::io::Error::from_raw_os_error(rc),
+                "posix_fadvise(DONTNEED) failed; the kernel keeps the pages");
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use runnel_batch::VerifiedBatch;
 use runnel_raft::{Acks, Role};
-use runnel_storage::ReadBatches;
+use runnel_storage::{Log, ReadBatches};
 
 use super::driver::{GroupShared, ProposeFailure, RaftHandle};
 use crate::replica::{
@@ -159,10 +159,8 @@ impl Replica for RaftReplica {
         Ok(())
     }
 
-    fn release_mapped_pages(&self) {
-        if let Err(e) = self.shared.log.release_mapped_pages() {
-            tracing::debug!(error = %e, "releasing mapped pages failed");
-        }
+    fn log(&self) -> Option<Arc<Log>> {
+        Some(self.shared.log.clone())
     }
 
     fn is_closed(&self) -> bool {

@@ -609,3 +609,73 @@ fn a_roll_leaves_the_seal_fsync_to_the_next_flush() {
     assert_eq!(log.segments().unwrap().len(), segs.len());
     log.close().unwrap();
 }
+
+/// Pages of `path` in the page cache (mincore over a fresh map).
+fn resident_pages(path: &std::path::Path) -> usize {
+    let file = std::fs::File::open(path).unwrap();
+    let len = file.metadata().unwrap().len() as usize;
+    if len == 0 {
+        return 0;
+    }
+    // SAFETY: a read-only map of a file no one shrinks during the test.
+    let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
+    let page = 4096;
+    let mut vec = vec![0u8; len.div_ceil(page)];
+    // SAFETY: `vec` has one byte per page of the mapping.
+    let rc = unsafe { libc::mincore(map.as_ptr() as *mut _, len, vec.as_mut_ptr()) };
+    assert_eq!(rc, 0, "mincore");
+    vec.iter().filter(|b| **b & 1 == 1).count()
+}
+
+#[test]
+fn drop_cached_evicts_the_oldest_data_and_reads_still_see_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small()).unwrap();
+    for i in 0..60u64 {
+        log.append(&batch(4, 200, i as i64), 1).unwrap();
+    }
+    let segments = log.segments().unwrap();
+    assert!(segments.len() > 3, "rolled");
+    let total: u64 = segments.iter().map(|s| s.size).sum();
+    assert_eq!(
+        log.cached_bytes().unwrap(),
+        total,
+        "everything written counts"
+    );
+    let sealed: Vec<_> = segments[..segments.len() - 1].to_vec();
+    let sealed_bytes: u64 = sealed.iter().map(|s| s.size).sum();
+    assert!(
+        sealed.iter().all(|s| resident_pages(&s.path) > 0),
+        "fresh writes are cached"
+    );
+
+    // Keep one sealed segment's worth: only the oldest go.
+    let keep = total - sealed[0].size;
+    assert_eq!(log.drop_cached(keep).unwrap(), sealed[0].size);
+    assert_eq!(log.cached_bytes().unwrap(), keep);
+    assert_eq!(
+        resident_pages(&sealed[0].path),
+        0,
+        "the oldest segment left the cache"
+    );
+    assert!(resident_pages(&sealed[1].path) > 0, "newer ones stay");
+
+    // Keep nothing: every sealed byte goes; the active segment's bytes not
+    // yet handed to writeback stay.
+    assert_eq!(log.drop_cached(0).unwrap(), sealed_bytes - sealed[0].size);
+    assert_eq!(log.cached_bytes().unwrap(), total - sealed_bytes);
+    assert!(sealed.iter().all(|s| resident_pages(&s.path) == 0));
+    assert_eq!(log.drop_cached(0).unwrap(), 0, "nothing more to drop");
+
+    // Dropping changed nothing a reader sees.
+    let mut offset = 0;
+    while offset < log.log_end_offset().unwrap() {
+        let r = log.read(offset, u64::MAX, 1 << 20).unwrap();
+        BatchView::new(&r.bytes).unwrap();
+        offset = r.next_offset;
+    }
+    assert_eq!(offset, 240);
+    drop(log);
+    let log = Log::open(dir.path(), small()).unwrap();
+    assert_eq!(log.log_end_offset().unwrap(), 240);
+}
