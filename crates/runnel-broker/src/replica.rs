@@ -596,8 +596,9 @@ impl Replica for LocalReplica {
 }
 
 /// Whole stored batches from the one holding `offset` below `hwm` (see
-/// [`Replica::read`]), read on the blocking pool; any replica serves reads
-/// this way, whatever keeps its high watermark.
+/// [`Replica::read`]): data near the end of the active segment on the
+/// calling thread, anything older on the blocking pool; any replica serves
+/// reads this way, whatever keeps its high watermark.
 pub(crate) fn read_committed(
     log: Arc<Log>,
     hwm: u64,
@@ -619,18 +620,42 @@ pub(crate) fn read_committed(
             ..Default::default()
         })));
     }
-    Box::pin(async move {
-        let res = tokio::task::spawn_blocking(move || log.read_unverified(offset, hwm, max_bytes))
-            .await
-            .map_err(|_| ReplicaError::Closed)?;
-        res.map_err(|e| match e {
-            StorageError::OffsetOutOfRange { log_start, .. } => ReplicaError::OffsetOutOfRange {
-                offset,
-                log_start,
-                high_watermark: hwm,
-            },
-            e => e.into(),
-        })
+    // Data written moments ago (what a consumer at the tail asks for) is
+    // read here, without a handoff to the blocking pool and back; older
+    // data may need the disk and is read there.
+    let res = match log.read_recent_unverified(offset, hwm, max_bytes, RECENT_READ_BYTES) {
+        Ok(Some(read)) => Ok(read),
+        Ok(None) => {
+            return Box::pin(async move {
+                let res = tokio::task::spawn_blocking(move || {
+                    log.read_unverified(offset, hwm, max_bytes)
+                })
+                .await
+                .map_err(|_| ReplicaError::Closed)?;
+                committed_read_result(res, offset, hwm)
+            });
+        }
+        Err(e) => Err(e),
+    };
+    Box::pin(std::future::ready(committed_read_result(res, offset, hwm)))
+}
+
+/// How far from the end of the active segment a read may start and still be
+/// served on the async thread ([`Log::read_recent_unverified`]).
+const RECENT_READ_BYTES: u64 = 1 << 20;
+
+fn committed_read_result(
+    res: Result<ReadBatches, StorageError>,
+    offset: u64,
+    hwm: u64,
+) -> Result<ReadBatches, ReplicaError> {
+    res.map_err(|e| match e {
+        StorageError::OffsetOutOfRange { log_start, .. } => ReplicaError::OffsetOutOfRange {
+            offset,
+            log_start,
+            high_watermark: hwm,
+        },
+        e => e.into(),
     })
 }
 

@@ -986,7 +986,8 @@ impl Log {
     /// been CRC-verified: corrupt stored data is a
     /// [`StorageError::Corrupt`], never returned as data.
     pub fn read(&self, offset: u64, max_offset: u64, max_bytes: usize) -> Result<ReadBatches> {
-        self.read_batches(offset, max_offset, max_bytes, true)
+        self.read_batches(offset, max_offset, max_bytes, true, None)
+            .map(Option::unwrap_or_default)
     }
 
     /// [`Log::read`] without the per-batch CRC check: headers and lengths
@@ -1000,7 +1001,24 @@ impl Log {
         max_offset: u64,
         max_bytes: usize,
     ) -> Result<ReadBatches> {
-        self.read_batches(offset, max_offset, max_bytes, false)
+        self.read_batches(offset, max_offset, max_bytes, false, None)
+            .map(Option::unwrap_or_default)
+    }
+
+    /// [`Log::read_unverified`] only if the read starts in the active
+    /// segment within `within` bytes of its end: data written moments ago,
+    /// in memory unless the kernel was short of it, so cheap enough to read
+    /// on an async thread (at most `within` bytes of page mappings). `None`
+    /// otherwise, without reading: read it with [`Log::read_unverified`]
+    /// where blocking is fine.
+    pub fn read_recent_unverified(
+        &self,
+        offset: u64,
+        max_offset: u64,
+        max_bytes: usize,
+        within: u64,
+    ) -> Result<Option<ReadBatches>> {
+        self.read_batches(offset, max_offset, max_bytes, false, Some(within))
     }
 
     fn read_batches(
@@ -1009,7 +1027,8 @@ impl Log {
         max_offset: u64,
         max_bytes: usize,
         verify: bool,
-    ) -> Result<ReadBatches> {
+        recent_within: Option<u64>,
+    ) -> Result<Option<ReadBatches>> {
         let (reader, start) = {
             let inner = self.lock()?;
             let (log_start, log_end) = (inner.state.log_start_offset, inner.log_end());
@@ -1021,14 +1040,21 @@ impl Log {
                 });
             }
             if offset >= log_end.min(max_offset) {
-                return Ok(ReadBatches {
+                return Ok(Some(ReadBatches {
                     first_offset: offset,
                     next_offset: offset,
                     ..Default::default()
-                });
+                }));
             }
-            let seg = &inner.segments[inner.segment_for_offset(offset)];
-            (seg.reader(), seg.scan_start_for_offset(offset))
+            let i = inner.segment_for_offset(offset);
+            let seg = &inner.segments[i];
+            let start = seg.scan_start_for_offset(offset);
+            if let Some(within) = recent_within
+                && (i + 1 != inner.segments.len() || seg.size.saturating_sub(start) > within)
+            {
+                return Ok(None);
+            }
+            (seg.reader(), start)
         };
         let mut pos = skip_to(&reader, start, |h| h.next_offset() > offset)?;
         let from = pos;
@@ -1064,12 +1090,12 @@ impl Log {
             count += 1;
             pos += len;
         }
-        Ok(ReadBatches {
+        Ok(Some(ReadBatches {
             bytes: reader.slice(from, pos),
             first_offset,
             next_offset,
             batch_count: count,
-        })
+        }))
     }
 
     /// Raft entries `[low, high)` as stored batches, at most `max_bytes`

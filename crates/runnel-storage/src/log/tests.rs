@@ -679,3 +679,64 @@ fn drop_cached_evicts_the_oldest_data_and_reads_still_see_it() {
     let log = Log::open(dir.path(), small()).unwrap();
     assert_eq!(log.log_end_offset().unwrap(), 240);
 }
+
+#[test]
+fn read_recent_serves_only_the_end_of_the_active_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small()).unwrap();
+    // ~430 bytes per batch: 16 KiB segments roll every ~38 batches.
+    for i in 0..100u64 {
+        log.append(&batch(3, 100, i as i64), 1).unwrap();
+    }
+    let segments = log.segments().unwrap();
+    assert!(segments.len() > 2, "rolled");
+    let active_base = segments.last().unwrap().base_offset;
+    let end = log.log_end_offset().unwrap();
+
+    // An older segment is never "recent", however generous the distance.
+    assert!(
+        log.read_recent_unverified(0, u64::MAX, 1 << 20, u64::MAX)
+            .unwrap()
+            .is_none()
+    );
+    // The last batch of the active segment is, and reads as read_unverified does.
+    let last = end - 3;
+    let recent = log
+        .read_recent_unverified(last, u64::MAX, 1 << 20, 4096)
+        .unwrap()
+        .expect("the log's last batch is recent");
+    let plain = log.read_unverified(last, u64::MAX, 1 << 20).unwrap();
+    assert_eq!(recent.bytes, plain.bytes);
+    assert_eq!(
+        (recent.first_offset, recent.next_offset, recent.batch_count),
+        (plain.first_offset, plain.next_offset, plain.batch_count)
+    );
+    // The first batch of the active segment is too far from its end for 1 KiB...
+    assert!(
+        log.read_recent_unverified(active_base, u64::MAX, 1 << 20, 1024)
+            .unwrap()
+            .is_none()
+    );
+    // ...and within 1 MiB: the whole segment comes back, as read_unverified gives it.
+    let all = log
+        .read_recent_unverified(active_base, u64::MAX, 1 << 20, 1 << 20)
+        .unwrap()
+        .expect("within 1 MiB");
+    assert_eq!(all.next_offset, end);
+    assert_eq!(
+        all.bytes,
+        log.read_unverified(active_base, u64::MAX, 1 << 20)
+            .unwrap()
+            .bytes
+    );
+    // At the end, an empty read; past it, the same error as any read.
+    let empty = log
+        .read_recent_unverified(end, u64::MAX, 1 << 20, 0)
+        .unwrap()
+        .unwrap();
+    assert_eq!((empty.batch_count, empty.next_offset), (0, end));
+    assert!(matches!(
+        log.read_recent_unverified(end + 1, u64::MAX, 1 << 20, 1 << 20),
+        Err(StorageError::OffsetOutOfRange { .. })
+    ));
+}
