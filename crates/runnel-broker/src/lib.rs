@@ -94,7 +94,7 @@ pub use config::{
 };
 pub use error::{BrokerError, Result};
 pub use groups::{OFFSETS_PARTITIONS, OFFSETS_TOPIC};
-pub use page_cache::default_page_cache_bytes;
+pub use page_cache::{DEFAULT_PAGE_CACHE_MAX, default_page_cache_bytes};
 pub use registry::{LOCK_FILE, NODE_FILE, TOPIC_FILE, TOPICS_DIR};
 pub use replica::{
     AckLevel, Appended, BoxFuture, LOCAL_TERM, LocalReplica, MAX_QUEUED_BYTES, NodeRef,

@@ -140,7 +140,7 @@ pub(crate) struct BrokerArgs {
     /// Most bytes of written partition data left in the page cache; the
     /// oldest beyond it is written back and dropped once a second. A number
     /// of bytes, or with a KiB|MiB|GiB|TiB suffix; 0: no limit [default: a
-    /// quarter of the machine's memory].
+    /// quarter of the machine's memory, at most 2GiB].
     #[arg(long, value_name = "BYTES", env = "RUNNEL_PAGE_CACHE_BYTES", value_parser = parse_byte_size)]
     page_cache_bytes: Option<u64>,
 
@@ -245,7 +245,7 @@ pub(crate) struct BrokerSettings {
     log_format: LogFormat,
     /// Empty: a single node.
     peers: BTreeMap<u32, String>,
-    /// `None`: the default (a quarter of memory).
+    /// `None`: the default (a quarter of memory, at most 2 GiB).
     page_cache_bytes: Option<u64>,
 }
 

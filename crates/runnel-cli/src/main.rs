@@ -86,6 +86,7 @@ enum Outcome {
 }
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     let cli = Cli::parse();
     let command = match cli.command {
         Command::Log(args) => return run_log(args),
@@ -150,4 +151,26 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
             .downcast_ref::<io::Error>()
             .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
     })
+}
+
+/// Keeps memory that the program frees for its own reuse instead of
+/// returning it to the kernel.
+///
+/// glibc's malloc gives large blocks (128 KiB and up at first) back with
+/// `munmap` and trims the tops of its heaps, so the next request or fetch
+/// buffer of the same size is fresh memory again: a page fault and a
+/// zeroed page for every 4 KiB, on both the broker and the client. On a
+/// virtual machine whose host takes back the guest's free memory (as the
+/// benchmark machine's does), each such page costs several times more, and
+/// at 300 MB/s this was most of a core (benches/RESULTS.md, "Memory the
+/// kernel takes back"). Blocks up to 32 MiB (glibc's maximum for this
+/// setting) now come from the heaps, and heaps keep up to 1 GiB of free
+/// space at their top: the process's memory stays at its peak and is reused.
+fn keep_freed_memory() {
+    // SAFETY: mallopt only changes malloc's tuning; called first thing in
+    // main, before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
 }
