@@ -1056,6 +1056,15 @@ impl Log {
             }
             (seg.reader(), start)
         };
+        // Data away from the log's end may have left memory: ask for all
+        // the read may return in one go, and have it mapped before the
+        // bytes leave here (reads near the end are in memory and run on
+        // async threads, where a madvise that reads the disk must not).
+        let cold = recent_within.is_none();
+        if cold {
+            let ahead = (max_bytes as u64).saturating_add(64 << 10);
+            reader.will_need(start, start.saturating_add(ahead).min(reader.size));
+        }
         let mut pos = skip_to(&reader, start, |h| h.next_offset() > offset)?;
         let from = pos;
         let (mut first_offset, mut next_offset, mut count) = (offset, offset, 0usize);
@@ -1089,6 +1098,9 @@ impl Log {
             next_offset = h.next_offset();
             count += 1;
             pos += len;
+        }
+        if cold {
+            reader.populate(from, pos);
         }
         Ok(Some(ReadBatches {
             bytes: reader.slice(from, pos),

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use memmap2::{Mmap, MmapOptions, UncheckedAdvice};
+use memmap2::{Advice, Mmap, MmapOptions, UncheckedAdvice};
 use runnel_batch::{BatchHeader, BatchView, HEADER_LEN, STAMPED_LEN};
 
 use crate::config::{LogConfig, RecoveryPolicy};
@@ -990,6 +990,34 @@ impl SegmentReader {
                 .unchecked_advise_range(UncheckedAdvice::DontNeed, 0, len)
         } {
             tracing::debug!(path = %self.path.display(), error = %e, "madvise(DONTNEED) failed");
+        }
+    }
+
+    /// Starts reading `[from, to)` of the map from disk in the background
+    /// (`MADV_WILLNEED`): one large read instead of a small one per page
+    /// fault. Best effort.
+    pub(crate) fn will_need(&self, from: u64, to: u64) {
+        self.advise(Advice::WillNeed, from, to);
+    }
+
+    /// Maps `[from, to)` into the page tables now, waiting for whatever is
+    /// not in memory (`MADV_POPULATE_READ`), so that whoever copies the
+    /// bytes later (a socket write on an async thread) does not wait for
+    /// the disk. Best effort: without it, the copy faults the pages in.
+    pub(crate) fn populate(&self, from: u64, to: u64) {
+        self.advise(Advice::PopulateRead, from, to);
+    }
+
+    fn advise(&self, advice: Advice, from: u64, to: u64) {
+        let to = usize::try_from(to)
+            .unwrap_or(usize::MAX)
+            .min(self.map.len());
+        let from = usize::try_from(from).unwrap_or(usize::MAX).min(to);
+        if from == to {
+            return;
+        }
+        if let Err(e) = self.map.advise_range(advice, from, to - from) {
+            tracing::debug!(path = %self.path.display(), error = %e, ?advice, "madvise failed");
         }
     }
 

@@ -740,3 +740,64 @@ fn read_recent_serves_only_the_end_of_the_active_segment() {
         Err(StorageError::OffsetOutOfRange { .. })
     ));
 }
+
+/// Resident bytes (`Rss:` in /proc/self/smaps) of this process's mapping
+/// that holds `addr`.
+fn mapped_rss(addr: usize) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut inside = false;
+    for line in smaps.lines() {
+        if let Some((range, _)) = line.split_once(' ')
+            && let Some((lo, hi)) = range.split_once('-')
+            && let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+        {
+            inside = (lo..hi).contains(&addr);
+            continue;
+        }
+        if inside && let Some(kb) = line.strip_prefix("Rss:") {
+            let kb: u64 = kb.trim().trim_end_matches("kB").trim().parse().unwrap();
+            return kb << 10;
+        }
+    }
+    panic!("no mapping holds {addr:#x}");
+}
+
+#[test]
+fn reads_of_dropped_data_come_back_mapped() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 4 << 20,
+        max_batch_bytes: 2 << 20,
+        flush: FlushPolicy::Never,
+        retention_ms: None,
+        ..Default::default()
+    };
+    let log = Log::open(dir.path(), config).unwrap();
+    // Five 1 MB batches: the first four fill a sealed segment.
+    for i in 0..5 {
+        log.append(&batch(1, 1_000_000, i), 1).unwrap();
+    }
+    assert_eq!(log.segments().unwrap().len(), 2);
+    log.drop_cached(0).unwrap();
+    let sealed = &log.segments().unwrap()[0];
+    assert_eq!(resident_pages(&sealed.path), 0, "dropped");
+
+    // The read pages in what it returns, in the calling thread: the bytes
+    // are resident and mapped before anyone copies them (without it, only
+    // the pages around each batch header would be).
+    let read = log.read_unverified(0, u64::MAX, 8 << 20).unwrap();
+    assert_eq!(read.batch_count, 4);
+    let mapped = mapped_rss(read.bytes.as_ptr() as usize);
+    assert!(
+        mapped >= read.bytes.len() as u64 - 4096,
+        "{mapped} bytes mapped of {}",
+        read.bytes.len()
+    );
+    // Reads near the end of the log (on async threads) never touch the disk
+    // that way: they read what was just written.
+    assert!(
+        log.read_recent_unverified(0, u64::MAX, 1 << 20, u64::MAX)
+            .unwrap()
+            .is_none()
+    );
+}
