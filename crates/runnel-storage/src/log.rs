@@ -1021,6 +1021,10 @@ impl Log {
         self.read_batches(offset, max_offset, max_bytes, false, Some(within))
     }
 
+    /// How far past what a read may return [`Log::read_unverified`] asks the
+    /// disk to read ahead (see `read_batches`).
+    const COLD_READ_AHEAD: u64 = 16 << 20;
+
     fn read_batches(
         &self,
         offset: u64,
@@ -1057,12 +1061,15 @@ impl Log {
             (seg.reader(), start)
         };
         // Data away from the log's end may have left memory: ask for all
-        // the read may return in one go, and have it mapped before the
-        // bytes leave here (reads near the end are in memory and run on
-        // async threads, where a madvise that reads the disk must not).
+        // the read may return and for what the next reads of a consumer
+        // going forward will want, in one go, and have the returned part
+        // mapped before the bytes leave here. The disk then reads ahead
+        // while this read's bytes are sent. (Reads near the end are in
+        // memory and run on async threads, where a madvise that reads the
+        // disk must not.)
         let cold = recent_within.is_none();
         if cold {
-            let ahead = (max_bytes as u64).saturating_add(64 << 10);
+            let ahead = (max_bytes as u64).saturating_add(Self::COLD_READ_AHEAD);
             reader.will_need(start, start.saturating_add(ahead).min(reader.size));
         }
         let mut pos = skip_to(&reader, start, |h| h.next_offset() > offset)?;
