@@ -505,37 +505,26 @@ impl ClusterNode {
     ) -> Result<Arc<Topic>> {
         crate::config::validate_topic_name(name)?;
         let settings = TopicSettings::resolve(config, self.peers.len() as u32)?;
-        match self.wait_for_controller().await {
-            Some(l) if l == self.node_id => {
-                self.wait_for_registrations().await;
-                let cmd = Command::CreateTopic {
-                    name: name.to_string(),
-                    settings: runnel_cluster::TopicSettings {
-                        partitions: settings.partitions,
-                        replication_factor: settings.replication_factor,
-                        retention_ms: settings.retention_ms,
-                        retention_bytes: settings.retention_bytes,
-                        max_record_bytes: settings.max_record_bytes,
-                        segment_bytes: settings.segment_bytes,
-                        cleanup_policy: runnel_cluster::CleanupPolicy::Delete,
-                    },
-                    created_ms: crate::service::now_ms(),
-                };
-                self.propose(&cmd).await?;
-            }
-            Some(l) => {
-                let mut client = self.controller_client(l).await?;
-                client
-                    .create_topic(CreateTopicRequest {
-                        name: name.to_string(),
-                        config: config.cloned(),
-                    })
-                    .await
-                    .map_err(BrokerError::Forwarded)?;
-                // Wait until this node applied it too.
-            }
-            None => return Err(no_controller()),
-        }
+        let cmd = Command::CreateTopic {
+            name: name.to_string(),
+            settings: runnel_cluster::TopicSettings {
+                partitions: settings.partitions,
+                replication_factor: settings.replication_factor,
+                retention_ms: settings.retention_ms,
+                retention_bytes: settings.retention_bytes,
+                max_record_bytes: settings.max_record_bytes,
+                segment_bytes: settings.segment_bytes,
+                cleanup_policy: runnel_cluster::CleanupPolicy::Delete,
+            },
+            created_ms: crate::service::now_ms(),
+        };
+        let req = CreateTopicRequest {
+            name: name.to_string(),
+            config: config.cloned(),
+        };
+        self.through_controller(cmd, async |mut c| c.create_topic(req).await.map(drop))
+            .await?;
+        // Wait until this node applied it too.
         let topic = self.wait_applied(name, |t| t).await?;
         self.wait_on_every_node(name, |answer| answer.is_ok()).await;
         Ok(topic)
@@ -544,24 +533,14 @@ impl ClusterNode {
     /// Deletes a topic through the controller (forwarded to its leader).
     pub(crate) async fn delete_topic(&self, name: &str) -> Result<()> {
         self.topics.get(name)?;
-        match self.wait_for_controller().await {
-            Some(l) if l == self.node_id => {
-                self.propose(&Command::DeleteTopic {
-                    name: name.to_string(),
-                })
-                .await?;
-            }
-            Some(l) => {
-                let mut client = self.controller_client(l).await?;
-                client
-                    .delete_topic(DeleteTopicRequest {
-                        name: name.to_string(),
-                    })
-                    .await
-                    .map_err(BrokerError::Forwarded)?;
-            }
-            None => return Err(no_controller()),
-        }
+        let cmd = Command::DeleteTopic {
+            name: name.to_string(),
+        };
+        let req = DeleteTopicRequest {
+            name: name.to_string(),
+        };
+        self.through_controller(cmd, async |mut c| c.delete_topic(req).await.map(drop))
+            .await?;
         self.wait_applied(name, |t| t.is_none().then_some(()))
             .await?;
         self.wait_on_every_node(name, |answer| {
@@ -578,27 +557,17 @@ impl ClusterNode {
         partitions: u32,
     ) -> Result<Arc<Topic>> {
         self.topics.get(name)?.settings.grown_to(name, partitions)?;
-        match self.wait_for_controller().await {
-            Some(l) if l == self.node_id => {
-                self.propose(&Command::CreatePartitions {
-                    name: name.to_string(),
-                    partitions,
-                    created_ms: crate::service::now_ms(),
-                })
-                .await?;
-            }
-            Some(l) => {
-                let mut client = self.controller_client(l).await?;
-                client
-                    .create_partitions(CreatePartitionsRequest {
-                        name: name.to_string(),
-                        partitions,
-                    })
-                    .await
-                    .map_err(BrokerError::Forwarded)?;
-            }
-            None => return Err(no_controller()),
-        }
+        let cmd = Command::CreatePartitions {
+            name: name.to_string(),
+            partitions,
+            created_ms: crate::service::now_ms(),
+        };
+        let req = CreatePartitionsRequest {
+            name: name.to_string(),
+            partitions,
+        };
+        self.through_controller(cmd, async |mut c| c.create_partitions(req).await.map(drop))
+            .await?;
         let wanted = partitions as usize;
         let topic = self
             .wait_applied(name, |t| t.filter(|t| t.partitions.len() >= wanted))
@@ -612,6 +581,31 @@ impl ClusterNode {
         })
         .await;
         Ok(topic)
+    }
+
+    /// Carries out a metadata change: proposes `cmd` when this node leads
+    /// the controller (after giving the nodes' registrations a moment when
+    /// it places a new topic), else sends the same request to the leader
+    /// with `forward` (its error returned as the leader's).
+    async fn through_controller(
+        &self,
+        cmd: Command,
+        forward: impl AsyncFnOnce(
+            AdminServiceClient<tonic::transport::Channel>,
+        ) -> std::result::Result<(), tonic::Status>,
+    ) -> Result<()> {
+        match self.wait_for_controller().await {
+            Some(l) if l == self.node_id => {
+                if matches!(cmd, Command::CreateTopic { .. }) {
+                    self.wait_for_registrations().await;
+                }
+                self.propose(&cmd).await
+            }
+            Some(l) => forward(self.controller_client(l).await?)
+                .await
+                .map_err(BrokerError::Forwarded),
+            None => Err(no_controller()),
+        }
     }
 
     /// The controller's leader, waiting for an election in progress (a
