@@ -6,7 +6,8 @@
 #
 #   benches/latency.sh shares                # fresh broker: produce-only peak, then
 #                                            # e2e at 50% and 25% of it (1 s warm-up
-#                                            # and none), and the e2e capacity
+#                                            # and none), the e2e capacity (produce
+#                                            # and consume at once), and e2e at 50% of that
 #   benches/latency.sh fill [BUDGET] [RATE]  # fresh broker with --page-cache-bytes
 #                                            # BUDGET (default: the broker's); 7 GB
 #                                            # produced into another topic, then three
@@ -78,8 +79,13 @@ shares)
         rate=$((peak * pct / 100))
         e2e "e2e-$pct-$warmup" "$rate" "$warmup" | summary "e2e at $pct% ($rate/s), warm-up ${warmup} s"
     done
-    "$BIN" bench e2e --topic capacity --partitions 8 --acks 1 --linger-ms 0 --duration 10 --output json 2>/dev/null |
-        summary "e2e capacity (no --rate)"
+    cap_json=$("$BIN" bench e2e --topic capacity --partitions 8 --acks 1 --linger-ms 0 --duration 10 --output json 2>/dev/null)
+    summary "e2e capacity (no --rate)" <<<"$cap_json"
+    cap=$(python3 -c 'import json,sys; print(int(json.load(sys.stdin)["msgs_per_sec"]))' <<<"$cap_json")
+    for warmup in 1 0; do
+        rate=$((cap / 2))
+        e2e "e2e-cap-$warmup" "$rate" "$warmup" | summary "e2e at 50% of the e2e capacity ($rate/s), warm-up ${warmup} s"
+    done
     ;;
 fill)
     budget=${2:-}
