@@ -600,16 +600,13 @@ async fn produce(
                     let n = chunk.len() as u64;
                     for (delivery, sent) in chunk {
                         delivery.await?;
-                        if ack_latency {
-                            last_ack = Instant::now();
-                            if sent >= measured_from {
-                                latency.saturating_record(sent.elapsed().as_micros() as u64);
-                            }
+                        if ack_latency && sent >= measured_from {
+                            latency.saturating_record(sent.elapsed().as_micros() as u64);
                         }
                     }
-                    if !ack_latency {
-                        last_ack = Instant::now();
-                    }
+                    // Deliveries complete in send order: the chunk's last is
+                    // the latest acknowledgement.
+                    last_ack = Instant::now();
                     acked += n;
                     done.fetch_add(n, Ordering::Relaxed);
                 }

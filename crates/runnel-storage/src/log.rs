@@ -986,7 +986,7 @@ impl Log {
     /// been CRC-verified: corrupt stored data is a
     /// [`StorageError::Corrupt`], never returned as data.
     pub fn read(&self, offset: u64, max_offset: u64, max_bytes: usize) -> Result<ReadBatches> {
-        self.read_batches(offset, max_offset, max_bytes, true, None)
+        self.read_batches(offset, max_offset, max_bytes, ReadKind::Verified)
             .map(Option::unwrap_or_default)
     }
 
@@ -1001,7 +1001,7 @@ impl Log {
         max_offset: u64,
         max_bytes: usize,
     ) -> Result<ReadBatches> {
-        self.read_batches(offset, max_offset, max_bytes, false, None)
+        self.read_batches(offset, max_offset, max_bytes, ReadKind::Forward)
             .map(Option::unwrap_or_default)
     }
 
@@ -1018,20 +1018,15 @@ impl Log {
         max_bytes: usize,
         within: u64,
     ) -> Result<Option<ReadBatches>> {
-        self.read_batches(offset, max_offset, max_bytes, false, Some(within))
+        self.read_batches(offset, max_offset, max_bytes, ReadKind::Recent(within))
     }
-
-    /// How far past what a read may return [`Log::read_unverified`] asks the
-    /// disk to read ahead (see `read_batches`).
-    const COLD_READ_AHEAD: u64 = 16 << 20;
 
     fn read_batches(
         &self,
         offset: u64,
         max_offset: u64,
         max_bytes: usize,
-        verify: bool,
-        recent_within: Option<u64>,
+        kind: ReadKind,
     ) -> Result<Option<ReadBatches>> {
         let (reader, start) = {
             let inner = self.lock()?;
@@ -1053,7 +1048,7 @@ impl Log {
             let i = inner.segment_for_offset(offset);
             let seg = &inner.segments[i];
             let start = seg.scan_start_for_offset(offset);
-            if let Some(within) = recent_within
+            if let ReadKind::Recent(within) = kind
                 && (i + 1 != inner.segments.len() || seg.size.saturating_sub(start) > within)
             {
                 return Ok(None);
@@ -1061,16 +1056,15 @@ impl Log {
             (seg.reader(), start)
         };
         // Data away from the log's end may have left memory: ask for all
-        // the read may return and for what the next reads of a consumer
-        // going forward will want, in one go, and have the returned part
+        // the read may return (and, for a consumer going forward, what its
+        // next reads will want) in one go, and have the returned part
         // mapped before the bytes leave here. The disk then reads ahead
         // while this read's bytes are sent. (Reads near the end are in
         // memory and run on async threads, where a madvise that reads the
         // disk must not.)
-        let cold = recent_within.is_none();
-        if cold {
-            let ahead = (max_bytes as u64).saturating_add(Self::COLD_READ_AHEAD);
-            reader.will_need(start, start.saturating_add(ahead).min(reader.size));
+        if let Some(ahead) = kind.read_ahead() {
+            let end = start.saturating_add(max_bytes as u64).saturating_add(ahead);
+            reader.will_need(start, end.min(reader.size));
         }
         let mut pos = skip_to(&reader, start, |h| h.next_offset() > offset)?;
         let from = pos;
@@ -1092,7 +1086,7 @@ impl Log {
             {
                 break;
             }
-            if verify {
+            if kind == ReadKind::Verified {
                 match reader.verified(pos) {
                     Ok(_) => {}
                     Err(_) if count > 0 => break,
@@ -1106,7 +1100,7 @@ impl Log {
             count += 1;
             pos += len;
         }
-        if cold {
+        if kind.read_ahead().is_some() {
             reader.populate(from, pos);
         }
         Ok(Some(ReadBatches {
@@ -1738,6 +1732,31 @@ fn rebuild_term_runs(segments: &[Segment]) -> Result<Vec<(u64, u64)>> {
         }
     }
     Ok(runs)
+}
+
+/// How [`Log::read_batches`] reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadKind {
+    /// Every returned batch CRC-checked ([`Log::read`]).
+    Verified,
+    /// A consumer going forward, on a thread that may block
+    /// ([`Log::read_unverified`]): the disk reads ahead for its next reads.
+    Forward,
+    /// Only if the read starts in the active segment within this many bytes
+    /// of its end ([`Log::read_recent_unverified`]); never advises the disk.
+    Recent(u64),
+}
+
+impl ReadKind {
+    /// How far past what the read may return the disk is asked to read, if
+    /// the read may touch the disk at all.
+    fn read_ahead(self) -> Option<u64> {
+        match self {
+            ReadKind::Verified => Some(0),
+            ReadKind::Forward => Some(16 << 20),
+            ReadKind::Recent(_) => None,
+        }
+    }
 }
 
 #[cfg(test)]
