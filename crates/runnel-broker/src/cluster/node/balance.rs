@@ -122,6 +122,13 @@ pub(super) fn handoff_targets(me: u64, views: &[(u64, GroupView)]) -> Vec<Move> 
 
 /// How often a stopping node re-asks for the hand-overs still due.
 const HANDOFF_RETRY: Duration = Duration::from_millis(200);
+/// How long a stopping node waits for a replica of the groups it leads to
+/// come in sync before it gives up on handing them over. A leader elected
+/// moments ago has no follower in sync until their first append responses
+/// (one heartbeat), so giving up at the first look would leave those
+/// groups to fail over; a live follower answers well within one election
+/// timeout (1 s).
+const NO_REPLICA_GRACE: Duration = Duration::from_secs(1);
 
 impl ClusterNode {
     /// The view of every partition group open here, by Raft group.
@@ -138,8 +145,9 @@ impl ClusterNode {
     /// group this node leads, the controller's included, to an in-sync
     /// replica and waits up to `limit` until none is led here, so its
     /// partitions stay writable while it restarts instead of waiting one
-    /// failover. It stops waiting early when no group it still leads has a
-    /// replica in sync (the last node of a cluster being stopped). Groups
+    /// failover. It stops waiting early when for [`NO_REPLICA_GRACE`] no
+    /// group it still leads had a replica in sync (the last node of a
+    /// cluster being stopped). Groups
     /// still led then (or a follower too far behind under load at the
     /// deadline) fail over as after a crash.
     pub(crate) async fn hand_over_leadership(&self, limit: Duration) {
@@ -150,6 +158,8 @@ impl ClusterNode {
         // cluster stopped at once): it is not handed over again, or the
         // nodes would pass leadership around until the deadline.
         let mut moved: HashSet<u64> = HashSet::new();
+        // Since when no group still led here had a replica in sync.
+        let mut none_in_sync_since: Option<tokio::time::Instant> = None;
         loop {
             let mut views: Vec<(u64, GroupView)> = self.hosted_views();
             views.push((super::CONTROLLER_GROUP, self.controller.view()));
@@ -165,14 +175,20 @@ impl ClusterNode {
             }
             let led = views.len();
             let targets = handoff_targets(me, &views);
+            let now = tokio::time::Instant::now();
             if targets.is_empty() {
-                tracing::info!(
-                    groups = led,
-                    "no replica in sync to take over the groups still led here"
-                );
-                return;
+                let since = *none_in_sync_since.get_or_insert(now);
+                if now >= deadline || now.duration_since(since) >= NO_REPLICA_GRACE {
+                    tracing::info!(
+                        groups = led,
+                        "no replica in sync to take over the groups still led here"
+                    );
+                    return;
+                }
+            } else {
+                none_in_sync_since = None;
             }
-            if tokio::time::Instant::now() >= deadline {
+            if now >= deadline {
                 tracing::warn!(
                     groups = led,
                     "still leading groups at the hand-over deadline: they fail over"
