@@ -254,26 +254,36 @@ async fn every_node_reports_the_leaders_isr() {
             || async { (under_replicated(&cluster, TOPIC) == 0.0).then_some(()) },
         )
         .await;
-        // The CLI shows the same through a follower.
-        let lead = leaders(&cluster, TOPIC, PARTITIONS).await.expect("leaders");
-        let follower = cluster
-            .ids()
-            .into_iter()
-            .find(|id| *lead.get(&0).expect("a leader of 0") != *id)
-            .expect("a follower of partition 0");
-        let out = cluster.cli_ok(
-            follower,
-            &["topic", "describe", TOPIC, "--output", "json"],
-            "",
-        );
-        let v: serde_json::Value = serde_json::from_str(&out).expect("describe JSON");
-        let isr: Vec<u64> = v["partitions"][0]["isr"]
-            .as_array()
-            .map(|a| a.iter().filter_map(serde_json::Value::as_u64).collect())
-            .unwrap_or_default();
-        let mut isr = isr;
-        isr.sort_unstable();
-        assert_eq!(isr, vec![1, 2, 3], "{out}");
+        // The CLI shows the same through a follower (waited for: the
+        // balancer may be handing a partition back to node 3 meanwhile, and
+        // a new leader counts its followers in sync only once they answer).
+        eventually(
+            Duration::from_secs(30),
+            "the full ISR of partition 0 through a follower's CLI",
+            || async {
+                let lead = leaders(&cluster, TOPIC, PARTITIONS).await?;
+                let follower = cluster
+                    .ids()
+                    .into_iter()
+                    .find(|id| lead.get(&0) != Some(id))?;
+                let out = cluster.cli(
+                    follower,
+                    &["topic", "describe", TOPIC, "--output", "json"],
+                    "",
+                );
+                if !out.status.success() {
+                    return None;
+                }
+                let v: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+                let mut isr: Vec<u64> = v["partitions"][0]["isr"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(serde_json::Value::as_u64).collect())
+                    .unwrap_or_default();
+                isr.sort_unstable();
+                (isr == [1, 2, 3]).then_some(())
+            },
+        )
+        .await;
     })
     .await;
 }

@@ -45,9 +45,14 @@ fn u64_list(v: &Value) -> Vec<u64> {
 }
 
 /// `topic describe NAME --output json` on node `id`, parsed, with the
-/// shape of the CLI contract checked.
-fn describe_json(cluster: &Cluster, id: u32, name: &str) -> Value {
-    let out = cluster.cli_ok(id, &["topic", "describe", name, "--output", "json"], "");
+/// shape of the CLI contract checked; `None` while the node cannot
+/// describe it (it has not applied the create yet).
+fn describe_json(cluster: &Cluster, id: u32, name: &str) -> Option<Value> {
+    let out = cluster.cli(id, &["topic", "describe", name, "--output", "json"], "");
+    if !out.status.success() {
+        return None;
+    }
+    let out = out.stdout;
     let v: Value = serde_json::from_str(&out)
         .unwrap_or_else(|e| panic!("describe --output json on node {id} is not JSON ({e}): {out}"));
     // serde_json keeps keys sorted unless preserve_order: check the order
@@ -84,7 +89,7 @@ fn describe_json(cluster: &Cluster, id: u32, name: &str) -> Value {
     want.sort_unstable();
     assert_eq!(k, want, "config keys on node {id}: {out}");
     assert_eq!(v["name"], name, "{out}");
-    v
+    Some(v)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,7 +140,7 @@ async fn topic_create_on_a_follower_shows_on_every_node_per_the_cli_contract() {
             || async {
                 let mut per_node = Vec::new();
                 for id in cluster.ids() {
-                    let v = describe_json(&cluster, id, "meta");
+                    let v = describe_json(&cluster, id, "meta")?;
                     let parts = v["partitions"].as_array()?.clone();
                     assert_eq!(parts.len(), 3, "{v}");
                     let leaders: Vec<u64> = parts
@@ -292,13 +297,23 @@ async fn topic_delete_on_a_follower_is_gone_on_every_node() {
             },
         )
         .await;
-        for id in cluster.ids() {
-            let out = cluster.cli_ok(id, &["topic", "list"], "");
-            assert!(
-                out.contains("kept") && !out.contains("doomed"),
-                "node {id}: {out}"
-            );
-        }
+        // "kept" on every node, and "doomed" on none (a node that had not
+        // applied its create yet would pass the check above without it).
+        eventually(
+            Duration::from_secs(30),
+            "kept listed on every node",
+            || async {
+                for id in cluster.ids() {
+                    let out = cluster.cli_ok(id, &["topic", "list"], "");
+                    assert!(!out.contains("doomed"), "node {id}: {out}");
+                    if !out.contains("kept") {
+                        return None;
+                    }
+                }
+                Some(())
+            },
+        )
+        .await;
         // Deleting it again fails and says why.
         let out = cluster.cli(2, &["topic", "delete", "doomed"], "");
         assert!(!out.status.success(), "a second delete succeeded: {out}");

@@ -185,6 +185,21 @@ impl Clients {
         offset: u64,
         decode: bool,
     ) -> PartitionData {
+        self.try_fetch_once(topic, partition, offset, decode)
+            .await
+            .unwrap_or_else(|e| panic!("fetch error: {e}"))
+    }
+
+    /// One fetch of one partition without waiting; `Err` names the
+    /// partition's error (e.g. OFFSET_OUT_OF_RANGE), any other failure
+    /// fails the test.
+    pub async fn try_fetch_once(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        decode: bool,
+    ) -> Result<PartitionData, String> {
         let call = self
             .fetch
             .fetch(fetch_request(topic, partition, offset, decode));
@@ -196,8 +211,10 @@ impl Clients {
         );
         let data = resp.partitions.into_iter().next().unwrap_or_default();
         assert_eq!(data.partition, partition);
-        assert!(data.error.is_none(), "fetch error: {:?}", data.error);
-        data
+        match &data.error {
+            None => Ok(data),
+            Some(e) => Err(format!("{e:?}")),
+        }
     }
 
     /// Fetches every committed record of a partition from `from` up to its
@@ -208,10 +225,23 @@ impl Clients {
         partition: u32,
         from: u64,
     ) -> Vec<ConsumedRecord> {
+        self.try_fetch_decoded(topic, partition, from)
+            .await
+            .unwrap_or_else(|e| panic!("fetch error: {e}"))
+    }
+
+    /// [`Clients::fetch_decoded`], with `Err` when a fetch returns a
+    /// partition error (e.g. retention moved the log start past `from`).
+    pub async fn try_fetch_decoded(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+    ) -> Result<Vec<ConsumedRecord>, String> {
         let mut out: Vec<ConsumedRecord> = Vec::new();
         let mut offset = from;
         loop {
-            let data = self.fetch_once(topic, partition, offset, true).await;
+            let data = self.try_fetch_once(topic, partition, offset, true).await?;
             for r in &data.records {
                 assert!(
                     r.offset >= offset,
@@ -233,7 +263,7 @@ impl Clients {
                     data.high_watermark,
                     data.next_offset
                 );
-                return out;
+                return Ok(out);
             }
             assert!(
                 data.next_offset > offset,

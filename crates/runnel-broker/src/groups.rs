@@ -81,14 +81,18 @@ impl Loaded {
             return Ok(());
         }
         let batch = encode_batch(&records)?;
+        // Stale until the records are applied: if this future is dropped
+        // while the append is in flight (the client hung up, and the RPC
+        // with it), or the append fails without saying whether it was
+        // written, the records may be in the log but not in `coordinator`,
+        // so the next user reloads instead of answering from memory.
+        let was_stale = std::mem::replace(&mut self.stale, true);
         let appended = self
             .replica
             .append(batch, AckLevel::All)
             .await
             .map_err(|e| coordinator_error(group, &self.replica, e))?;
-        if appended.base_offset != self.next_offset {
-            self.stale = true;
-        }
+        self.stale = was_stale || appended.base_offset != self.next_offset;
         self.next_offset = appended.next_offset;
         for r in &records {
             self.coordinator.apply(r);
@@ -462,4 +466,55 @@ fn encode_batch(records: &[GroupRecord]) -> Result<VerifiedBatch> {
     }
     b.finish_verified()
         .map_err(|e| BrokerError::Internal(format!("encoding group records: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Waker};
+
+    use super::*;
+    use runnel_storage::FlushPolicy;
+
+    use crate::config::BrokerConfig;
+
+    /// A commit whose RPC is dropped while its append is in flight (the
+    /// client hung up) is in the log; the next user of the coordinator
+    /// must see it (a reload), not the memory that missed it.
+    #[tokio::test]
+    async fn a_commit_dropped_in_flight_is_seen_by_the_next_user() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = BrokerConfig::new(dir.path(), "127.0.0.1:0");
+        config.flush = FlushPolicy::Always;
+        let metrics = Arc::new(Metrics::new());
+        let topics = Arc::new(
+            TopicRegistry::open(&config, metrics.clone())
+                .await
+                .expect("registry"),
+        );
+        let groups = Coordinators::new(topics, None, metrics);
+        let commit = GroupRecord::OffsetCommit {
+            group: "g".into(),
+            topic: "t".into(),
+            partition: 0,
+            offset: 42,
+            timestamp: 1,
+        };
+        {
+            let mut loaded = groups.lock("g").await.expect("loaded");
+            let mut append = pin!(loaded.append("g", vec![commit]));
+            let mut cx = Context::from_waker(Waker::noop());
+            assert!(
+                append.as_mut().poll(&mut cx).is_pending(),
+                "an acks=all append with flush=always waits for its fsync"
+            );
+            // Dropped here, in flight.
+        }
+        let loaded = groups.lock("g").await.expect("loaded again");
+        assert_eq!(
+            loaded.coordinator.committed("g", "t", 0).map(|c| c.offset),
+            Some(42)
+        );
+    }
 }

@@ -545,14 +545,8 @@ impl LoopState {
                 self.node.report_snapshot(group, to, delivered);
             }
         }
-        for c in out.completions {
-            if let Some(reply) = self.waiting.remove(&(c.group, c.ticket)) {
-                let _ = reply.send(c.result.map_err(|e| match e {
-                    ProposalError::Superseded { .. } => ProposeFailure::NotWritten(e.to_string()),
-                    ProposalError::Unknown { .. } => ProposeFailure::Unknown(e.to_string()),
-                }));
-            }
-        }
+        // The high watermark first: a client that reads right after its
+        // acknowledgement sees what it wrote.
         for (group, hwm) in out.high_watermarks {
             if let Some(g) = self.groups.get(&group) {
                 g.hwm.send_if_modified(|h| {
@@ -560,6 +554,14 @@ impl LoopState {
                     *h = (*h).max(hwm);
                     moved
                 });
+            }
+        }
+        for c in out.completions {
+            if let Some(reply) = self.waiting.remove(&(c.group, c.ticket)) {
+                let _ = reply.send(c.result.map_err(|e| match e {
+                    ProposalError::Superseded { .. } => ProposeFailure::NotWritten(e.to_string()),
+                    ProposalError::Unknown { .. } => ProposeFailure::Unknown(e.to_string()),
+                }));
             }
         }
         for change in out.leadership {
