@@ -285,8 +285,15 @@ impl Broker {
     }
 }
 
-/// How often the pages that reads mapped into the broker are unmapped
-/// (`Log::release_mapped_pages`) and the page cache budget is enforced.
+/// How often the page cache budget is enforced and the pages reads mapped
+/// back in from dropped data are unmapped (`Log::release_mapped_pages`).
+/// Often, so that each round drops little: once a second, a node taking
+/// 300 MB/s dropped 300-950 MB per round, 30-110 ms of one core's kernel
+/// time that showed as produce-to-consume latency spikes once a second
+/// (benches/RESULTS.md, "Page cache budget in small steps").
+const PAGE_BUDGET_INTERVAL: Duration = Duration::from_millis(100);
+/// How often every page reads mapped into the broker is unmapped when no
+/// page cache budget is set.
 const RELEASE_PAGES_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs interval flushes, retention, the release of mapped pages and the
@@ -301,7 +308,13 @@ async fn run_ticker(
         FlushPolicy::IntervalMs(ms) => config.tick_interval.min(Duration::from_millis(ms.max(1))),
         _ => config.retention_interval,
     };
-    let period = period.min(RELEASE_PAGES_INTERVAL);
+    let budget = config.page_cache_bytes;
+    let release_every = if budget == 0 {
+        RELEASE_PAGES_INTERVAL
+    } else {
+        PAGE_BUDGET_INTERVAL
+    };
+    let period = period.min(release_every);
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let start = Instant::now();
@@ -314,7 +327,7 @@ async fn run_ticker(
             () = stop.wait() => return,
         }
         let retention = last_retention.elapsed() >= config.retention_interval;
-        let release = last_release.elapsed() >= RELEASE_PAGES_INTERVAL;
+        let release = last_release.elapsed() >= release_every;
         if !retention && !interval_flush && !release {
             continue;
         }
@@ -327,7 +340,6 @@ async fn run_ticker(
         let list = topics.list();
         let mono = i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX);
         let wall = now_ms();
-        let budget = config.page_cache_bytes;
         let metrics = metrics.clone();
         let work = tokio::task::spawn_blocking(move || {
             let mut logs = Vec::new();
@@ -337,8 +349,11 @@ async fn run_ticker(
                         tracing::warn!(topic = %topic.name, partition = id, error = %e, "partition maintenance failed");
                     }
                     if release && let Some(log) = replica.log() {
-                        // Mapped pages cannot leave the page cache: unmap first.
-                        if let Err(e) = log.release_mapped_pages() {
+                        // Mapped pages cannot leave the page cache: unmap
+                        // them (all of them without a budget; else those
+                        // read back from dropped data: the budget's drops
+                        // unmap what they drop).
+                        if let Err(e) = log.release_mapped_pages(budget == 0) {
                             tracing::debug!(topic = %topic.name, partition = id, error = %e, "releasing mapped pages failed");
                         }
                         logs.push(log);

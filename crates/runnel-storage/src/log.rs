@@ -851,16 +851,32 @@ impl Log {
         if due { self.flush() } else { Ok(()) }
     }
 
-    /// Unmaps every page of every segment that reads have mapped into this
-    /// process (the page cache keeps them; the next read faults them back
-    /// in). A broker calls it about once a second so the pages consumers
-    /// touched stay cheap to reclaim; see `SegmentReader::release_mapped_pages`.
-    pub fn release_mapped_pages(&self) -> Result<()> {
+    /// Unmaps the pages that reads have mapped into this process (the page
+    /// cache keeps them; the next read faults them back in), so the pages
+    /// consumers touched stay cheap to reclaim; see
+    /// `SegmentReader::release_mapped_pages`. With `everything` false only
+    /// the data [`Log::drop_cached`] already dropped (read back from disk
+    /// since) is unmapped: the rest is still in the page cache budget, and
+    /// unmapping it would only make the readers at the tail fault it back
+    /// in; `drop_cached` unmaps what it drops. With `everything` true (no
+    /// budget) every mapped page goes.
+    pub fn release_mapped_pages(&self, everything: bool) -> Result<()> {
         // Advise outside the lock: appends and reads go on meanwhile.
-        let readers: Vec<SegmentReader> =
-            self.lock()?.segments.iter().map(Segment::reader).collect();
-        for reader in &readers {
-            reader.release_mapped_pages();
+        let readers: Vec<(SegmentReader, u64)> = self
+            .lock()?
+            .segments
+            .iter()
+            .map(|s| {
+                let to = if everything {
+                    s.size
+                } else {
+                    s.dropped_bytes()
+                };
+                (s.reader(), to)
+            })
+            .collect();
+        for (reader, to) in &readers {
+            reader.release_mapped_pages(*to);
         }
         Ok(())
     }
@@ -881,10 +897,11 @@ impl Log {
     /// Drops the oldest cached data from the page cache until at most
     /// `keep` bytes of it stay ([`Log::cached_bytes`]); returns the bytes
     /// dropped. Data still being appended to (the part of the active
-    /// segment not yet handed to writeback) stays. Waits for the writeback
-    /// of what it drops, so call it off the request path; the broker does
-    /// once a second, after [`Log::release_mapped_pages`] (mapped pages
-    /// cannot be dropped). Reads of dropped data go to the disk.
+    /// segment not yet handed to writeback) stays. Unmaps what it drops
+    /// (mapped pages cannot leave the page cache) and waits for its
+    /// writeback, so call it off the request path; the broker does ten
+    /// times a second, so that each call drops little. Reads of dropped
+    /// data go to the disk.
     ///
     /// Why: a broker that writes faster than the kernel reclaims grows the
     /// page cache into all free memory; on a virtual machine whose memory

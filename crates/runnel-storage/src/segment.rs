@@ -654,6 +654,12 @@ impl Segment {
         self.writeback_started = self.size;
     }
 
+    /// Bytes at the start of the file that [`Segment::take_cached`] took
+    /// out of the page cache.
+    pub(crate) fn dropped_bytes(&self) -> u64 {
+        self.uncached.min(self.size)
+    }
+
     /// Bytes of data the page cache may still hold (not yet dropped).
     pub(crate) fn cached_bytes(&self) -> u64 {
         self.size.saturating_sub(self.uncached)
@@ -675,6 +681,7 @@ impl Segment {
         }
         let range = CachedRange {
             file: self.file.clone(),
+            map: self.map.clone(),
             path: self.log_path.clone(),
             from: self.uncached,
             to,
@@ -967,30 +974,14 @@ impl SegmentReader {
         Ok(h)
     }
 
-    /// Drops the pages of `[0, size)` from this process's page tables
+    /// Drops the pages of `[0, to)` from this process's page tables
     /// (`MADV_DONTNEED` on the read map). The page cache keeps them and the
     /// next read faults them back in; what changes is that pages a
     /// consumer read once no longer stay mapped into the broker, where they
     /// make reclaim slow under memory pressure (benches/RESULTS.md, "Where
     /// the misses come from"). Best effort: a failure only leaves them mapped.
-    pub(crate) fn release_mapped_pages(&self) {
-        let len = usize::try_from(self.size)
-            .unwrap_or(usize::MAX)
-            .min(self.map.len());
-        if len == 0 {
-            return;
-        }
-        // SAFETY: the map is a shared, read-only mapping of a file. On such
-        // a mapping MADV_DONTNEED only removes page table entries: a later
-        // access (also by a reader holding `Bytes` into the map) reads the
-        // same file contents back from the page cache. It never zeroes
-        // data, which is what makes the advice unsafe on private mappings.
-        if let Err(e) = unsafe {
-            self.map
-                .unchecked_advise_range(UncheckedAdvice::DontNeed, 0, len)
-        } {
-            tracing::debug!(path = %self.path.display(), error = %e, "madvise(DONTNEED) failed");
-        }
+    pub(crate) fn release_mapped_pages(&self, to: u64) {
+        unmap_pages(&self.map, &self.path, 0, to.min(self.size));
     }
 
     /// Starts reading `[from, to)` of the map from disk in the background
@@ -1031,9 +1022,30 @@ impl SegmentReader {
 /// cache ([`Segment::take_cached`]).
 pub(crate) struct CachedRange {
     file: Arc<File>,
+    map: Arc<Mmap>,
     path: PathBuf,
     from: u64,
     to: u64,
+}
+
+/// `MADV_DONTNEED` on `[from, to)` of a read map (`path` names it in the
+/// log): the pages leave this process's page tables, not the page cache.
+fn unmap_pages(map: &Mmap, path: &Path, from: u64, to: u64) {
+    let to = usize::try_from(to).unwrap_or(usize::MAX).min(map.len());
+    let from = usize::try_from(from).unwrap_or(usize::MAX).min(to);
+    if from == to {
+        return;
+    }
+    // SAFETY: the map is a shared, read-only mapping of a file. On such a
+    // mapping MADV_DONTNEED only removes page table entries: a later access
+    // (also by a reader holding `Bytes` into the map) reads the same file
+    // contents back from the page cache. It never zeroes data, which is
+    // what makes the advice unsafe on private mappings.
+    if let Err(e) =
+        unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, from, to - from) }
+    {
+        tracing::debug!(path = %path.display(), error = %e, "madvise(DONTNEED) failed");
+    }
 }
 
 impl CachedRange {
@@ -1052,6 +1064,8 @@ impl CachedRange {
         ) else {
             return;
         };
+        // Mapped pages cannot leave the page cache: unmap them first.
+        unmap_pages(&self.map, &self.path, self.from, self.to);
         let fd = self.file.as_raw_fd();
         // SAFETY: plain syscalls on a descriptor we own; no memory is passed.
         let rc = unsafe {

@@ -762,9 +762,9 @@ fn mapped_rss(addr: usize) -> u64 {
     panic!("no mapping holds {addr:#x}");
 }
 
-#[test]
-fn reads_of_dropped_data_come_back_mapped() {
-    let dir = tempfile::tempdir().unwrap();
+/// A log of 4 MB segments holding five 1 MB batches: the first four fill
+/// a sealed segment, the fifth is in the active one.
+fn five_megabytes(dir: &std::path::Path) -> Log {
     let config = LogConfig {
         segment_bytes: 4 << 20,
         max_batch_bytes: 2 << 20,
@@ -772,11 +772,17 @@ fn reads_of_dropped_data_come_back_mapped() {
         retention_ms: None,
         ..Default::default()
     };
-    let log = Log::open(dir.path(), config).unwrap();
-    // Five 1 MB batches: the first four fill a sealed segment.
+    let log = Log::open(dir, config).unwrap();
     for i in 0..5 {
         log.append(&batch(1, 1_000_000, i), 1).unwrap();
     }
+    log
+}
+
+#[test]
+fn reads_of_dropped_data_come_back_mapped() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = five_megabytes(dir.path());
     assert_eq!(log.segments().unwrap().len(), 2);
     log.drop_cached(0).unwrap();
     let sealed = &log.segments().unwrap()[0];
@@ -800,4 +806,47 @@ fn reads_of_dropped_data_come_back_mapped() {
             .unwrap()
             .is_none()
     );
+}
+
+/// The page cache budget's drops unmap what they drop (mapped pages cannot
+/// leave the page cache), and the periodic release leaves data still in
+/// the budget mapped: unmapping it would only make readers at the tail
+/// fault it back in.
+#[test]
+fn dropping_cached_data_unmaps_only_what_it_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = five_megabytes(dir.path());
+    let read = log.read_unverified(0, u64::MAX, 8 << 20).unwrap();
+    assert_eq!(read.batch_count, 4);
+    // Touch every page, as a socket write of the response would.
+    let sum = read
+        .bytes
+        .iter()
+        .step_by(4096)
+        .map(|&b| u64::from(b))
+        .sum::<u64>();
+    std::hint::black_box(sum);
+    let addr = read.bytes.as_ptr() as usize;
+    let len = read.bytes.len() as u64;
+    assert!(mapped_rss(addr) >= len - 4096, "read and mapped");
+
+    log.release_mapped_pages(false).unwrap();
+    assert!(
+        mapped_rss(addr) >= len - 4096,
+        "data in the budget stays mapped: {} of {len}",
+        mapped_rss(addr)
+    );
+
+    log.drop_cached(0).unwrap();
+    assert_eq!(mapped_rss(addr), 0, "dropped data is unmapped");
+    let sealed = &log.segments().unwrap()[0];
+    assert_eq!(resident_pages(&sealed.path), 0, "and out of the page cache");
+
+    // Read back from disk, it is mapped again; the periodic release
+    // unmaps it (it is outside the budget).
+    let again = log.read_unverified(0, u64::MAX, 8 << 20).unwrap();
+    let addr = again.bytes.as_ptr() as usize;
+    assert!(mapped_rss(addr) >= len - 4096);
+    log.release_mapped_pages(false).unwrap();
+    assert_eq!(mapped_rss(addr), 0, "read-back data is released");
 }
