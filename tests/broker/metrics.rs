@@ -177,7 +177,7 @@ async fn the_page_cache_budget_drops_old_data_and_reads_still_see_it() {
                 c.produce_ok("cached", partition, records).await;
             }
         }
-        // Once a second the node cuts its cache down to the budget; only
+        // Every 100 ms the node cuts its cache down to the budget; only
         // the active segments (never handed to writeback yet) may stay above it.
         let (cached, dropped) = crate::support::eventually(
             Duration::from_secs(60),

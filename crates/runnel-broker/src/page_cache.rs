@@ -8,7 +8,7 @@
 //! had written 8 GB spent the CPU it needed for requests on it (produce-to-
 //! consume p99 went from ~10 ms to 70-260 ms; benches/RESULTS.md, "Page
 //! cache budget"). So the node keeps at most a budget of written data
-//! cached: once a second the oldest cached data beyond it is written back
+//! cached: every 100 ms the oldest cached data beyond it is written back
 //! and dropped (`Log::drop_cached`), which keeps new writes on recycled
 //! pages. The budget is shared by water level: partitions holding less
 //! than the level keep all of theirs; the others are cut down to it.

@@ -35,7 +35,7 @@ advertise, data_dir, flush, metrics_listen, log_format, peers,
 page_cache_bytes), else its default.
 
 Page cache: the node keeps at most --page-cache-bytes of the partition data
-it wrote in the OS page cache. Once a second the oldest data beyond that is
+it wrote in the OS page cache. Ten times a second the oldest data beyond that is
 written back and dropped (partitions holding little keep theirs; the largest
 are cut first), so a node that writes for hours does not fill memory with
 cached log pages. Consumers near the end of a log read from memory; reads of
@@ -138,7 +138,7 @@ pub(crate) struct BrokerArgs {
     peers: Option<BTreeMap<u32, String>>,
 
     /// Most bytes of written partition data left in the page cache; the
-    /// oldest beyond it is written back and dropped once a second. A number
+    /// oldest beyond it is written back and dropped every 100 ms. A number
     /// of bytes, or with a KiB|MiB|GiB|TiB suffix; 0: no limit [default: a
     /// quarter of the machine's memory, at most 2GiB].
     #[arg(long, value_name = "BYTES", env = "RUNNEL_PAGE_CACHE_BYTES", value_parser = parse_byte_size)]
