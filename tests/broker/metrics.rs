@@ -178,24 +178,36 @@ async fn the_page_cache_budget_drops_old_data_and_reads_still_see_it() {
             }
         }
         // Every 100 ms the node cuts its cache down to the budget; only
-        // the active segments (never handed to writeback yet) may stay above it.
-        let (cached, dropped) = crate::support::eventually(
+        // the active segments (never handed to writeback yet) may stay
+        // above it. A round that ran during the writes reports the cache
+        // as it was then: wait for one that saw everything written.
+        let written = 2 * batches * 64 * 1000;
+        let last = std::sync::Mutex::new((0, 0));
+        let found = tokio::time::timeout(
             Duration::from_secs(60),
-            "the page cache budget to drop old data",
-            || {
-                let s = samples(&broker);
-                let cached = value(&s, PAGE_CACHE, &[]) as u64;
-                let dropped = value(&s, PAGE_CACHE_DROPPED, &[]) as u64;
-                std::future::ready(
-                    (dropped > 0 && cached <= BUDGET + 2 * SEGMENT).then_some((cached, dropped)),
-                )
-            },
+            crate::support::eventually(
+                Duration::from_secs(61),
+                "the page cache budget to drop old data",
+                || {
+                    let s = samples(&broker);
+                    let cached = value(&s, PAGE_CACHE, &[]) as u64;
+                    let dropped = value(&s, PAGE_CACHE_DROPPED, &[]) as u64;
+                    *last.lock().unwrap() = (cached, dropped);
+                    std::future::ready(
+                        (dropped > 0
+                            && cached <= BUDGET + 2 * SEGMENT
+                            && cached + dropped >= written)
+                            .then_some(()),
+                    )
+                },
+            ),
         )
         .await;
-        let written = 2 * batches * 64 * 1000;
+        let (cached, dropped) = *last.lock().unwrap();
         assert!(
-            dropped + cached >= written,
-            "cached {cached} + dropped {dropped} should cover the {written} value bytes written"
+            found.is_ok(),
+            "after 60 s: cached {cached} (budget {BUDGET} + two active segments), dropped \
+             {dropped}; together they should cover the {written} value bytes written"
         );
         for partition in 0..2u32 {
             let got = c.fetch_decoded("cached", partition, 0).await;

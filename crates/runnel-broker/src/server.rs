@@ -315,27 +315,30 @@ async fn run_ticker(
         PAGE_BUDGET_INTERVAL
     };
     let period = period.min(release_every);
+    let start = Instant::now();
+    // Due times are measured between the ticks' scheduled instants: with
+    // the clock read after each wake-up, a round due every tick came out
+    // a few microseconds short every other tick and ran every second one.
+    let mut last_retention = start;
+    let mut last_release = start;
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let start = Instant::now();
-    let mut last_retention = Instant::now();
-    let mut last_release = Instant::now();
     let interval_flush = matches!(config.flush, FlushPolicy::IntervalMs(_));
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
+        let at = tokio::select! {
+            at = tick.tick() => at.into_std(),
             () = stop.wait() => return,
-        }
-        let retention = last_retention.elapsed() >= config.retention_interval;
-        let release = last_release.elapsed() >= release_every;
+        };
+        let retention = at.saturating_duration_since(last_retention) >= config.retention_interval;
+        let release = at.saturating_duration_since(last_release) >= release_every;
         if !retention && !interval_flush && !release {
             continue;
         }
         if retention {
-            last_retention = Instant::now();
+            last_retention = at;
         }
         if release {
-            last_release = Instant::now();
+            last_release = at;
         }
         let list = topics.list();
         let mono = i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX);
@@ -365,13 +368,16 @@ async fn run_ticker(
                     0 => (0, 0),
                     budget => page_cache::enforce(&logs, budget),
                 };
+                // The counter first: a scrape between the two updates then
+                // sees cached + dropped at least what was written, never a
+                // round's drop missing from both.
+                metrics.page_cache_dropped_bytes.inc_by(dropped);
                 metrics.page_cache_bytes.set(
                     cached
                         .saturating_sub(dropped)
                         .try_into()
                         .unwrap_or(i64::MAX),
                 );
-                metrics.page_cache_dropped_bytes.inc_by(dropped);
             }
         });
         if let Err(e) = work.await {
