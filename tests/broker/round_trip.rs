@@ -251,6 +251,15 @@ async fn keyed_records_with_headers_round_trip_across_partitions() {
 /// beyond any default retention.
 const T0: i64 = 1_700_000_000_000;
 
+/// The log start offset of partition 0 of each topic.
+async fn log_starts(c: &mut Clients, topics: &[&str]) -> Vec<u64> {
+    let mut starts = Vec::with_capacity(topics.len());
+    for topic in topics {
+        starts.push(c.partitions(topic).await.remove(0).log_start_offset);
+    }
+    starts
+}
+
 async fn list_offset(c: &mut Clients, topic: &str, query: OffsetQuery) -> PartitionOffset {
     let resp = c
         .fetch
@@ -715,18 +724,12 @@ async fn retention_deletes_old_segments_and_reads_start_at_the_log_start() {
             || {
                 let mut c = c.clone();
                 async move {
-                    let mut before = Vec::new();
-                    for topic in ["by-size", "by-time"] {
-                        before.push(c.partitions(topic).await.remove(0).log_start_offset);
-                    }
+                    let before = log_starts(&mut c, &["by-size", "by-time"]).await;
                     if before.contains(&0) {
                         return None;
                     }
                     tokio::time::sleep(Duration::from_millis(5_500)).await;
-                    let mut after = Vec::new();
-                    for topic in ["by-size", "by-time"] {
-                        after.push(c.partitions(topic).await.remove(0).log_start_offset);
-                    }
+                    let after = log_starts(&mut c, &["by-size", "by-time"]).await;
                     (before == after).then_some(after)
                 }
             },

@@ -285,15 +285,15 @@ impl Broker {
     }
 }
 
-/// How often the page cache budget is enforced and the pages reads mapped
-/// back in from dropped data are unmapped (`Log::release_mapped_pages`).
+/// How often the page cache budget is enforced (`page_cache::enforce`).
 /// Often, so that each round drops little: once a second, a node taking
 /// 300 MB/s dropped 300-950 MB per round, 30-110 ms of one core's kernel
 /// time that showed as produce-to-consume latency spikes once a second
 /// (benches/RESULTS.md, "Page cache budget in small steps").
 const PAGE_BUDGET_INTERVAL: Duration = Duration::from_millis(100);
-/// How often every page reads mapped into the broker is unmapped when no
-/// page cache budget is set.
+/// How often the pages reads mapped into the broker are unmapped
+/// (`Log::release_mapped_pages`): with a budget, those of data it dropped
+/// (read back from disk since); without, all of them.
 const RELEASE_PAGES_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs interval flushes, retention, the release of mapped pages and the
@@ -304,23 +304,20 @@ async fn run_ticker(
     metrics: Arc<Metrics>,
     stop: ShutdownSignal,
 ) {
-    let period = match config.flush {
+    let budget = config.page_cache_bytes;
+    let mut period = match config.flush {
         FlushPolicy::IntervalMs(ms) => config.tick_interval.min(Duration::from_millis(ms.max(1))),
         _ => config.retention_interval,
-    };
-    let budget = config.page_cache_bytes;
-    let release_every = if budget == 0 {
-        RELEASE_PAGES_INTERVAL
-    } else {
-        PAGE_BUDGET_INTERVAL
-    };
-    let period = period.min(release_every);
+    }
+    .min(RELEASE_PAGES_INTERVAL);
+    if budget > 0 {
+        period = period.min(PAGE_BUDGET_INTERVAL);
+    }
     let start = Instant::now();
     // Due times are measured between the ticks' scheduled instants: with
     // the clock read after each wake-up, a round due every tick came out
     // a few microseconds short every other tick and ran every second one.
-    let mut last_retention = start;
-    let mut last_release = start;
+    let mut last = [start; 3];
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let interval_flush = matches!(config.flush, FlushPolicy::IntervalMs(_));
@@ -329,16 +326,20 @@ async fn run_ticker(
             at = tick.tick() => at.into_std(),
             () = stop.wait() => return,
         };
-        let retention = at.saturating_duration_since(last_retention) >= config.retention_interval;
-        let release = at.saturating_duration_since(last_release) >= release_every;
-        if !retention && !interval_flush && !release {
+        // Whether the round `i`, run every `every`, is due (and if so, it
+        // counts as run now).
+        let mut due = |i: usize, every: Duration| {
+            let due = at.saturating_duration_since(last[i]) >= every;
+            if due {
+                last[i] = at;
+            }
+            due
+        };
+        let retention = due(0, config.retention_interval);
+        let release = due(1, RELEASE_PAGES_INTERVAL);
+        let enforce = budget > 0 && due(2, PAGE_BUDGET_INTERVAL);
+        if !retention && !interval_flush && !release && !enforce {
             continue;
-        }
-        if retention {
-            last_retention = at;
-        }
-        if release {
-            last_release = at;
         }
         let list = topics.list();
         let mono = i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX);
@@ -351,23 +352,18 @@ async fn run_ticker(
                     if let Err(e) = replica.maintain(mono, wall, retention) {
                         tracing::warn!(topic = %topic.name, partition = id, error = %e, "partition maintenance failed");
                     }
-                    if release && let Some(log) = replica.log() {
-                        // Mapped pages cannot leave the page cache: unmap
-                        // them (all of them without a budget; else those
-                        // read back from dropped data: the budget's drops
-                        // unmap what they drop).
-                        if let Err(e) = log.release_mapped_pages(budget == 0) {
-                            tracing::debug!(topic = %topic.name, partition = id, error = %e, "releasing mapped pages failed");
-                        }
+                    let Some(log) = replica.log() else { continue };
+                    // The budget's drops unmap what they drop.
+                    if release && let Err(e) = log.release_mapped_pages(budget == 0) {
+                        tracing::debug!(topic = %topic.name, partition = id, error = %e, "releasing mapped pages failed");
+                    }
+                    if enforce {
                         logs.push(log);
                     }
                 }
             }
-            if release {
-                let (cached, dropped) = match budget {
-                    0 => (0, 0),
-                    budget => page_cache::enforce(&logs, budget),
-                };
+            if enforce {
+                let (cached, dropped) = page_cache::enforce(&logs, budget);
                 // The counter first: a scrape between the two updates then
                 // sees cached + dropped at least what was written, never a
                 // round's drop missing from both.

@@ -853,7 +853,8 @@ impl Log {
 
     /// Unmaps the pages that reads have mapped into this process (the page
     /// cache keeps them; the next read faults them back in), so the pages
-    /// consumers touched stay cheap to reclaim; see
+    /// consumers touched stay cheap to reclaim (the broker calls it once a
+    /// second); see
     /// `SegmentReader::release_mapped_pages`. With `everything` false only
     /// the data [`Log::drop_cached`] already dropped (read back from disk
     /// since) is unmapped: the rest is still in the page cache budget, and
@@ -867,13 +868,17 @@ impl Log {
             .segments
             .iter()
             .map(|s| {
-                let to = if everything {
-                    s.size
-                } else {
-                    s.dropped_bytes()
-                };
-                (s.reader(), to)
+                (
+                    s,
+                    if everything {
+                        s.size
+                    } else {
+                        s.dropped_bytes()
+                    },
+                )
             })
+            .filter(|&(_, to)| to > 0)
+            .map(|(s, to)| (s.reader(), to))
             .collect();
         for (reader, to) in &readers {
             reader.release_mapped_pages(*to);

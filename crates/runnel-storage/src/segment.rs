@@ -657,7 +657,7 @@ impl Segment {
     /// Bytes at the start of the file that [`Segment::take_cached`] took
     /// out of the page cache.
     pub(crate) fn dropped_bytes(&self) -> u64 {
-        self.uncached.min(self.size)
+        self.uncached
     }
 
     /// Bytes of data the page cache may still hold (not yet dropped).
@@ -1000,14 +1000,10 @@ impl SegmentReader {
     }
 
     fn advise(&self, advice: Advice, from: u64, to: u64) {
-        let to = usize::try_from(to)
-            .unwrap_or(usize::MAX)
-            .min(self.map.len());
-        let from = usize::try_from(from).unwrap_or(usize::MAX).min(to);
-        if from == to {
+        let Some((at, len)) = map_range(&self.map, from, to) else {
             return;
-        }
-        if let Err(e) = self.map.advise_range(advice, from, to - from) {
+        };
+        if let Err(e) = self.map.advise_range(advice, at, len) {
             tracing::debug!(path = %self.path.display(), error = %e, ?advice, "madvise failed");
         }
     }
@@ -1028,22 +1024,25 @@ pub(crate) struct CachedRange {
     to: u64,
 }
 
+/// `[from, to)` cut to the map, as (offset, length); `None` when empty.
+fn map_range(map: &Mmap, from: u64, to: u64) -> Option<(usize, usize)> {
+    let to = usize::try_from(to).unwrap_or(usize::MAX).min(map.len());
+    let from = usize::try_from(from).unwrap_or(usize::MAX).min(to);
+    (from < to).then_some((from, to - from))
+}
+
 /// `MADV_DONTNEED` on `[from, to)` of a read map (`path` names it in the
 /// log): the pages leave this process's page tables, not the page cache.
 fn unmap_pages(map: &Mmap, path: &Path, from: u64, to: u64) {
-    let to = usize::try_from(to).unwrap_or(usize::MAX).min(map.len());
-    let from = usize::try_from(from).unwrap_or(usize::MAX).min(to);
-    if from == to {
+    let Some((at, len)) = map_range(map, from, to) else {
         return;
-    }
+    };
     // SAFETY: the map is a shared, read-only mapping of a file. On such a
     // mapping MADV_DONTNEED only removes page table entries: a later access
     // (also by a reader holding `Bytes` into the map) reads the same file
     // contents back from the page cache. It never zeroes data, which is
     // what makes the advice unsafe on private mappings.
-    if let Err(e) =
-        unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, from, to - from) }
-    {
+    if let Err(e) = unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, at, len) } {
         tracing::debug!(path = %path.display(), error = %e, "madvise(DONTNEED) failed");
     }
 }

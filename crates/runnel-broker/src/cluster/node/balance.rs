@@ -178,7 +178,7 @@ impl ClusterNode {
             let now = tokio::time::Instant::now();
             if targets.is_empty() {
                 let since = *none_in_sync_since.get_or_insert(now);
-                if now >= deadline || now.duration_since(since) >= NO_REPLICA_GRACE {
+                if now.duration_since(since) >= NO_REPLICA_GRACE {
                     tracing::info!(
                         groups = led,
                         "no replica in sync to take over the groups still led here"
